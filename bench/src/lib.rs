@@ -1,0 +1,1 @@
+//! Shared helpers for Tally's criterion benchmarks (the benchmarks live in `benches/`).

@@ -1,0 +1,1 @@
+//! Tally's load generator: throughput and tail latency of a cluster under fault injection.

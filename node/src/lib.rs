@@ -1,0 +1,1 @@
+//! A Tally node: participant for its shard, coordinator for the transfers it receives.

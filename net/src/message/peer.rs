@@ -1,0 +1,109 @@
+//! The node-to-node family: 2PC batches (prepare, votes, decisions, acknowledgements), decision
+//! inquiries after a restart, and heartbeats. One frame carries a whole batch of transactions.
+
+use super::common::{AccountId, Decision, Lsn, NodeId, TransferId, Vote};
+use crate::wire::{wire_enum, wire_struct};
+
+/// Most transactions in one batch frame (prepare, votes, decisions, acks, inquiries, answers).
+pub const BATCH_ENTRIES_MAX: u32 = 4096;
+/// Most account operations one transaction asks of one participant.
+pub const TRANSACTION_OPS_MAX: u32 = 8;
+
+wire_enum! {
+    pub enum OpKind: u8 {
+        Debit = 1,
+        Credit = 2,
+    }
+}
+
+wire_struct! {
+    /// One change a participant must prepare on one of its accounts.
+    pub struct Op {
+        pub account: AccountId,
+        pub kind: OpKind,
+        pub amount: u64,
+    }
+}
+
+wire_struct! {
+    pub struct PrepareEntry {
+        pub txid: TransferId,
+        pub ops: Vec<Op> [TRANSACTION_OPS_MAX],
+    }
+}
+
+wire_struct! {
+    /// Asks a participant to prepare each transaction; answered by `Votes` in the same order.
+    pub struct PrepareBatch {
+        pub coordinator: NodeId,
+        pub entries: Vec<PrepareEntry> [BATCH_ENTRIES_MAX],
+    }
+}
+
+wire_struct! {
+    pub struct VoteEntry {
+        pub txid: TransferId,
+        pub vote: Vote,
+    }
+}
+
+wire_struct! {
+    pub struct Votes {
+        pub votes: Vec<VoteEntry> [BATCH_ENTRIES_MAX],
+    }
+}
+
+wire_struct! {
+    pub struct DecisionEntry {
+        pub txid: TransferId,
+        pub decision: Decision,
+    }
+}
+
+wire_struct! {
+    /// The coordinator's decisions; answered by `Acks` once each is applied (or discarded).
+    pub struct DecisionBatch {
+        pub coordinator: NodeId,
+        pub decisions: Vec<DecisionEntry> [BATCH_ENTRIES_MAX],
+    }
+}
+
+wire_struct! {
+    pub struct Acks {
+        pub txids: Vec<TransferId> [BATCH_ENTRIES_MAX],
+    }
+}
+
+wire_struct! {
+    /// A participant with in-doubt transactions asks their coordinator for the decisions.
+    pub struct DecisionInquiry {
+        pub participant: NodeId,
+        pub txids: Vec<TransferId> [BATCH_ENTRIES_MAX],
+    }
+}
+
+wire_struct! {
+    /// Presumed abort: a coordinator with no logged commit answers `Abort`.
+    pub struct InquiryAnswer {
+        pub decisions: Vec<DecisionEntry> [BATCH_ENTRIES_MAX],
+    }
+}
+
+wire_struct! {
+    /// Liveness and progress of the sender; answered by `HeartbeatReply` with the receiver's own.
+    pub struct Heartbeat {
+        pub node_id: NodeId,
+        pub last_lsn: Lsn,
+        pub in_doubt_count: u64,
+        pub uptime_seconds: u64,
+    }
+}
+
+wire_struct! {
+    pub struct HeartbeatReply {
+        pub node_id: NodeId,
+        pub last_lsn: Lsn,
+        pub in_doubt_count: u64,
+        pub uptime_seconds: u64,
+    }
+}

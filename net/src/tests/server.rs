@@ -4,11 +4,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -68,7 +70,7 @@ async fn raw_exchange(address: SocketAddr, input: &[u8]) -> Vec<Frame> {
     read_until_closed(&mut stream).await
 }
 
-async fn read_until_closed(stream: &mut TcpStream) -> Vec<Frame> {
+async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> Vec<Frame> {
     let mut received = Vec::new();
     let read = tokio::time::timeout(HANG_TIMEOUT, async {
         loop {
@@ -224,15 +226,12 @@ async fn malformed_input_gets_an_error_frame_then_close_and_others_are_unaffecte
     .to_vec();
 
     let cases = [
+        // Failures found before the checksum is verified name request id 0, whatever the header
+        // says and however TCP split the bytes.
         ("bad magic", bad_magic, ErrorCode::MalformedFrame, 0),
-        (
-            "bad version",
-            bad_version,
-            ErrorCode::UnsupportedVersion,
-            41,
-        ),
-        ("bad crc", bad_crc, ErrorCode::MalformedFrame, 41),
-        ("too large", too_large, ErrorCode::TooLarge, 41),
+        ("bad version", bad_version, ErrorCode::UnsupportedVersion, 0),
+        ("bad crc", bad_crc, ErrorCode::MalformedFrame, 0),
+        ("too large", too_large, ErrorCode::TooLarge, 0),
         ("unknown kind", unknown_kind, ErrorCode::MalformedFrame, 41),
         ("truncated body", short_body, ErrorCode::MalformedFrame, 41),
         (
@@ -338,14 +337,20 @@ async fn idle_connections_are_closed() {
 async fn a_request_that_is_never_answered_times_out_and_the_client_goes_on() {
     let server = TestServer::start(ServerConfig::default()).await;
     let config = ClientConfig {
-        request_timeout: Duration::from_millis(100),
+        request_timeout: Duration::from_millis(200),
         ..ClientConfig::default()
     };
     let client = Client::connect(server.address, config).await.unwrap();
-    assert!(matches!(
-        client.call(hang_request()).await,
-        Err(ClientError::Timeout)
-    ));
+    let hung = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(hang_request()).await }
+    });
+    // Other answers keep arriving meanwhile, so the peer is slow on one request, not dead.
+    while !hung.is_finished() {
+        assert_served(&client, 3).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(hung.await.unwrap(), Err(ClientError::Timeout)));
     assert_served(&client, 4).await;
     drop(client);
     server.stop().await;
@@ -484,4 +489,250 @@ fn live_server_survives_random_and_mutated_frames() {
         })
         .unwrap();
     runtime.block_on(server.stop());
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_answered_internal_and_the_connection_goes_on() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let config = ClientConfig {
+        request_timeout: HANG_TIMEOUT,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(server.address, config).await.unwrap();
+    let request = GetTransferStatus {
+        id: PANIC_TRANSFER_ID,
+    };
+    match client.call(request).await {
+        Err(ClientError::Remote(error)) => assert_eq!(error.code, ErrorCode::Internal),
+        other => panic!("{other:?}"),
+    }
+    assert_served(&client, 6).await;
+    drop(client);
+    server.stop().await;
+}
+
+/// Answers every request of kind `GetBalance` with one large `Balances`, and counts requests.
+struct LargeAnswerHandler {
+    handled: Arc<AtomicU64>,
+}
+
+impl Handler for LargeAnswerHandler {
+    async fn handle(&self, _: Message) -> Message {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        let balances = (0..BALANCES_PER_REQUEST_MAX as u64)
+            .map(|account| Balance {
+                account,
+                balance: account,
+            })
+            .collect();
+        Balances { balances }.into()
+    }
+}
+
+/// Keeps sending small requests, never reading, until a write fails: the server closed the
+/// socket (it answers our bytes with a reset). Errs if that does not happen within the hang bound.
+async fn write_until_reset(stream: &mut TcpStream) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout(HANG_TIMEOUT, async {
+        for request_id in 1_000_000.. {
+            let frame = encode(&Frame::new(request_id, GetBalance { account: 1 }));
+            match tokio::time::timeout(Duration::from_secs(1), stream.write_all(&frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// A peer that keeps sending requests but never reads: once the server's writer gives up, the
+/// server must stop taking (money-moving) requests whose answers can go nowhere, and close.
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_and_no_longer_dispatched() {
+    let handled = Arc::new(AtomicU64::new(0));
+    let config = ServerConfig {
+        // Also the write timeout; the peer keeps sending more often than this, so it never idles.
+        idle_timeout: Duration::from_millis(200),
+        requests_in_flight_per_connection_max: 4096,
+        ..ServerConfig::default()
+    };
+    let handler = LargeAnswerHandler {
+        handled: handled.clone(),
+    };
+    let server = Server::bind("127.0.0.1:0", config, handler).await.unwrap();
+    let address = server.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(address).await.unwrap();
+    // Far more answer bytes (about 16 MiB) than loopback socket buffers hold, so the writer blocks.
+    let mut wire = BytesMut::new();
+    for request_id in 1..=1000 {
+        Frame::new(request_id, GetBalance { account: 1 })
+            .encode(&mut wire)
+            .unwrap();
+    }
+    stream.write_all(&wire).await.unwrap();
+    write_until_reset(&mut stream)
+        .await
+        .expect("the server must close a connection whose writer died");
+    let after_close = handled.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(handled.load(Ordering::Relaxed), after_close);
+    let _ = stop.send(());
+    tokio::time::timeout(HANG_TIMEOUT, task)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
+}
+
+/// A peer trickling one byte at a time (each well within the idle timeout) is cut once a frame
+/// takes longer than the frame read timeout.
+#[tokio::test]
+async fn a_trickled_frame_is_cut_at_the_frame_read_timeout() {
+    let config = ServerConfig {
+        idle_timeout: HANG_TIMEOUT,
+        frame_read_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config).await;
+    let stream = TcpStream::connect(server.address).await.unwrap();
+    let (mut read_half, mut write_half) = stream.into_split();
+    // 24 + 4 + 800 bytes: at one byte per 20 ms, far longer than any bound here.
+    let frame = encode(&Frame::new(
+        5,
+        GetBalances {
+            accounts: (0..100).collect(),
+        },
+    ));
+    let trickle = tokio::spawn(async move {
+        for byte in frame.iter() {
+            if write_half.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let frames = read_until_closed(&mut read_half).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(
+        (frames[0].request_id, error_code(&frames[0])),
+        (0, ErrorCode::Timeout)
+    );
+    trickle.abort();
+    server.stop().await;
+}
+
+/// Accepts one connection and answers its first request with `answer` under the request's id,
+/// then keeps the connection open, reading and discarding.
+async fn fake_server(answer: Option<Message>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let frame = read_frame(&mut stream, &mut buf).await;
+        if let Some(answer) = answer {
+            let reply = encode(&Frame::new(frame.request_id, answer));
+            stream.write_all(&reply).await.unwrap();
+        }
+        let mut sink = Vec::new();
+        while matches!(stream.read_buf(&mut sink).await, Ok(read) if read > 0) {
+            sink.clear();
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn an_answer_of_the_wrong_kind_is_a_protocol_error_and_closes() {
+    let wrong = HeartbeatReply {
+        node_id: 1,
+        last_lsn: 0,
+        in_doubt_count: 0,
+        uptime_seconds: 0,
+    };
+    let address = fake_server(Some(wrong.into())).await;
+    let client = Client::connect(address, ClientConfig::default())
+        .await
+        .unwrap();
+    match client.call(GetBalance { account: 1 }).await {
+        Err(ClientError::UnexpectedKind { request, found }) => assert_eq!(
+            (request, found),
+            (MessageKind::GetBalance, MessageKind::HeartbeatReply)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        client.call(GetBalance { account: 2 }).await,
+        Err(ClientError::Closed)
+    ));
+}
+
+/// A peer that reads but never answers: the first call times out, and then the connection is
+/// known dead, so the next call fails at once instead of timing out too.
+#[tokio::test]
+async fn a_silent_peer_is_declared_dead_after_one_request_timeout() {
+    let address = fake_server(None).await;
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(address, config).await.unwrap();
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(GetBalance { account: 1 }).await }
+    });
+    let second = client.call(GetBalance { account: 2 });
+    assert!(matches!(second.await, Err(ClientError::Timeout)));
+    assert!(matches!(first.await.unwrap(), Err(ClientError::Timeout)));
+    let third = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.call(GetBalance { account: 3 }),
+    );
+    assert!(matches!(third.await, Ok(Err(ClientError::Closed))));
+}
+
+/// The writer is part of the connection: once run() returns, a connection whose writer was blocked
+/// on a peer that stopped reading is closed, not left to a detached task.
+#[tokio::test]
+async fn run_returning_means_connections_are_closed() {
+    let config = ServerConfig {
+        shutdown_drain_timeout: Duration::from_millis(100),
+        requests_in_flight_per_connection_max: 4096,
+        ..ServerConfig::default()
+    };
+    let handled = Arc::new(AtomicU64::new(0));
+    let handler = LargeAnswerHandler { handled };
+    let server = Server::bind("127.0.0.1:0", config, handler).await.unwrap();
+    let address = server.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(address).await.unwrap();
+    let mut wire = BytesMut::new();
+    for request_id in 1..=1000 {
+        Frame::new(request_id, GetBalance { account: 1 })
+            .encode(&mut wire)
+            .unwrap();
+    }
+    stream.write_all(&wire).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop.send(());
+    tokio::time::timeout(HANG_TIMEOUT, task)
+        .await
+        .expect("server stops within its drain deadline")
+        .unwrap()
+        .unwrap();
+    // The writer was blocked on us (default write timeout 60 s), yet the socket is closed now.
+    write_until_reset(&mut stream)
+        .await
+        .expect("socket closed once run() returned");
 }

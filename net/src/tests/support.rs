@@ -40,10 +40,12 @@ pub(crate) fn transfer(id: u128) -> Transfer {
 
 /// `Transfer` answers `Committed` after sleeping `amount` milliseconds when `amount` < 10_000
 /// (so answers can overtake each other); `Heartbeat` with node id `u32::MAX` never answers;
-/// `GetBalance` answers twice the account id; anything else is refused.
+/// `GetBalance` answers twice the account id; `GetTransferStatus` with id `PANIC_TRANSFER_ID`
+/// panics; anything else is refused.
 pub(crate) struct TestHandler;
 
 pub(crate) const NODE_ID_HANG: NodeId = u32::MAX;
+pub(crate) const PANIC_TRANSFER_ID: u128 = 0xdead;
 
 impl Handler for TestHandler {
     async fn handle(&self, request: Message) -> Message {
@@ -60,6 +62,9 @@ impl Handler for TestHandler {
             }
             Message::Heartbeat(heartbeat) if heartbeat.node_id == NODE_ID_HANG => {
                 std::future::pending().await
+            }
+            Message::GetTransferStatus(status) if status.id == PANIC_TRANSFER_ID => {
+                panic!("the test handler panics on request")
             }
             Message::GetBalance(get) => Balance {
                 account: get.account,

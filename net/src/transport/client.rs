@@ -12,11 +12,12 @@ use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::AbortHandle;
 
 use super::writer::write_frames;
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::Frame;
-use crate::message::{ErrorResponse, Message};
+use crate::message::{ErrorResponse, Message, MessageKind};
 
 const READ_CHUNK_SIZE_BYTES: usize = 16 * 1024;
 
@@ -26,7 +27,10 @@ pub struct ClientConfig {
     /// Requests awaiting an answer at once; a further `call` waits for a slot (within its
     /// timeout), so a caller can never queue unbounded work.
     pub requests_in_flight_max: u32,
-    /// Time from `call` to answer, waiting for a slot included.
+    /// Time from `call` to answer, waiting for a slot included. Also the dead-peer bound: a call
+    /// that waits this out with no frame at all arriving on the connection meanwhile marks the
+    /// peer dead; every waiting call fails `Timeout`, later ones `Closed`, and the connection is
+    /// closed (a half-open peer costs one timeout, not one per call).
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
 }
@@ -56,6 +60,13 @@ pub enum ClientError {
     /// The connection is closed; the request may or may not have been applied.
     #[error("connection closed")]
     Closed,
+    /// The peer answered with a kind that does not answer the request: it is broken, so the
+    /// connection is closed (other waiting calls fail `Closed`).
+    #[error("peer answered a {request:?} with {found:?}")]
+    UnexpectedKind {
+        request: MessageKind,
+        found: MessageKind,
+    },
     /// The peer answered with an error frame.
     #[error("peer answered {code:?}: {message}", code = .0.code, message = .0.message)]
     Remote(ErrorResponse),
@@ -63,10 +74,15 @@ pub enum ClientError {
 
 type Answer = Result<Message, ClientError>;
 
+struct Waiter {
+    answer: oneshot::Sender<Answer>,
+    request: MessageKind,
+}
+
 #[derive(Default)]
 struct Pending {
     closed: bool,
-    waiters: HashMap<u64, oneshot::Sender<Answer>>,
+    waiters: HashMap<u64, Waiter>,
 }
 
 impl Pending {
@@ -74,13 +90,13 @@ impl Pending {
     fn close(&mut self, error: impl Fn() -> ClientError) {
         self.closed = true;
         for (_, waiter) in self.waiters.drain() {
-            let _ = waiter.send(Err(error()));
+            let _ = waiter.answer.send(Err(error()));
         }
     }
 }
 
-/// One pipelined connection. Cheap to clone; clones share the connection, and it closes when the
-/// last clone is dropped.
+/// One pipelined connection. Cheap to clone; clones share the connection, and it closes (its task
+/// is aborted) when the last clone is dropped.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
@@ -93,6 +109,16 @@ struct Shared {
     // Request id 0 is reserved for errors about the connection as a whole.
     next_request_id: AtomicU64,
     request_timeout: Duration,
+    /// Frames of any kind received so far, to tell a silent (dead) peer from a slow request.
+    frames_received: Arc<AtomicU64>,
+    /// The task that reads and writes the socket; aborting it closes the connection.
+    connection: AbortHandle,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
 }
 
 /// Removes a waiter whose call ended without an answer (timeout, or the caller gave up), so the
@@ -131,14 +157,32 @@ impl Client {
         let in_flight_max = config.requests_in_flight_max as usize;
         let (sender, receiver) = mpsc::channel(in_flight_max);
         let pending = Arc::new(Mutex::new(Pending::default()));
-        tokio::spawn(write_frames(write_half, receiver, config.request_timeout));
-        tokio::spawn(read_answers(read_half, pending.clone()));
+        let frames_received = Arc::new(AtomicU64::new(0));
+        let write_timeout = config.request_timeout;
+        let connection = tokio::spawn({
+            let pending = pending.clone();
+            let frames_received = frames_received.clone();
+            async move {
+                // Whichever side ends first ends the connection; dropping both halves closes it.
+                tokio::select! {
+                    () = read_answers(read_half, &pending, &frames_received) => {}
+                    written = write_frames(write_half, receiver, write_timeout) => {
+                        if let Err(error) = written {
+                            tracing::debug!(%error, "write failed; closing connection");
+                        }
+                    }
+                }
+                lock(&pending).close(|| ClientError::Closed);
+            }
+        });
         let shared = Shared {
             sender,
             pending,
             in_flight: Semaphore::new(in_flight_max),
             next_request_id: AtomicU64::new(1),
             request_timeout: config.request_timeout,
+            frames_received,
+            connection: connection.abort_handle(),
         };
         Ok(Client {
             shared: Arc::new(shared),
@@ -155,13 +199,22 @@ impl Client {
             Err(_) => return Err(ClientError::Timeout),
         };
         let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = Frame::new(request_id, request).to_bytes()?.freeze();
+        let frame = Frame::new(request_id, request);
+        let request_kind = frame.message.kind();
+        let bytes = frame.to_bytes()?.freeze();
         let (waiter, answer) = oneshot::channel();
+        let frames_before;
         {
             let mut pending = lock(&shared.pending);
             if pending.closed {
                 return Err(ClientError::Closed);
             }
+            // Read under the lock the reader takes per frame, so no frame is counted twice or lost.
+            frames_before = shared.frames_received.load(Ordering::Acquire);
+            let waiter = Waiter {
+                answer: waiter,
+                request: request_kind,
+            };
             pending.waiters.insert(request_id, waiter);
         }
         let _guard = WaiterGuard {
@@ -174,7 +227,15 @@ impl Client {
             Err(_) => return Err(ClientError::Timeout),
         }
         match tokio::time::timeout_at(deadline, answer).await {
-            Err(_) => Err(ClientError::Timeout),
+            Err(_) => {
+                if shared.frames_received.load(Ordering::Acquire) == frames_before {
+                    // Not one frame for as long as this call waited: presume the peer dead.
+                    tracing::warn!("no frame from the peer for a whole request timeout; closing");
+                    lock(&shared.pending).close(|| ClientError::Timeout);
+                    shared.connection.abort();
+                }
+                Err(ClientError::Timeout)
+            }
             Ok(Err(_)) => Err(ClientError::Closed),
             Ok(Ok(Ok(Message::ErrorResponse(error)))) => Err(ClientError::Remote(error)),
             Ok(Ok(answer)) => answer,
@@ -183,46 +244,63 @@ impl Client {
 }
 
 /// Routes each answer to its waiting call. Ends, failing every waiting call, when the connection
-/// closes or the peer sends a malformed frame.
-async fn read_answers(mut read_half: OwnedReadHalf, pending: Arc<Mutex<Pending>>) {
+/// closes or the peer sends a malformed frame or an answer of the wrong kind.
+async fn read_answers(
+    mut read_half: OwnedReadHalf,
+    pending: &Mutex<Pending>,
+    frames_received: &AtomicU64,
+) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_SIZE_BYTES);
     loop {
         loop {
-            match Frame::decode(&mut buf) {
-                Ok(Some(Frame {
-                    request_id: 0,
-                    message,
-                })) => {
-                    // About the whole connection (e.g. too many connections): fail everyone.
-                    tracing::debug!(?message, "connection-level answer");
-                    let error = match message {
-                        Message::ErrorResponse(error) => error,
-                        _ => continue,
-                    };
-                    lock(&pending).close(|| ClientError::Remote(error.clone()));
-                    return;
-                }
-                Ok(Some(Frame {
-                    request_id,
-                    message,
-                })) => {
-                    // No waiter: its call timed out or was dropped; the late answer is dropped too.
-                    if let Some(waiter) = lock(&pending).waiters.remove(&request_id) {
-                        let _ = waiter.send(Ok(message));
-                    }
-                }
+            let frame = match Frame::decode(&mut buf) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
                     tracing::warn!(%error, "peer sent a malformed frame; closing connection");
-                    lock(&pending).close(|| ClientError::Decode(error.clone()));
+                    lock(pending).close(|| ClientError::Decode(error.clone()));
                     return;
                 }
+            };
+            let mut pending = lock(pending);
+            frames_received.fetch_add(1, Ordering::AcqRel);
+            let Frame {
+                request_id,
+                message,
+            } = frame;
+            if request_id == 0 {
+                // About the whole connection (e.g. too many connections): fail everyone.
+                tracing::debug!(?message, "connection-level answer");
+                match message {
+                    Message::ErrorResponse(error) => {
+                        pending.close(|| ClientError::Remote(error.clone()));
+                    }
+                    _ => pending.close(|| ClientError::Closed),
+                }
+                return;
+            }
+            // No waiter: its call timed out or was dropped; the late answer is dropped too.
+            let Some(waiter) = pending.waiters.remove(&request_id) else {
+                continue;
+            };
+            let found = message.kind();
+            let expected = waiter.request.response_kind();
+            if found == MessageKind::ErrorResponse || Some(found) == expected {
+                let _ = waiter.answer.send(Ok(message));
+            } else {
+                tracing::warn!(request = ?waiter.request, ?found, "answer of the wrong kind; closing");
+                let _ = waiter.answer.send(Err(ClientError::UnexpectedKind {
+                    request: waiter.request,
+                    found,
+                }));
+                pending.close(|| ClientError::Closed);
+                return;
             }
         }
         buf.reserve(READ_CHUNK_SIZE_BYTES);
         match read_half.read_buf(&mut buf).await {
             Ok(0) | Err(_) => {
-                lock(&pending).close(|| ClientError::Closed);
+                lock(pending).close(|| ClientError::Closed);
                 return;
             }
             Ok(_) => {}

@@ -1,5 +1,17 @@
-//! Tally's storage core: the write-ahead log (the source of truth), and later the account tables,
-//! the lock manager and the 2PC participant. The engine never touches a socket.
+//! Tally's storage core for one shard: the write-ahead log (the source of truth), the account
+//! tables derived from it, the lock manager, and the engine that serializes every operation with
+//! two-phase locking and takes part in two-phase commit. The engine never touches a socket.
 
+mod apply;
 pub mod lock;
+pub mod model;
+pub mod record;
+mod shard;
+pub mod tables;
 pub mod wal;
+
+pub use apply::{ApplyError, plan_batch};
+pub use shard::{
+    Engine, EngineError, EngineOptions, OpenReport, PrepareRequest, ShardAudit, TransferStatus,
+    Vote,
+};

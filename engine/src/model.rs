@@ -1,0 +1,176 @@
+//! The shard's data model: accounts, transfers and their outcomes, history entries, 2PC operations.
+
+/// Account identifier, chosen by the client.
+pub type AccountId = u64;
+/// Transfer identifier, chosen by the client: the idempotency key, and the 2PC transaction id.
+pub type TransferId = u128;
+/// Node identifier in the cluster file.
+pub type NodeId = u32;
+/// Amounts and balances, in minor units.
+pub type Amount = u64;
+
+/// Longest owner name accepted, in UTF-8 bytes.
+pub const OWNER_NAME_MAX_BYTES: usize = 64;
+/// Most history entries returned by one page.
+pub const HISTORY_PAGE_MAX_ENTRIES: u32 = 1000;
+/// Most operations one distributed transaction may carry at one participant.
+pub const TRANSACTION_OPERATIONS_MAX: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub balance: Amount,
+    pub owner: Option<String>,
+    pub flags: u32,
+    /// Milliseconds since the Unix epoch, as logged when the account was created.
+    pub created_at_ms: u64,
+}
+
+/// Why a transfer was aborted. The numeric codes are stable (logged, and sent on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum AbortReason {
+    InsufficientFunds = 1,
+    UnknownAccount = 2,
+    LockConflict = 3,
+    ParticipantUnavailable = 4,
+    Overflow = 5,
+    /// The coordinator gave up waiting (or an inquiry found it still collecting votes).
+    Timeout = 6,
+    /// The transaction itself is malformed (no operations, zero amount, an account twice).
+    InvalidRequest = 7,
+}
+
+impl AbortReason {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::InsufficientFunds,
+            2 => Self::UnknownAccount,
+            3 => Self::LockConflict,
+            4 => Self::ParticipantUnavailable,
+            5 => Self::Overflow,
+            6 => Self::Timeout,
+            7 => Self::InvalidRequest,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Self::InsufficientFunds => "insufficient funds",
+            Self::UnknownAccount => "unknown account",
+            Self::LockConflict => "lock conflict",
+            Self::ParticipantUnavailable => "participant unavailable",
+            Self::Overflow => "overflow",
+            Self::Timeout => "timeout",
+            Self::InvalidRequest => "invalid request",
+        })
+    }
+}
+
+/// The final outcome of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    Aborted(AbortReason),
+}
+
+/// What a shard knows of a transfer id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRecord {
+    pub id: TransferId,
+    /// Debit account, credit account and amount, to tell a retry from a different request that
+    /// reuses the id. Zero when this shard saw only an abort of an unknown transaction.
+    pub debit: AccountId,
+    pub credit: AccountId,
+    pub amount: Amount,
+    pub outcome: Outcome,
+}
+
+/// What changed an account, in a history entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HistoryKind {
+    Deposit = 1,
+    Withdrawal = 2,
+    TransferDebit = 3,
+    TransferCredit = 4,
+}
+
+impl HistoryKind {
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::Deposit,
+            2 => Self::Withdrawal,
+            3 => Self::TransferDebit,
+            4 => Self::TransferCredit,
+            _ => return None,
+        })
+    }
+}
+
+/// One change of one account. Entries of an account are ordered by LSN; the LSN is the cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub account: AccountId,
+    pub lsn: u64,
+    pub kind: HistoryKind,
+    pub amount: Amount,
+    /// The other account of a transfer; 0 otherwise.
+    pub counterparty: AccountId,
+    /// The transfer's id; 0 otherwise.
+    pub transfer: TransferId,
+    pub balance_after: Amount,
+}
+
+/// One page of history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    /// Pass as `before_lsn` to get the next (older) page; `None` when there is none.
+    pub next_cursor: Option<u64>,
+}
+
+/// Direction of one operation of a distributed transaction at a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OperationKind {
+    Debit = 1,
+    Credit = 2,
+}
+
+/// One account change of a distributed transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation {
+    pub account: AccountId,
+    pub kind: OperationKind,
+    pub amount: Amount,
+    /// The other account of the transfer (for history).
+    pub counterparty: AccountId,
+}
+
+/// A prepared, undecided transaction at a participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedTransaction {
+    pub id: TransferId,
+    pub coordinator: NodeId,
+    pub operations: Vec<Operation>,
+}
+
+/// Money that entered and left the shard, for the conservation check:
+/// sum of balances == deposits - withdrawals + credits received - debits sent by 2PC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub deposited: u128,
+    pub withdrawn: u128,
+    /// Money that arrived through committed distributed transactions.
+    pub credited_by_transactions: u128,
+    /// Money that left through committed distributed transactions.
+    pub debited_by_transactions: u128,
+}

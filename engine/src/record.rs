@@ -1,0 +1,392 @@
+//! The engine's WAL records: one kind per state change, each carrying everything needed to redo
+//! it. Payloads are fixed-width little-endian fields; the layouts are listed in ARCHITECTURE.md
+//! ("Log records") and encoded only here.
+
+use crate::model::{
+    AbortReason, AccountId, Amount, NodeId, OWNER_NAME_MAX_BYTES, Operation, OperationKind,
+    TRANSACTION_OPERATIONS_MAX, TransferId,
+};
+
+/// WAL record kinds (the byte the WAL stores with each record). Never reuse a number.
+pub mod kind {
+    pub const ACCOUNT_CREATED: u8 = 1;
+    pub const DEPOSITED: u8 = 2;
+    pub const WITHDRAWN: u8 = 3;
+    pub const LOCAL_TRANSFER: u8 = 4;
+    pub const TRANSFER_ABORTED: u8 = 5;
+    pub const PREPARED: u8 = 6;
+    pub const COMMITTED: u8 = 7;
+    pub const ABORTED: u8 = 8;
+}
+
+/// A state change, as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    AccountCreated {
+        account: AccountId,
+        owner: Option<String>,
+        flags: u32,
+        created_at_ms: u64,
+    },
+    Deposited {
+        account: AccountId,
+        amount: Amount,
+    },
+    Withdrawn {
+        account: AccountId,
+        amount: Amount,
+    },
+    /// A one-phase transfer between two accounts of this shard, committed.
+    LocalTransfer {
+        id: TransferId,
+        debit: AccountId,
+        credit: AccountId,
+        amount: Amount,
+    },
+    /// A one-phase transfer that was refused for a reason that depends on state (funds, unknown
+    /// account, overflow, lock conflict): recorded so that a retry gets the same answer.
+    TransferAborted {
+        id: TransferId,
+        debit: AccountId,
+        credit: AccountId,
+        amount: Amount,
+        reason: AbortReason,
+    },
+    /// Participant: this transaction is validated and locked, and will commit if told to.
+    Prepared {
+        id: TransferId,
+        coordinator: NodeId,
+        operations: Vec<Operation>,
+    },
+    /// Participant: the coordinator decided commit; apply the prepared operations.
+    Committed {
+        id: TransferId,
+    },
+    /// Participant: the coordinator decided abort (or aborted a transaction this shard never
+    /// prepared, recorded so that a late prepare is refused).
+    Aborted {
+        id: TransferId,
+        reason: AbortReason,
+    },
+}
+
+/// A payload that does not decode: the log passed its CRC, so this is a bug or a format mismatch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {kind_name} record payload: {reason}")]
+pub struct RecordDecodeError {
+    pub kind_name: &'static str,
+    pub reason: &'static str,
+}
+
+impl Record {
+    pub fn kind(&self) -> u8 {
+        match self {
+            Record::AccountCreated { .. } => kind::ACCOUNT_CREATED,
+            Record::Deposited { .. } => kind::DEPOSITED,
+            Record::Withdrawn { .. } => kind::WITHDRAWN,
+            Record::LocalTransfer { .. } => kind::LOCAL_TRANSFER,
+            Record::TransferAborted { .. } => kind::TRANSFER_ABORTED,
+            Record::Prepared { .. } => kind::PREPARED,
+            Record::Committed { .. } => kind::COMMITTED,
+            Record::Aborted { .. } => kind::ABORTED,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        match self {
+            Record::AccountCreated {
+                account,
+                owner,
+                flags,
+                created_at_ms,
+            } => {
+                out.extend_from_slice(&account.to_le_bytes());
+                out.extend_from_slice(&flags.to_le_bytes());
+                out.extend_from_slice(&created_at_ms.to_le_bytes());
+                let owner = owner.as_deref().unwrap_or("").as_bytes();
+                assert!(
+                    owner.len() <= OWNER_NAME_MAX_BYTES,
+                    "owner name checked before logging"
+                );
+                out.push(owner.len() as u8);
+                out.extend_from_slice(owner);
+            }
+            Record::Deposited { account, amount } | Record::Withdrawn { account, amount } => {
+                out.extend_from_slice(&account.to_le_bytes());
+                out.extend_from_slice(&amount.to_le_bytes());
+            }
+            Record::LocalTransfer {
+                id,
+                debit,
+                credit,
+                amount,
+            } => {
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&debit.to_le_bytes());
+                out.extend_from_slice(&credit.to_le_bytes());
+                out.extend_from_slice(&amount.to_le_bytes());
+            }
+            Record::TransferAborted {
+                id,
+                debit,
+                credit,
+                amount,
+                reason,
+            } => {
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&debit.to_le_bytes());
+                out.extend_from_slice(&credit.to_le_bytes());
+                out.extend_from_slice(&amount.to_le_bytes());
+                out.push(reason.code());
+            }
+            Record::Prepared {
+                id,
+                coordinator,
+                operations,
+            } => {
+                assert!(operations.len() <= TRANSACTION_OPERATIONS_MAX);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&coordinator.to_le_bytes());
+                out.push(operations.len() as u8);
+                for operation in operations {
+                    out.extend_from_slice(&operation.account.to_le_bytes());
+                    out.push(operation.kind as u8);
+                    out.extend_from_slice(&operation.amount.to_le_bytes());
+                    out.extend_from_slice(&operation.counterparty.to_le_bytes());
+                }
+            }
+            Record::Committed { id } => out.extend_from_slice(&id.to_le_bytes()),
+            Record::Aborted { id, reason } => {
+                out.extend_from_slice(&id.to_le_bytes());
+                out.push(reason.code());
+            }
+        }
+        out
+    }
+
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, RecordDecodeError> {
+        let kind_name = match kind {
+            kind::ACCOUNT_CREATED => "account-created",
+            kind::DEPOSITED => "deposited",
+            kind::WITHDRAWN => "withdrawn",
+            kind::LOCAL_TRANSFER => "local-transfer",
+            kind::TRANSFER_ABORTED => "transfer-aborted",
+            kind::PREPARED => "prepared",
+            kind::COMMITTED => "committed",
+            kind::ABORTED => "aborted",
+            _ => {
+                return Err(RecordDecodeError {
+                    kind_name: "unknown",
+                    reason: "unknown record kind",
+                });
+            }
+        };
+        let mut reader = Reader {
+            bytes: payload,
+            kind_name,
+        };
+        let record = match kind {
+            kind::ACCOUNT_CREATED => {
+                let account = reader.u64()?;
+                let flags = reader.u32()?;
+                let created_at_ms = reader.u64()?;
+                let length = reader.u8()? as usize;
+                if length > OWNER_NAME_MAX_BYTES {
+                    return Err(reader.error("owner name too long"));
+                }
+                let owner = reader.take(length)?;
+                let owner =
+                    std::str::from_utf8(owner).map_err(|_| reader.error("owner not UTF-8"))?;
+                let owner = (!owner.is_empty()).then(|| owner.to_owned());
+                Record::AccountCreated {
+                    account,
+                    owner,
+                    flags,
+                    created_at_ms,
+                }
+            }
+            kind::DEPOSITED => Record::Deposited {
+                account: reader.u64()?,
+                amount: reader.u64()?,
+            },
+            kind::WITHDRAWN => Record::Withdrawn {
+                account: reader.u64()?,
+                amount: reader.u64()?,
+            },
+            kind::LOCAL_TRANSFER => Record::LocalTransfer {
+                id: reader.u128()?,
+                debit: reader.u64()?,
+                credit: reader.u64()?,
+                amount: reader.u64()?,
+            },
+            kind::TRANSFER_ABORTED => Record::TransferAborted {
+                id: reader.u128()?,
+                debit: reader.u64()?,
+                credit: reader.u64()?,
+                amount: reader.u64()?,
+                reason: AbortReason::from_code(reader.u8()?)
+                    .ok_or_else(|| reader.error("unknown abort reason"))?,
+            },
+            kind::PREPARED => {
+                let id = reader.u128()?;
+                let coordinator = reader.u32()?;
+                let count = reader.u8()? as usize;
+                if count > TRANSACTION_OPERATIONS_MAX {
+                    return Err(reader.error("too many operations"));
+                }
+                let mut operations = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let account = reader.u64()?;
+                    let kind = match reader.u8()? {
+                        1 => OperationKind::Debit,
+                        2 => OperationKind::Credit,
+                        _ => return Err(reader.error("unknown operation kind")),
+                    };
+                    let amount = reader.u64()?;
+                    let counterparty = reader.u64()?;
+                    operations.push(Operation {
+                        account,
+                        kind,
+                        amount,
+                        counterparty,
+                    });
+                }
+                Record::Prepared {
+                    id,
+                    coordinator,
+                    operations,
+                }
+            }
+            kind::COMMITTED => Record::Committed { id: reader.u128()? },
+            kind::ABORTED => Record::Aborted {
+                id: reader.u128()?,
+                reason: AbortReason::from_code(reader.u8()?)
+                    .ok_or_else(|| reader.error("unknown abort reason"))?,
+            },
+            _ => unreachable!("kind checked above"),
+        };
+        if !reader.bytes.is_empty() {
+            return Err(reader.error("trailing bytes"));
+        }
+        Ok(record)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    kind_name: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn error(&self, reason: &'static str) -> RecordDecodeError {
+        RecordDecodeError {
+            kind_name: self.kind_name,
+            reason,
+        }
+    }
+
+    fn take(&mut self, length: usize) -> Result<&'a [u8], RecordDecodeError> {
+        if self.bytes.len() < length {
+            return Err(self.error("payload too short"));
+        }
+        let (head, tail) = self.bytes.split_at(length);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, RecordDecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, RecordDecodeError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, RecordDecodeError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn u128(&mut self) -> Result<u128, RecordDecodeError> {
+        Ok(u128::from_le_bytes(
+            self.take(16)?.try_into().expect("16 bytes"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_record_kind_round_trips_and_truncations_fail() {
+        let records = vec![
+            Record::AccountCreated {
+                account: 7,
+                owner: Some("Ada".into()),
+                flags: 3,
+                created_at_ms: 99,
+            },
+            Record::AccountCreated {
+                account: 8,
+                owner: None,
+                flags: 0,
+                created_at_ms: 1,
+            },
+            Record::Deposited {
+                account: 7,
+                amount: 500,
+            },
+            Record::Withdrawn {
+                account: 7,
+                amount: 20,
+            },
+            Record::LocalTransfer {
+                id: u128::MAX - 3,
+                debit: 7,
+                credit: 8,
+                amount: 10,
+            },
+            Record::TransferAborted {
+                id: 5,
+                debit: 7,
+                credit: 8,
+                amount: 10,
+                reason: AbortReason::InsufficientFunds,
+            },
+            Record::Prepared {
+                id: 11,
+                coordinator: 2,
+                operations: vec![Operation {
+                    account: 7,
+                    kind: OperationKind::Debit,
+                    amount: 4,
+                    counterparty: 1 << 40,
+                }],
+            },
+            Record::Committed { id: 11 },
+            Record::Aborted {
+                id: 12,
+                reason: AbortReason::LockConflict,
+            },
+        ];
+        for record in records {
+            let payload = record.encode();
+            assert_eq!(Record::decode(record.kind(), &payload).unwrap(), record);
+            for cut in 0..payload.len() {
+                assert!(
+                    Record::decode(record.kind(), &payload[..cut]).is_err(),
+                    "{record:?} cut {cut}"
+                );
+            }
+            let mut longer = payload.clone();
+            longer.push(0);
+            assert!(Record::decode(record.kind(), &longer).is_err());
+        }
+        assert!(Record::decode(0, &[]).is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! The account tables: state derived from the WAL (accounts, transfer outcomes, history, prepared
+//! transactions, totals, and the applied LSN), behind a small trait with a RocksDB and an
+//! in-memory implementation.
+//!
+//! Writes come only as a [`TableBatch`] holding absolute values (new balances, not deltas) and the
+//! LSN up to which it applies the log, written atomically. Writing the same batch twice therefore
+//! leaves the same state as writing it once, and the applied LSN always matches the data.
+
+mod memory;
+#[cfg(feature = "rocksdb")]
+mod rocks;
+
+pub use memory::MemoryTables;
+#[cfg(feature = "rocksdb")]
+pub use rocks::RocksTables;
+
+use crate::model::{
+    Account, AccountId, HistoryEntry, PreparedTransaction, Totals, TransferId, TransferRecord,
+};
+use crate::wal::Lsn;
+
+/// A storage failure of the tables. Like a WAL failure it makes the engine stop accepting writes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("account tables: {0}")]
+pub struct TablesError(pub String);
+
+/// Everything one applied group of WAL records changes, in absolute values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableBatch {
+    /// The log is applied up to and including this LSN once the batch is written.
+    pub applied_lsn: Lsn,
+    pub accounts: Vec<Account>,
+    pub transfers: Vec<TransferRecord>,
+    pub history: Vec<HistoryEntry>,
+    /// `Some` stores a prepared transaction, `None` removes it (decided).
+    pub prepared: Vec<(TransferId, Option<PreparedTransaction>)>,
+    pub totals: Totals,
+}
+
+/// The derived state of one shard.
+pub trait Tables: Send + Sync + 'static {
+    /// The LSN up to which the log is reflected (0 for empty tables).
+    fn applied_lsn(&self) -> Result<Lsn, TablesError>;
+    fn account(&self, id: AccountId) -> Result<Option<Account>, TablesError>;
+    fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, TablesError>;
+    fn prepared(&self, id: TransferId) -> Result<Option<PreparedTransaction>, TablesError>;
+    fn all_prepared(&self) -> Result<Vec<PreparedTransaction>, TablesError>;
+    /// History entries of `account` with LSN below `before_lsn`, newest first, at most `limit`.
+    fn history(
+        &self,
+        account: AccountId,
+        before_lsn: Lsn,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, TablesError>;
+    fn totals(&self) -> Result<Totals, TablesError>;
+    /// Calls `visit` for every account, in id order.
+    fn scan_accounts(&self, visit: &mut dyn FnMut(&Account)) -> Result<(), TablesError>;
+    /// Writes the batch atomically (all of it or none, with its applied LSN).
+    fn write(&self, batch: &TableBatch) -> Result<(), TablesError>;
+    /// Makes every written batch durable; afterwards a crash recovers at least this state, so the
+    /// WAL may be truncated below the applied LSN.
+    fn flush(&self) -> Result<(), TablesError>;
+}
+
+/// Key layout of the byte-oriented implementation: a one-byte prefix per table, then big-endian
+/// ids so that keys sort like the ids.
+#[cfg(feature = "rocksdb")]
+pub(crate) mod keys {
+    use crate::model::{AccountId, TransferId};
+    use crate::wal::Lsn;
+
+    pub const ACCOUNT: u8 = b'a';
+    pub const HISTORY: u8 = b'h';
+    pub const PREPARED: u8 = b'p';
+    pub const TRANSFER: u8 = b't';
+
+    /// Metadata keys share the prefix `m`.
+    pub const META_APPLIED_LSN: &[u8] = b"mapplied_lsn";
+    pub const META_TOTALS: &[u8] = b"mtotals";
+
+    pub fn account(id: AccountId) -> [u8; 9] {
+        let mut key = [ACCOUNT; 9];
+        key[1..].copy_from_slice(&id.to_be_bytes());
+        key
+    }
+
+    pub fn transfer(id: TransferId) -> [u8; 17] {
+        let mut key = [TRANSFER; 17];
+        key[1..].copy_from_slice(&id.to_be_bytes());
+        key
+    }
+
+    pub fn prepared(id: TransferId) -> [u8; 17] {
+        let mut key = [PREPARED; 17];
+        key[1..].copy_from_slice(&id.to_be_bytes());
+        key
+    }
+
+    pub fn history(account: AccountId, lsn: Lsn) -> [u8; 17] {
+        let mut key = [HISTORY; 17];
+        key[1..9].copy_from_slice(&account.to_be_bytes());
+        key[9..].copy_from_slice(&lsn.to_be_bytes());
+        key
+    }
+}
+
+/// Value encodings of the byte-oriented implementation (little-endian, fixed width).
+#[cfg(feature = "rocksdb")]
+pub(crate) mod values {
+    use super::TablesError;
+    use crate::model::{
+        AbortReason, Account, HistoryEntry, HistoryKind, Outcome, PreparedTransaction, Totals,
+        TransferRecord,
+    };
+    use crate::record::Record;
+
+    fn corrupt(what: &str) -> TablesError {
+        TablesError(format!("malformed {what} value"))
+    }
+
+    fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+        u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+    }
+
+    fn u128_at(bytes: &[u8], offset: usize) -> u128 {
+        u128::from_le_bytes(bytes[offset..offset + 16].try_into().expect("16 bytes"))
+    }
+
+    pub fn encode_account(account: &Account) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        out.extend_from_slice(&account.balance.to_le_bytes());
+        out.extend_from_slice(&account.flags.to_le_bytes());
+        out.extend_from_slice(&account.created_at_ms.to_le_bytes());
+        out.extend_from_slice(account.owner.as_deref().unwrap_or("").as_bytes());
+        out
+    }
+
+    pub fn decode_account(id: u64, bytes: &[u8]) -> Result<Account, TablesError> {
+        if bytes.len() < 20 {
+            return Err(corrupt("account"));
+        }
+        let owner = std::str::from_utf8(&bytes[20..]).map_err(|_| corrupt("account owner"))?;
+        Ok(Account {
+            id,
+            balance: u64_at(bytes, 0),
+            flags: u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
+            created_at_ms: u64_at(bytes, 12),
+            owner: (!owner.is_empty()).then(|| owner.to_owned()),
+        })
+    }
+
+    pub fn encode_transfer(transfer: &TransferRecord) -> Vec<u8> {
+        let mut out = Vec::with_capacity(26);
+        out.extend_from_slice(&transfer.debit.to_le_bytes());
+        out.extend_from_slice(&transfer.credit.to_le_bytes());
+        out.extend_from_slice(&transfer.amount.to_le_bytes());
+        match transfer.outcome {
+            Outcome::Committed => out.extend_from_slice(&[0, 0]),
+            Outcome::Aborted(reason) => out.extend_from_slice(&[1, reason.code()]),
+        }
+        out
+    }
+
+    pub fn decode_transfer(id: u128, bytes: &[u8]) -> Result<TransferRecord, TablesError> {
+        if bytes.len() != 26 {
+            return Err(corrupt("transfer"));
+        }
+        let outcome = match bytes[24] {
+            0 => Outcome::Committed,
+            1 => Outcome::Aborted(
+                AbortReason::from_code(bytes[25]).ok_or_else(|| corrupt("abort reason"))?,
+            ),
+            _ => return Err(corrupt("transfer outcome")),
+        };
+        Ok(TransferRecord {
+            id,
+            debit: u64_at(bytes, 0),
+            credit: u64_at(bytes, 8),
+            amount: u64_at(bytes, 16),
+            outcome,
+        })
+    }
+
+    pub fn encode_history(entry: &HistoryEntry) -> Vec<u8> {
+        let mut out = Vec::with_capacity(41);
+        out.push(entry.kind as u8);
+        out.extend_from_slice(&entry.amount.to_le_bytes());
+        out.extend_from_slice(&entry.counterparty.to_le_bytes());
+        out.extend_from_slice(&entry.transfer.to_le_bytes());
+        out.extend_from_slice(&entry.balance_after.to_le_bytes());
+        out
+    }
+
+    pub fn decode_history(
+        account: u64,
+        lsn: u64,
+        bytes: &[u8],
+    ) -> Result<HistoryEntry, TablesError> {
+        if bytes.len() != 41 {
+            return Err(corrupt("history"));
+        }
+        Ok(HistoryEntry {
+            account,
+            lsn,
+            kind: HistoryKind::from_code(bytes[0]).ok_or_else(|| corrupt("history kind"))?,
+            amount: u64_at(bytes, 1),
+            counterparty: u64_at(bytes, 9),
+            transfer: u128_at(bytes, 17),
+            balance_after: u64_at(bytes, 33),
+        })
+    }
+
+    /// A prepared transaction is stored as the payload of its PREPARED record.
+    pub fn encode_prepared(prepared: &PreparedTransaction) -> Vec<u8> {
+        Record::Prepared {
+            id: prepared.id,
+            coordinator: prepared.coordinator,
+            operations: prepared.operations.clone(),
+        }
+        .encode()
+    }
+
+    pub fn decode_prepared(bytes: &[u8]) -> Result<PreparedTransaction, TablesError> {
+        match Record::decode(crate::record::kind::PREPARED, bytes) {
+            Ok(Record::Prepared {
+                id,
+                coordinator,
+                operations,
+            }) => Ok(PreparedTransaction {
+                id,
+                coordinator,
+                operations,
+            }),
+            _ => Err(corrupt("prepared transaction")),
+        }
+    }
+
+    pub fn encode_totals(totals: &Totals) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        for value in [
+            totals.deposited,
+            totals.withdrawn,
+            totals.credited_by_transactions,
+            totals.debited_by_transactions,
+        ] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode_totals(bytes: &[u8]) -> Result<Totals, TablesError> {
+        if bytes.len() != 64 {
+            return Err(corrupt("totals"));
+        }
+        Ok(Totals {
+            deposited: u128_at(bytes, 0),
+            withdrawn: u128_at(bytes, 16),
+            credited_by_transactions: u128_at(bytes, 32),
+            debited_by_transactions: u128_at(bytes, 48),
+        })
+    }
+}

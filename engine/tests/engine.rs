@@ -1,0 +1,797 @@
+//! Engine tests over the in-memory WAL storage and tables: concurrency, crash-restart, errors,
+//! the 2PC participant's message handling. Randomized tests print their seed; `TALLY_SEED=N`
+//! replays one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use engine::model::{AbortReason, AccountId, Operation, OperationKind, Outcome, TransferId};
+use engine::record::Record;
+use engine::tables::{MemoryTables, Tables};
+use engine::wal::{CrashMode, MemoryStorage, Wal, WalOptions};
+use engine::{
+    Engine, EngineError, EngineOptions, PrepareRequest, TransferStatus, Vote, plan_batch,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+type TestEngine = Engine<MemoryTables, MemoryStorage>;
+
+fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("TALLY_SEED")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    println!("{test}: seed {seed} (replay with TALLY_SEED={seed})");
+    seed
+}
+
+fn wal_options() -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 16 * 1024,
+        ..WalOptions::default()
+    }
+}
+
+fn open(storage: &MemoryStorage, tables: &MemoryTables, lock_wait: Duration) -> TestEngine {
+    let (wal, _) = Wal::open(storage.clone(), wal_options()).expect("open WAL");
+    let options = EngineOptions {
+        lock_wait,
+        ..EngineOptions::default()
+    };
+    Engine::open(wal, tables.clone(), options)
+        .expect("open engine")
+        .0
+}
+
+fn fresh() -> (MemoryStorage, MemoryTables, TestEngine) {
+    let storage = MemoryStorage::new();
+    let tables = MemoryTables::new();
+    let engine = open(&storage, &tables, Duration::ZERO);
+    (storage, tables, engine)
+}
+
+fn debit(account: AccountId, amount: u64) -> Operation {
+    Operation {
+        account,
+        kind: OperationKind::Debit,
+        amount,
+        counterparty: 9_000 + account,
+    }
+}
+
+fn credit(account: AccountId, amount: u64) -> Operation {
+    Operation {
+        account,
+        kind: OperationKind::Credit,
+        amount,
+        counterparty: 9_000 + account,
+    }
+}
+
+fn prepare_one(engine: &TestEngine, id: TransferId, operation: Operation) -> Vote {
+    engine
+        .prepare(&[PrepareRequest {
+            id,
+            coordinator: 2,
+            operations: vec![operation],
+        }])
+        .unwrap()[0]
+}
+
+#[test]
+fn concurrent_random_operations_conserve_money_and_replay_to_the_same_state() {
+    let seed = test_seed("concurrent_random_operations");
+    let (storage, tables, engine) = fresh();
+    let accounts: Vec<AccountId> = (1..=4).collect();
+    for &account in &accounts {
+        engine.create_account(account, Some("hot"), 0, 1).unwrap();
+        engine.deposit(account, 1_000).unwrap();
+    }
+    let engine = Arc::new(engine);
+    let deposited = Arc::new(AtomicU64::new(4_000));
+    let withdrawn = Arc::new(AtomicU64::new(0));
+    let credited = Arc::new(AtomicU64::new(0));
+    let debited = Arc::new(AtomicU64::new(0));
+    let next_id = Arc::new(AtomicU64::new(1));
+    let threads: Vec<_> = (0..4)
+        .map(|thread| {
+            let (engine, deposited, withdrawn, credited, debited, next_id) = (
+                engine.clone(),
+                deposited.clone(),
+                withdrawn.clone(),
+                credited.clone(),
+                debited.clone(),
+                next_id.clone(),
+            );
+            let accounts = accounts.clone();
+            std::thread::spawn(move || {
+                let mut random = StdRng::seed_from_u64(seed.wrapping_add(thread));
+                for _ in 0..300 {
+                    let account = accounts[random.random_range(0..accounts.len())];
+                    let amount = random.random_range(1..200);
+                    match random.random_range(0..5) {
+                        0 => {
+                            if engine.deposit(account, amount).is_ok() {
+                                deposited.fetch_add(amount, Ordering::SeqCst);
+                            }
+                        }
+                        1 => {
+                            if engine.withdraw(account, amount).is_ok() {
+                                withdrawn.fetch_add(amount, Ordering::SeqCst);
+                            }
+                        }
+                        2 => {
+                            let other = accounts[random.random_range(0..accounts.len())];
+                            let id = u128::from(next_id.fetch_add(1, Ordering::SeqCst));
+                            let _ = engine.local_transfer(id, account, other, amount);
+                        }
+                        _ => {
+                            let id = u128::from(next_id.fetch_add(1, Ordering::SeqCst));
+                            let is_debit = random.random_bool(0.5);
+                            let operation = if is_debit {
+                                debit(account, amount)
+                            } else {
+                                credit(account, amount)
+                            };
+                            if prepare_one(&engine, id, operation) == Vote::Yes {
+                                if random.random_bool(0.7) {
+                                    engine.commit(&[id]).unwrap()[0].as_ref().unwrap();
+                                    let counter = if is_debit { &debited } else { &credited };
+                                    counter.fetch_add(amount, Ordering::SeqCst);
+                                } else {
+                                    engine.abort(&[(id, AbortReason::Timeout)]).unwrap();
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let audit = engine.audit().unwrap();
+    let expected = u128::from(deposited.load(Ordering::SeqCst))
+        + u128::from(credited.load(Ordering::SeqCst))
+        - u128::from(withdrawn.load(Ordering::SeqCst))
+        - u128::from(debited.load(Ordering::SeqCst));
+    assert_eq!(audit.balance_sum, expected, "seed {seed}");
+    assert!(audit.is_balanced(), "seed {seed}: {audit:?}");
+    assert_eq!(
+        audit.totals.deposited,
+        u128::from(deposited.load(Ordering::SeqCst))
+    );
+    assert_eq!(audit.in_doubt, 0);
+    drop(engine);
+
+    // The final state equals replaying the whole WAL into empty tables.
+    let replayed = MemoryTables::new();
+    let engine = open(&storage, &replayed, Duration::ZERO);
+    assert!(
+        replayed.same_state_as(&tables),
+        "seed {seed}: replay differs from the live state"
+    );
+    assert_eq!(engine.audit().unwrap().balance_sum, expected);
+}
+
+/// What the test expects the shard to hold: only acknowledged operations.
+#[derive(Default, Clone, Debug, PartialEq)]
+struct Model {
+    balances: BTreeMap<AccountId, u64>,
+    outcomes: BTreeMap<TransferId, Outcome>,
+    in_doubt: BTreeMap<TransferId, Operation>,
+}
+
+impl Model {
+    fn check(&self, engine: &TestEngine, context: &str) {
+        for (&account, &balance) in &self.balances {
+            assert_eq!(
+                engine.balance(account).unwrap(),
+                balance,
+                "{context}: account {account}"
+            );
+        }
+        for (&id, &outcome) in &self.outcomes {
+            match engine.transfer_status(id).unwrap() {
+                TransferStatus::Decided(record) => {
+                    assert_eq!(record.outcome, outcome, "{context}: {id}")
+                }
+                other => panic!("{context}: transfer {id} is {other:?}"),
+            }
+        }
+        let in_doubt: Vec<TransferId> = engine
+            .in_doubt()
+            .iter()
+            .map(|transaction| transaction.id)
+            .collect();
+        assert_eq!(
+            in_doubt,
+            self.in_doubt.keys().copied().collect::<Vec<_>>(),
+            "{context}: in doubt"
+        );
+        let audit = engine.audit().unwrap();
+        assert!(audit.is_balanced(), "{context}: {audit:?}");
+        assert_eq!(
+            audit.balance_sum,
+            self.balances.values().map(|&b| u128::from(b)).sum::<u128>(),
+            "{context}"
+        );
+    }
+}
+
+/// One random operation; updates the model only when the engine acknowledged it. Returns false
+/// once the engine reports a storage failure.
+fn random_step(
+    engine: &TestEngine,
+    model: &mut Model,
+    random: &mut StdRng,
+    next_id: &mut TransferId,
+) -> bool {
+    let accounts: Vec<AccountId> = model.balances.keys().copied().collect();
+    let account = accounts[random.random_range(0..accounts.len())];
+    let amount = random.random_range(1..300);
+    let failed = |error: &EngineError| matches!(error, EngineError::Failed(_));
+    match random.random_range(0..6) {
+        0 => match engine.deposit(account, amount) {
+            Ok(balance) => {
+                *model.balances.get_mut(&account).unwrap() += amount;
+                assert_eq!(balance, model.balances[&account]);
+            }
+            Err(error) => return !failed(&error) && !matches!(error, EngineError::Wal(_)),
+        },
+        1 => match engine.withdraw(account, amount) {
+            Ok(_) => *model.balances.get_mut(&account).unwrap() -= amount,
+            Err(error) => return !failed(&error),
+        },
+        2 => {
+            let other = accounts[random.random_range(0..accounts.len())];
+            if other == account {
+                return true;
+            }
+            *next_id += 1;
+            match engine.local_transfer(*next_id, account, other, amount) {
+                Ok(outcome) => {
+                    if outcome == Outcome::Committed {
+                        *model.balances.get_mut(&account).unwrap() -= amount;
+                        *model.balances.get_mut(&other).unwrap() += amount;
+                    }
+                    model.outcomes.insert(*next_id, outcome);
+                }
+                Err(error) => return !failed(&error),
+            }
+        }
+        3 | 4 => {
+            if model
+                .in_doubt
+                .values()
+                .any(|operation| operation.account == account)
+            {
+                return true;
+            }
+            *next_id += 1;
+            let operation = if random.random_bool(0.5) {
+                debit(account, amount)
+            } else {
+                credit(account, amount)
+            };
+            match engine.prepare(&[PrepareRequest {
+                id: *next_id,
+                coordinator: 3,
+                operations: vec![operation],
+            }]) {
+                Ok(votes) => {
+                    if votes[0] == Vote::Yes {
+                        model.in_doubt.insert(*next_id, operation);
+                    }
+                }
+                Err(error) => return !failed(&error),
+            }
+        }
+        _ => {
+            let Some((&id, &operation)) = model.in_doubt.iter().next() else {
+                return true;
+            };
+            let commit = random.random_bool(0.5);
+            let result = if commit {
+                engine.commit(&[id])
+            } else {
+                engine.abort(&[(id, AbortReason::LockConflict)])
+            };
+            match result {
+                Ok(results) => {
+                    results[0].as_ref().unwrap();
+                    model.in_doubt.remove(&id);
+                    if commit {
+                        let balance = model.balances.get_mut(&operation.account).unwrap();
+                        match operation.kind {
+                            OperationKind::Debit => *balance -= operation.amount,
+                            OperationKind::Credit => *balance += operation.amount,
+                        }
+                        model.outcomes.insert(id, Outcome::Committed);
+                    } else {
+                        model
+                            .outcomes
+                            .insert(id, Outcome::Aborted(AbortReason::LockConflict));
+                    }
+                }
+                Err(error) => return !failed(&error),
+            }
+        }
+    }
+    true
+}
+
+#[test]
+fn restarts_at_random_points_recover_exactly_what_was_acknowledged() {
+    let seed = test_seed("restarts");
+    let mut random = StdRng::seed_from_u64(seed);
+    let mut storage = MemoryStorage::new();
+    let mut tables = MemoryTables::new();
+    let mut engine = open(&storage, &tables, Duration::ZERO);
+    let mut model = Model::default();
+    for account in 1..=5 {
+        engine.create_account(account, None, 0, 0).unwrap();
+        engine.deposit(account, 500).unwrap();
+        model.balances.insert(account, 500);
+    }
+    let mut next_id: TransferId = 0;
+    for restart in 0..60 {
+        // Sometimes a sync or write fails part way through an operation: the engine must stop
+        // taking writes, and what it acknowledged must survive.
+        let injected = random.random_bool(0.4);
+        if injected {
+            if random.random_bool(0.5) {
+                storage.fail_sync_after(random.random_range(1..8));
+            } else {
+                storage.fail_write_after(random.random_range(1..8));
+            }
+        }
+        for _ in 0..random.random_range(1..40) {
+            if random.random_bool(0.05) {
+                let _ = engine.checkpoint();
+            }
+            if !random_step(&engine, &mut model, &mut random, &mut next_id) {
+                assert!(injected, "seed {seed}: storage failure without injection");
+                // Sticky: every later write is refused too.
+                assert!(
+                    matches!(engine.deposit(1, 1), Err(EngineError::Failed(_))),
+                    "seed {seed}"
+                );
+                break;
+            }
+        }
+        let crashed_storage = storage.crash(CrashMode::DropUnsynced);
+        let crashed_tables = tables.crash();
+        drop(engine);
+        storage = crashed_storage;
+        tables = crashed_tables;
+        engine = open(&storage, &tables, Duration::ZERO);
+        let context = format!("seed {seed} restart {restart}");
+        model.check(&engine, &context);
+        // In-doubt transactions hold their locks again.
+        if let Some((_, operation)) = model.in_doubt.iter().next() {
+            let other = model
+                .balances
+                .keys()
+                .copied()
+                .find(|&a| a != operation.account)
+                .unwrap();
+            next_id += 1;
+            assert_eq!(
+                engine
+                    .local_transfer(next_id, operation.account, other, 1)
+                    .unwrap(),
+                Outcome::Aborted(AbortReason::LockConflict),
+                "{context}"
+            );
+            model
+                .outcomes
+                .insert(next_id, Outcome::Aborted(AbortReason::LockConflict));
+        }
+    }
+}
+
+#[test]
+fn a_torn_crash_keeps_acknowledged_state() {
+    let seed = test_seed("torn_crash");
+    let mut random = StdRng::seed_from_u64(seed);
+    for round in 0..20 {
+        let (storage, tables, engine) = fresh();
+        let mut model = Model::default();
+        for account in 1..=3 {
+            engine.create_account(account, None, 0, 0).unwrap();
+            model.balances.insert(account, 0);
+        }
+        let mut next_id = 0;
+        for _ in 0..random.random_range(1..50) {
+            assert!(random_step(&engine, &mut model, &mut random, &mut next_id));
+        }
+        let crashed = storage.crash(CrashMode::KeepUnsyncedPrefix {
+            seed: random.random(),
+        });
+        let crashed_tables = tables.crash();
+        drop(engine);
+        let engine = open(&crashed, &crashed_tables, Duration::ZERO);
+        model.check(&engine, &format!("seed {seed} round {round}"));
+    }
+}
+
+#[test]
+fn every_error_case_is_typed_and_changes_nothing() {
+    let (_, _, engine) = fresh();
+    engine.create_account(1, Some("Ada"), 7, 10).unwrap();
+    engine.create_account(2, None, 0, 10).unwrap();
+    engine.deposit(1, 100).unwrap();
+    let snapshot = |engine: &TestEngine| {
+        (
+            engine.balance(1).unwrap(),
+            engine.balance(2).unwrap(),
+            engine.wal().next_lsn(),
+            engine.audit().unwrap(),
+        )
+    };
+    let start = snapshot(&engine);
+
+    assert!(matches!(
+        engine.create_account(1, Some("Bob"), 7, 11),
+        Err(EngineError::AccountExists(1))
+    ));
+    assert!(matches!(
+        engine.create_account(1, Some("Ada"), 8, 11),
+        Err(EngineError::AccountExists(1))
+    ));
+    assert!(matches!(
+        engine.create_account(3, Some(&"x".repeat(65)), 0, 11),
+        Err(EngineError::OwnerNameTooLong)
+    ));
+    assert!(matches!(engine.deposit(1, 0), Err(EngineError::ZeroAmount)));
+    assert!(matches!(
+        engine.deposit(9, 5),
+        Err(EngineError::UnknownAccount(9))
+    ));
+    assert!(matches!(
+        engine.deposit(1, u64::MAX),
+        Err(EngineError::Overflow(1))
+    ));
+    assert!(matches!(
+        engine.withdraw(1, 0),
+        Err(EngineError::ZeroAmount)
+    ));
+    assert!(matches!(
+        engine.withdraw(9, 5),
+        Err(EngineError::UnknownAccount(9))
+    ));
+    assert!(matches!(
+        engine.withdraw(1, 101),
+        Err(EngineError::InsufficientFunds {
+            account: 1,
+            balance: 100,
+            needed: 101
+        })
+    ));
+    assert!(matches!(
+        engine.local_transfer(1, 1, 2, 0),
+        Err(EngineError::ZeroAmount)
+    ));
+    assert!(matches!(
+        engine.local_transfer(1, 1, 1, 5),
+        Err(EngineError::SameAccount(1))
+    ));
+    assert!(matches!(
+        engine.balance(9),
+        Err(EngineError::UnknownAccount(9))
+    ));
+    assert!(matches!(
+        engine.history(1, None, 0),
+        Err(EngineError::InvalidPageSize)
+    ));
+    assert!(matches!(
+        engine.history(1, None, 1001),
+        Err(EngineError::InvalidPageSize)
+    ));
+    assert!(matches!(
+        engine.history(9, None, 10),
+        Err(EngineError::UnknownAccount(9))
+    ));
+    assert!(matches!(
+        engine.commit(&[77]).unwrap()[0],
+        Err(EngineError::UnknownTransaction(77))
+    ));
+    assert_eq!(snapshot(&engine), start, "a refused request changed state");
+
+    // Identical re-creation is the same success and logs nothing.
+    engine.create_account(1, Some("Ada"), 7, 99).unwrap();
+    assert_eq!(snapshot(&engine), start);
+
+    // State-dependent refusals of a transfer are its recorded outcome; balances stay put.
+    assert_eq!(
+        engine.local_transfer(10, 1, 2, 101).unwrap(),
+        Outcome::Aborted(AbortReason::InsufficientFunds)
+    );
+    assert_eq!(
+        engine.local_transfer(11, 1, 9, 5).unwrap(),
+        Outcome::Aborted(AbortReason::UnknownAccount)
+    );
+    engine.deposit(2, u64::MAX - 10).unwrap();
+    assert_eq!(
+        engine.local_transfer(12, 1, 2, 50).unwrap(),
+        Outcome::Aborted(AbortReason::Overflow)
+    );
+    assert_eq!(engine.balance(1).unwrap(), 100);
+    // A retry gets the first outcome, even once it could succeed; other content is refused.
+    engine.deposit(1, 1_000).unwrap();
+    assert_eq!(
+        engine.local_transfer(10, 1, 2, 101).unwrap(),
+        Outcome::Aborted(AbortReason::InsufficientFunds)
+    );
+    assert!(matches!(
+        engine.local_transfer(10, 1, 2, 102),
+        Err(EngineError::DuplicateWithDifferentContent(10))
+    ));
+}
+
+#[test]
+fn a_transfer_is_applied_once_and_history_pages_newest_first() {
+    let (_, _, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    engine.create_account(2, None, 0, 0).unwrap();
+    engine.deposit(1, 100).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            engine.local_transfer(5, 1, 2, 30).unwrap(),
+            Outcome::Committed
+        );
+    }
+    assert_eq!(
+        (engine.balance(1).unwrap(), engine.balance(2).unwrap()),
+        (70, 30)
+    );
+    for amount in 1..=25 {
+        engine.deposit(2, amount).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = engine.history(2, cursor, 10).unwrap();
+        seen.extend(page.entries.iter().map(|entry| (entry.lsn, entry.amount)));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 26);
+    assert!(
+        seen.windows(2).all(|pair| pair[0].0 > pair[1].0),
+        "not newest first: {seen:?}"
+    );
+    assert_eq!(
+        seen.last().unwrap().1,
+        30,
+        "the oldest entry is the transfer"
+    );
+}
+
+#[test]
+fn applying_records_twice_equals_applying_them_once() {
+    let (storage, tables, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    engine.create_account(2, None, 0, 0).unwrap();
+    engine.deposit(1, 100).unwrap();
+    engine.local_transfer(3, 1, 2, 40).unwrap();
+    assert_eq!(prepare_one(&engine, 4, credit(2, 5)), Vote::Yes);
+    engine.commit(&[4]).unwrap();
+    let records: Vec<(u64, Record)> = engine
+        .wal()
+        .read_from(1)
+        .unwrap()
+        .map(|record| {
+            let record = record.unwrap();
+            (
+                record.lsn,
+                Record::decode(record.kind, &record.payload).unwrap(),
+            )
+        })
+        .collect();
+    drop(engine);
+
+    // The same planned batch written once and written twice leaves the same state: batches
+    // carry absolute values keyed by LSN, not deltas.
+    let once = MemoryTables::new();
+    let twice = MemoryTables::new();
+    let batch = plan_batch(&once, &records).unwrap();
+    once.write(&batch).unwrap();
+    twice.write(&batch).unwrap();
+    twice.write(&batch).unwrap();
+    assert!(once.same_state_as(&twice));
+    assert!(
+        once.same_state_as(&tables),
+        "one batch of the whole log equals the live state"
+    );
+    assert_eq!(once.account(2).unwrap().unwrap().balance, 45);
+
+    // Reopening over tables that already reflect the log applies nothing again.
+    let (wal, _) = Wal::open(storage.clone(), wal_options()).unwrap();
+    let (engine, report) = Engine::open(wal, tables.clone(), EngineOptions::default()).unwrap();
+    assert_eq!(report.records_replayed, 0);
+    assert_eq!(engine.balance(2).unwrap(), 45);
+    drop(engine);
+    // And over tables that reflect only a prefix, replay finishes the job exactly once.
+    let prefix = MemoryTables::new();
+    prefix
+        .write(&plan_batch(&prefix, &records[..3]).unwrap())
+        .unwrap();
+    let (wal, _) = Wal::open(storage, wal_options()).unwrap();
+    let (_engine, report) = Engine::open(wal, prefix.clone(), EngineOptions::default()).unwrap();
+    assert_eq!(report.records_replayed as usize, records.len() - 3);
+    assert!(prefix.same_state_as(&tables));
+}
+
+#[test]
+fn participant_messages_may_be_duplicated_late_or_reordered() {
+    let (_, _, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    engine.deposit(1, 100).unwrap();
+
+    // Duplicate prepare: same vote, one PREPARED record.
+    assert_eq!(prepare_one(&engine, 1, debit(1, 30)), Vote::Yes);
+    let lsn = engine.wal().next_lsn();
+    assert_eq!(prepare_one(&engine, 1, debit(1, 30)), Vote::Yes);
+    assert_eq!(engine.wal().next_lsn(), lsn);
+    // Its locks are held until the decision.
+    assert_eq!(
+        prepare_one(&engine, 2, credit(1, 5)),
+        Vote::No(AbortReason::LockConflict)
+    );
+    assert!(matches!(
+        engine.withdraw(1, 1),
+        Err(EngineError::LockConflict { account: 1 })
+    ));
+    // Duplicate commit: OK, applied once.
+    engine.commit(&[1]).unwrap()[0].as_ref().unwrap();
+    engine.commit(&[1]).unwrap()[0].as_ref().unwrap();
+    assert_eq!(engine.balance(1).unwrap(), 70);
+    // A late prepare of a committed transaction changes nothing.
+    assert_eq!(prepare_one(&engine, 1, debit(1, 30)), Vote::Yes);
+    assert_eq!(engine.balance(1).unwrap(), 70);
+
+    // Abort of an unknown transaction is OK and refuses its late prepare.
+    engine.abort(&[(3, AbortReason::Timeout)]).unwrap()[0]
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        prepare_one(&engine, 3, debit(1, 10)),
+        Vote::No(AbortReason::Timeout)
+    );
+    // Commit of an aborted one is an error; commit of an unknown one too.
+    assert!(matches!(
+        engine.commit(&[3]).unwrap()[0],
+        Err(EngineError::AlreadyAborted(3))
+    ));
+    assert!(matches!(
+        engine.commit(&[4]).unwrap()[0],
+        Err(EngineError::UnknownTransaction(4))
+    ));
+
+    // Prepare votes no with the reason when validation fails; nothing stays locked.
+    assert_eq!(
+        prepare_one(&engine, 5, debit(1, 1_000)),
+        Vote::No(AbortReason::InsufficientFunds)
+    );
+    assert_eq!(
+        prepare_one(&engine, 6, debit(42, 1)),
+        Vote::No(AbortReason::UnknownAccount)
+    );
+    assert_eq!(
+        prepare_one(&engine, 7, debit(1, 0)),
+        Vote::No(AbortReason::InvalidRequest)
+    );
+    engine.withdraw(1, 1).unwrap();
+
+    // A batch: one group commit for all of its PREPARED records.
+    engine.create_account(2, None, 0, 0).unwrap();
+    let groups = engine.wal().stats().groups_written;
+    let votes = engine
+        .prepare(&[
+            PrepareRequest {
+                id: 20,
+                coordinator: 1,
+                operations: vec![credit(1, 1)],
+            },
+            PrepareRequest {
+                id: 21,
+                coordinator: 1,
+                operations: vec![credit(2, 1)],
+            },
+            PrepareRequest {
+                id: 22,
+                coordinator: 1,
+                operations: vec![credit(2, 1)],
+            },
+        ])
+        .unwrap();
+    assert_eq!(
+        votes,
+        vec![Vote::Yes, Vote::Yes, Vote::No(AbortReason::LockConflict)]
+    );
+    assert_eq!(engine.wal().stats().groups_written, groups + 1);
+    assert_eq!(engine.in_doubt().len(), 2);
+    engine
+        .abort(&[(20, AbortReason::Timeout), (21, AbortReason::Timeout)])
+        .unwrap();
+    assert!(engine.in_doubt().is_empty());
+}
+
+#[test]
+fn a_failed_tables_write_is_sticky() {
+    let (_, tables, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    tables.fail_writes();
+    assert!(matches!(engine.deposit(1, 5), Err(EngineError::Failed(_))));
+    assert!(matches!(engine.deposit(1, 5), Err(EngineError::Failed(_))));
+    assert_eq!(engine.balance(1).unwrap(), 0, "reads still answer");
+}
+
+#[test]
+fn repeated_and_conflicting_decisions_in_one_batch_apply_once_and_the_log_reopens() {
+    let (storage, tables, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    engine.deposit(1, 100).unwrap();
+    assert_eq!(prepare_one(&engine, 1, debit(1, 30)), Vote::Yes);
+    let results = engine.commit(&[1, 1]).unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(engine.balance(1).unwrap(), 70);
+
+    assert_eq!(prepare_one(&engine, 2, debit(1, 5)), Vote::Yes);
+    // Commit and abort of one transaction: the decision taken first stands.
+    engine.commit(&[2]).unwrap()[0].as_ref().unwrap();
+    let results = engine
+        .abort(&[(2, AbortReason::Timeout), (2, AbortReason::Timeout)])
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .all(|result| matches!(result, Err(EngineError::Inconsistent(_)))),
+        "{results:?}"
+    );
+    assert_eq!(engine.balance(1).unwrap(), 65);
+    drop(engine);
+    let engine = open(&storage, &tables, Duration::ZERO);
+    assert_eq!(engine.balance(1).unwrap(), 65);
+    assert!(engine.audit().unwrap().is_balanced());
+}
+
+#[test]
+fn a_reused_id_with_other_operations_never_counts_as_prepared() {
+    let (_, _, engine) = fresh();
+    for account in 1..=3 {
+        engine.create_account(account, None, 0, 0).unwrap();
+        engine.deposit(account, 100).unwrap();
+    }
+    // A committed local transfer's id, reused for a cross-shard debit of another account.
+    assert_eq!(
+        engine.local_transfer(7, 1, 2, 10).unwrap(),
+        Outcome::Committed
+    );
+    assert_eq!(
+        prepare_one(&engine, 7, debit(3, 10)),
+        Vote::No(AbortReason::InvalidRequest)
+    );
+    // A prepared transaction's id, resent with other operations.
+    assert_eq!(prepare_one(&engine, 8, debit(3, 10)), Vote::Yes);
+    assert_eq!(
+        prepare_one(&engine, 8, debit(3, 11)),
+        Vote::No(AbortReason::InvalidRequest)
+    );
+    engine.commit(&[8]).unwrap()[0].as_ref().unwrap();
+    // The committed one resent with the same operations is the same yes; other ones are not.
+    assert_eq!(prepare_one(&engine, 8, debit(3, 10)), Vote::Yes);
+    assert_eq!(
+        prepare_one(&engine, 8, credit(3, 10)),
+        Vote::No(AbortReason::InvalidRequest)
+    );
+    assert_eq!(engine.balance(3).unwrap(), 90);
+}

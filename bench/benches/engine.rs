@@ -8,6 +8,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bench::bench_directory;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engine::model::{AccountId, Operation, OperationKind};
 use engine::record::Record;
@@ -18,16 +19,6 @@ use engine::{Engine, EngineOptions, PrepareRequest, Vote, plan_batch};
 const APPLY_BATCH_TRANSFERS: usize = 1_000;
 const ACCOUNTS: u64 = 100_000;
 const INITIAL_BALANCE: u64 = 1_000_000_000;
-
-fn bench_directory() -> tempfile::TempDir {
-    match std::env::var_os("TALLY_BENCH_DIR") {
-        Some(directory) => {
-            std::fs::create_dir_all(&directory).expect("create TALLY_BENCH_DIR");
-            tempfile::tempdir_in(directory).expect("temp dir")
-        }
-        None => tempfile::tempdir().expect("temp dir"),
-    }
-}
 
 /// Creates the accounts with one big batch per 10,000, written straight to the tables.
 fn fill_accounts<T: Tables>(tables: &T) {

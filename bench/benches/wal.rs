@@ -1,5 +1,5 @@
 //! WAL benchmarks: durable appends per second with 1, 8 and 64 concurrent appenders of 128-byte
-//! records, next to the raw disk figures measured in the same run (4 KiB write + fdatasync over
+//! records (threads, and tokio tasks), next to the raw disk figures measured in the same run (4 KiB write + fdatasync over
 //! already-written blocks, into a fallocate'd extent, and growing the file).
 //!
 //! Run: `cargo bench -p bench --bench wal`. Files go to `TALLY_BENCH_DIR` (default: the system
@@ -14,6 +14,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bench::bench_directory;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engine::wal::{RECORD_HEADER_SIZE, Wal, WalOptions};
 
@@ -22,16 +23,6 @@ const RAW_WRITE_BYTES: usize = 4096;
 /// Raw-disk files cycle over this much space, so overwrites stay within written blocks and
 /// appends do not grow a file without end.
 const RAW_FILE_BYTES: u64 = 64 * 1024 * 1024;
-
-fn bench_directory() -> tempfile::TempDir {
-    match std::env::var_os("TALLY_BENCH_DIR") {
-        Some(directory) => {
-            std::fs::create_dir_all(&directory).expect("create TALLY_BENCH_DIR");
-            tempfile::tempdir_in(directory).expect("temp dir")
-        }
-        None => tempfile::tempdir().expect("temp dir"),
-    }
-}
 
 /// One line of the summary table.
 struct Figure {
@@ -160,6 +151,67 @@ fn wal_appends(criterion: &mut Criterion, figures: &Mutex<Vec<Figure>>) {
     group.finish();
 }
 
+/// The same load from tokio tasks awaiting `Wal::durable` on a two-worker runtime: how the node
+/// drives the log, where a wake-up is a task switch rather than a thread context switch.
+fn wal_appends_async(criterion: &mut Criterion, figures: &Mutex<Vec<Figure>>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("tokio runtime");
+    let mut group = criterion.benchmark_group("wal_durable_append_128B_async_tasks");
+    group.throughput(Throughput::Elements(1));
+    for appenders in [1usize, 8, 64] {
+        let directory = bench_directory();
+        let (wal, _) = Wal::open_directory(directory.path().join("wal"), WalOptions::default())
+            .expect("open WAL");
+        let wal = Arc::new(wal);
+        let before = wal.stats();
+        let mut sample_rates = Vec::new();
+        group.bench_function(BenchmarkId::from_parameter(appenders), |bencher| {
+            bencher.iter_custom(|iterations| {
+                let per_task = iterations.div_ceil(appenders as u64);
+                let began = Instant::now();
+                runtime.block_on(async {
+                    let tasks: Vec<_> = (0..appenders)
+                        .map(|_| {
+                            let wal = wal.clone();
+                            tokio::spawn(async move {
+                                let payload = [0x5Au8; RECORD_PAYLOAD_BYTES];
+                                for _ in 0..per_task {
+                                    let lsn = wal.append(1, &payload).expect("append");
+                                    wal.durable(lsn).await.expect("durable");
+                                }
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await.expect("appender task");
+                    }
+                });
+                let time = began.elapsed();
+                let done = per_task * appenders as u64;
+                sample_rates.push(done as f64 / time.as_secs_f64());
+                time.mul_f64(iterations as f64 / done as f64)
+            });
+        });
+        let after = wal.stats();
+        let records = after.records_appended - before.records_appended;
+        let groups = (after.groups_written - before.groups_written).max(1);
+        let bytes_per_second =
+            median(&mut sample_rates.clone()) * (RECORD_HEADER_SIZE + RECORD_PAYLOAD_BYTES) as f64;
+        figures.lock().unwrap().push(Figure {
+            name: format!("WAL durable append, 128 B records, {appenders} async task(s)"),
+            sample_rates,
+            extra: format!(
+                "{:.1} MB/s, {:.1} records per fdatasync",
+                bytes_per_second / 1e6,
+                records as f64 / groups as f64
+            ),
+        });
+    }
+    group.finish();
+}
+
 fn create_written_file(path: &std::path::Path) -> File {
     let file = OpenOptions::new()
         .read(true)
@@ -277,6 +329,7 @@ fn benches(criterion: &mut Criterion) {
     let figures = Mutex::new(Vec::new());
     raw_disk(criterion, &figures);
     wal_appends(criterion, &figures);
+    wal_appends_async(criterion, &figures);
     let figures = figures.into_inner().unwrap();
     println!("\n| figure | operations/s | notes |\n|---|---:|---|");
     for figure in &figures {
@@ -293,16 +346,14 @@ fn benches(criterion: &mut Criterion) {
             .find(|f| f.name.starts_with(prefix))
             .map(Figure::per_second)
     };
-    if let (Some(raw), Some(one), Some(sixty_four)) = (
-        rate("raw 4 KiB write + fdatasync, overwrite"),
-        rate("WAL durable append, 128 B records, 1 "),
-        rate("WAL durable append, 128 B records, 64 "),
-    ) {
-        println!(
-            "\nratios to raw overwrite + fdatasync: 1 appender {:.2}x, 64 appenders {:.1}x",
-            one / raw,
-            sixty_four / raw
-        );
+    if let Some(raw) = rate("raw 4 KiB write + fdatasync, overwrite") {
+        println!("\nratios to raw overwrite + fdatasync:");
+        for figure in figures
+            .iter()
+            .filter(|figure| figure.name.starts_with("WAL"))
+        {
+            println!("- {}: {:.2}x", figure.name, figure.per_second() / raw);
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod model;
 pub mod record;
 mod shard;
 pub mod tables;
+pub mod testing;
 pub mod wal;
 
 pub use apply::{ApplyError, plan_batch};

@@ -2,6 +2,7 @@
 //! the 2PC participant's message handling. Randomized tests print their seed; `TALLY_SEED=N`
 //! replays one.
 
+use engine::testing::test_seed;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,15 +19,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 type TestEngine = Engine<MemoryTables, MemoryStorage>;
-
-fn test_seed(test: &str) -> u64 {
-    let seed = std::env::var("TALLY_SEED")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    println!("{test}: seed {seed} (replay with TALLY_SEED={seed})");
-    seed
-}
 
 fn wal_options() -> WalOptions {
     WalOptions {

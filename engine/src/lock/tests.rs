@@ -384,11 +384,7 @@ fn stress_mutual_exclusion_and_no_deadlock() {
     const REQUEST_ACCOUNTS_MAX: usize = 3;
     const FINISH_WAIT: Duration = Duration::from_secs(120);
 
-    let seed = match std::env::var("TALLY_SEED") {
-        Ok(seed) => seed.parse::<u64>().expect("TALLY_SEED must be a u64"),
-        Err(_) => StdRng::from_os_rng().random(),
-    };
-    eprintln!("lock stress test seed: {seed} (reproduce with TALLY_SEED={seed})");
+    let seed = crate::testing::test_seed("lock stress test");
 
     let locks = Arc::new(manager());
     let counters: Arc<Vec<AtomicU64>> =

@@ -1,6 +1,7 @@
 //! Tests of the WAL: round trips across segments, crash images, torn tails, corruption, sticky
 //! failures, concurrency. Randomized tests print their seed; `TALLY_SEED=N` replays one.
 
+use crate::testing::test_seed;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,17 +11,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-
-/// The seed for a randomized test: `TALLY_SEED` if set, otherwise fresh. Printed either way so a
-/// failure can be replayed.
-fn test_seed(test: &str) -> u64 {
-    let seed = std::env::var("TALLY_SEED")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    println!("{test}: seed {seed} (replay with TALLY_SEED={seed})");
-    seed
-}
 
 fn small_options() -> WalOptions {
     WalOptions {

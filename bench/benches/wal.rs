@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bench::bench_directory;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use engine::wal::{RECORD_HEADER_SIZE, Wal, WalOptions};
+use engine::wal::{RECORD_HEADER_SIZE, Wal, WalOptions, WalStats};
 
 const RECORD_PAYLOAD_BYTES: usize = 128;
 const RAW_WRITE_BYTES: usize = 4096;
@@ -133,20 +133,12 @@ fn wal_appends(criterion: &mut Criterion, figures: &Mutex<Vec<Figure>>) {
             });
         });
         drop(pool);
-        let after = wal.stats();
-        let records = after.records_appended - before.records_appended;
-        let groups = (after.groups_written - before.groups_written).max(1);
-        let bytes_per_second =
-            median(&mut sample_rates.clone()) * (RECORD_HEADER_SIZE + RECORD_PAYLOAD_BYTES) as f64;
-        figures.lock().unwrap().push(Figure {
-            name: format!("WAL durable append, 128 B records, {appenders} appender(s)"),
+        figures.lock().unwrap().push(append_figure(
+            format!("WAL durable append, 128 B records, {appenders} appender(s)"),
             sample_rates,
-            extra: format!(
-                "{:.1} MB/s, {:.1} records per fdatasync",
-                bytes_per_second / 1e6,
-                records as f64 / groups as f64
-            ),
-        });
+            before,
+            wal.stats(),
+        ));
     }
     group.finish();
 }
@@ -194,22 +186,37 @@ fn wal_appends_async(criterion: &mut Criterion, figures: &Mutex<Vec<Figure>>) {
                 time.mul_f64(iterations as f64 / done as f64)
             });
         });
-        let after = wal.stats();
-        let records = after.records_appended - before.records_appended;
-        let groups = (after.groups_written - before.groups_written).max(1);
-        let bytes_per_second =
-            median(&mut sample_rates.clone()) * (RECORD_HEADER_SIZE + RECORD_PAYLOAD_BYTES) as f64;
-        figures.lock().unwrap().push(Figure {
-            name: format!("WAL durable append, 128 B records, {appenders} async task(s)"),
+        figures.lock().unwrap().push(append_figure(
+            format!("WAL durable append, 128 B records, {appenders} async task(s)"),
             sample_rates,
-            extra: format!(
-                "{:.1} MB/s, {:.1} records per fdatasync",
-                bytes_per_second / 1e6,
-                records as f64 / groups as f64
-            ),
-        });
+            before,
+            wal.stats(),
+        ));
     }
     group.finish();
+}
+
+/// The table line of an append benchmark: median rate, MB/s, and records per fdatasync from the
+/// WAL's counters before and after.
+fn append_figure(
+    name: String,
+    sample_rates: Vec<f64>,
+    before: WalStats,
+    after: WalStats,
+) -> Figure {
+    let records = after.records_appended - before.records_appended;
+    let groups = (after.groups_written - before.groups_written).max(1);
+    let bytes_per_second =
+        median(&mut sample_rates.clone()) * (RECORD_HEADER_SIZE + RECORD_PAYLOAD_BYTES) as f64;
+    Figure {
+        name,
+        sample_rates,
+        extra: format!(
+            "{:.1} MB/s, {:.1} records per fdatasync",
+            bytes_per_second / 1e6,
+            records as f64 / groups as f64
+        ),
+    }
 }
 
 fn create_written_file(path: &std::path::Path) -> File {

@@ -112,14 +112,19 @@ impl Drop for AppenderPool {
     }
 }
 
+/// A new, empty, durable WAL in a fresh benchmark directory (kept as long as the guard lives).
+fn open_bench_wal() -> (tempfile::TempDir, Arc<Wal>) {
+    let directory = bench_directory();
+    let (wal, _) =
+        Wal::open_directory(directory.path().join("wal"), WalOptions::default()).expect("open WAL");
+    (directory, Arc::new(wal))
+}
+
 fn wal_appends(criterion: &mut Criterion, figures: &Mutex<Vec<Figure>>) {
     let mut group = criterion.benchmark_group("wal_durable_append_128B");
     group.throughput(Throughput::Elements(1));
     for appenders in [1usize, 8, 64] {
-        let directory = bench_directory();
-        let (wal, _) = Wal::open_directory(directory.path().join("wal"), WalOptions::default())
-            .expect("open WAL");
-        let wal = Arc::new(wal);
+        let (_directory, wal) = open_bench_wal();
         let pool = AppenderPool::new(wal.clone(), appenders);
         let before = wal.stats();
         let mut sample_rates = Vec::new();
@@ -153,10 +158,7 @@ fn wal_appends_async(criterion: &mut Criterion, figures: &Mutex<Vec<Figure>>) {
     let mut group = criterion.benchmark_group("wal_durable_append_128B_async_tasks");
     group.throughput(Throughput::Elements(1));
     for appenders in [1usize, 8, 64] {
-        let directory = bench_directory();
-        let (wal, _) = Wal::open_directory(directory.path().join("wal"), WalOptions::default())
-            .expect("open WAL");
-        let wal = Arc::new(wal);
+        let (_directory, wal) = open_bench_wal();
         let before = wal.stats();
         let mut sample_rates = Vec::new();
         group.bench_function(BenchmarkId::from_parameter(appenders), |bencher| {

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, JoinHandle, Thread};
@@ -158,8 +158,6 @@ pub(crate) struct Queue {
     pub(crate) next_lsn: Lsn,
     pub(crate) writer_idle: bool,
     pub(crate) closed: bool,
-    /// Set by the writer thread as it exits: nothing queued will become durable after this.
-    pub(crate) writer_stopped: bool,
     pub(crate) appenders_waiting_for_room: usize,
 }
 
@@ -186,6 +184,9 @@ pub(crate) struct Shared<S: Storage> {
     /// Signals appenders blocked on the pending bound that the writer took the queue.
     pub(crate) room_available: Condvar,
     pub(crate) durable_lsn: AtomicU64,
+    /// Set by the writer thread as it exits: nothing will become durable after this. An atomic,
+    /// not a field of the queue, so that waiters never contend with appenders to read it.
+    pub(crate) writer_stopped: AtomicBool,
     pub(crate) failure: OnceLock<Arc<io::Error>>,
     pub(crate) waiters: Mutex<Vec<(Lsn, Waiter)>>,
     /// Segments oldest first; the last is the one being written.
@@ -249,7 +250,7 @@ impl<S: Storage> Shared<S> {
         if let Some(error) = self.failed() {
             return Err(error);
         }
-        if lock(&self.queue).writer_stopped {
+        if self.writer_stopped.load(Ordering::Acquire) {
             // The writer drained the queue before it stopped, so this LSN was never appended.
             return if self.durable_lsn.load(Ordering::Acquire) >= lsn {
                 Ok(true)
@@ -313,12 +314,12 @@ impl<S: Storage> Wal<S> {
                 next_lsn,
                 writer_idle: false,
                 closed: false,
-                writer_stopped: false,
                 appenders_waiting_for_room: 0,
             }),
             work_available: Condvar::new(),
             room_available: Condvar::new(),
             durable_lsn: AtomicU64::new(report.last_lsn),
+            writer_stopped: AtomicBool::new(false),
             failure: OnceLock::new(),
             waiters: Mutex::new(Vec::new()),
             segments: Mutex::new(recovered.segments),

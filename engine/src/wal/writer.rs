@@ -195,7 +195,7 @@ pub(crate) fn run_writer<S: Storage>(
             }
             queue.writer_idle = false;
             if queue.buffer.is_empty() || shared.failure.get().is_some() {
-                queue.writer_stopped = true;
+                shared.writer_stopped.store(true, Ordering::Release);
                 return;
             }
             std::mem::swap(&mut queue.buffer, &mut group);
@@ -208,7 +208,7 @@ pub(crate) fn run_writer<S: Storage>(
             Ok(()) => shared.publish_durable(last_lsn),
             Err(error) => {
                 shared.fail(error);
-                lock(&shared.queue).writer_stopped = true;
+                shared.writer_stopped.store(true, Ordering::Release);
                 return;
             }
         }

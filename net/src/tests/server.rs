@@ -545,6 +545,35 @@ async fn write_until_reset(stream: &mut TcpStream) -> Result<(), tokio::time::er
     .await
 }
 
+/// A server answering every request with a large frame, and a peer with a small receive buffer
+/// that has sent 1,000 requests and reads nothing: far more answer bytes (about 16 MiB) than
+/// loopback socket buffers hold, so the server's writer blocks. Returns the peer's stream, the
+/// server's stop signal and its task.
+async fn serve_a_peer_that_does_not_read(
+    config: ServerConfig,
+    handled: Arc<AtomicU64>,
+) -> (TcpStream, oneshot::Sender<()>, JoinHandle<io::Result<()>>) {
+    let server = Server::bind("127.0.0.1:0", config, LargeAnswerHandler { handled })
+        .await
+        .unwrap();
+    let address = server.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(address).await.unwrap();
+    let mut wire = BytesMut::new();
+    for request_id in 1..=1000 {
+        Frame::new(request_id, GetBalance { account: 1 })
+            .encode(&mut wire)
+            .unwrap();
+    }
+    stream.write_all(&wire).await.unwrap();
+    (stream, stop, task)
+}
+
 /// A peer that keeps sending requests but never reads: once the server's writer gives up, the
 /// server must stop taking (money-moving) requests whose answers can go nowhere, and close.
 #[tokio::test]
@@ -556,26 +585,7 @@ async fn a_peer_that_stops_reading_is_closed_and_no_longer_dispatched() {
         requests_in_flight_per_connection_max: 4096,
         ..ServerConfig::default()
     };
-    let handler = LargeAnswerHandler {
-        handled: handled.clone(),
-    };
-    let server = Server::bind("127.0.0.1:0", config, handler).await.unwrap();
-    let address = server.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(address).await.unwrap();
-    // Far more answer bytes (about 16 MiB) than loopback socket buffers hold, so the writer blocks.
-    let mut wire = BytesMut::new();
-    for request_id in 1..=1000 {
-        Frame::new(request_id, GetBalance { account: 1 })
-            .encode(&mut wire)
-            .unwrap();
-    }
-    stream.write_all(&wire).await.unwrap();
+    let (mut stream, stop, task) = serve_a_peer_that_does_not_read(config, handled.clone()).await;
     write_until_reset(&mut stream)
         .await
         .expect("the server must close a connection whose writer died");
@@ -707,23 +717,7 @@ async fn run_returning_means_connections_are_closed() {
         ..ServerConfig::default()
     };
     let handled = Arc::new(AtomicU64::new(0));
-    let handler = LargeAnswerHandler { handled };
-    let server = Server::bind("127.0.0.1:0", config, handler).await.unwrap();
-    let address = server.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(address).await.unwrap();
-    let mut wire = BytesMut::new();
-    for request_id in 1..=1000 {
-        Frame::new(request_id, GetBalance { account: 1 })
-            .encode(&mut wire)
-            .unwrap();
-    }
-    stream.write_all(&wire).await.unwrap();
+    let (mut stream, stop, task) = serve_a_peer_that_does_not_read(config, handled).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = stop.send(());
     tokio::time::timeout(HANG_TIMEOUT, task)

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use crate::model::{
-    Account, AccountId, HistoryEntry, HistoryKind, Operation, OperationKind, Outcome,
-    PreparedTransaction, Totals, TransferId, TransferRecord,
+    Account, AccountId, CoordinatorDecision, HistoryEntry, HistoryKind, Operation, OperationKind,
+    Outcome, PreparedTransaction, Totals, TransferId, TransferRecord,
 };
 use crate::record::Record;
 use crate::tables::{TableBatch, Tables, TablesError};
@@ -30,6 +30,8 @@ struct Overlay<'a, T: Tables + ?Sized> {
     history: Vec<HistoryEntry>,
     prepared: HashMap<TransferId, Option<PreparedTransaction>>,
     prepared_order: Vec<TransferId>,
+    decisions: HashMap<TransferId, CoordinatorDecision>,
+    decision_order: Vec<TransferId>,
     totals: Totals,
 }
 
@@ -56,6 +58,13 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
         if self.prepared.insert(id, value).is_none() {
             self.prepared_order.push(id);
         }
+    }
+
+    fn set_decision(&mut self, decision: CoordinatorDecision) {
+        if !self.decisions.contains_key(&decision.id) {
+            self.decision_order.push(decision.id);
+        }
+        self.decisions.insert(decision.id, decision);
     }
 
     /// Adds (or subtracts) `amount` and records the history entry.
@@ -230,6 +239,24 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
                 self.transfers
                     .push(transfer_record(*id, &operations, Outcome::Aborted(*reason)));
             }
+            Record::Decided(decision) => {
+                let mut decision = decision.clone();
+                decision.ended = false;
+                self.set_decision(decision);
+            }
+            Record::Ended { ids } => {
+                for id in ids {
+                    let existing = match self.decisions.get(id) {
+                        Some(decision) => Some(decision.clone()),
+                        None => self.tables.decision(*id)?,
+                    };
+                    // Ending an unknown decision is harmless; ending one twice is idempotent.
+                    if let Some(mut decision) = existing {
+                        decision.ended = true;
+                        self.set_decision(decision);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -271,6 +298,8 @@ pub fn plan_batch<T: Tables + ?Sized>(
         history: Vec::new(),
         prepared: HashMap::new(),
         prepared_order: Vec::new(),
+        decisions: HashMap::new(),
+        decision_order: Vec::new(),
         totals: tables.totals()?,
     };
     for (lsn, record) in records {
@@ -283,6 +312,8 @@ pub fn plan_batch<T: Tables + ?Sized>(
         history,
         mut prepared,
         prepared_order,
+        mut decisions,
+        decision_order,
         totals,
         ..
     } = overlay;
@@ -297,6 +328,10 @@ pub fn plan_batch<T: Tables + ?Sized>(
         prepared: prepared_order
             .iter()
             .map(|id| (*id, prepared.remove(id).expect("ordered")))
+            .collect(),
+        decisions: decision_order
+            .iter()
+            .map(|id| decisions.remove(id).expect("ordered"))
             .collect(),
         totals,
     })

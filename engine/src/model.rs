@@ -39,6 +39,8 @@ pub enum AbortReason {
     Timeout = 6,
     /// The transaction itself is malformed (no operations, zero amount, an account twice).
     InvalidRequest = 7,
+    /// A coordinator asked about a transaction it has no decision for answers abort.
+    PresumedAbort = 8,
 }
 
 impl AbortReason {
@@ -55,6 +57,7 @@ impl AbortReason {
             5 => Self::Overflow,
             6 => Self::Timeout,
             7 => Self::InvalidRequest,
+            8 => Self::PresumedAbort,
             _ => return None,
         })
     }
@@ -70,6 +73,7 @@ impl std::fmt::Display for AbortReason {
             Self::Overflow => "overflow",
             Self::Timeout => "timeout",
             Self::InvalidRequest => "invalid request",
+            Self::PresumedAbort => "presumed abort",
         })
     }
 }
@@ -161,6 +165,24 @@ pub struct PreparedTransaction {
     pub id: TransferId,
     pub coordinator: NodeId,
     pub operations: Vec<Operation>,
+}
+
+/// Most participants one coordinator decision names.
+pub const DECISION_PARTICIPANTS_MAX: usize = 16;
+
+/// A coordinator's logged decision on a distributed transfer it coordinates: the transfer's
+/// permanent outcome (what a retry of its id is answered) and who must hear it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorDecision {
+    pub id: TransferId,
+    pub debit: AccountId,
+    pub credit: AccountId,
+    pub amount: Amount,
+    pub outcome: Outcome,
+    /// Nodes that must apply the decision and acknowledge it before it is ended.
+    pub participants: Vec<NodeId>,
+    /// Every participant acknowledged: nothing is left to resend. The outcome stays.
+    pub ended: bool,
 }
 
 /// Money that entered and left the shard, for the conservation check:

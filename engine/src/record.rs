@@ -3,9 +3,13 @@
 //! ("Log records") and encoded only here.
 
 use crate::model::{
-    AbortReason, AccountId, Amount, NodeId, OWNER_NAME_MAX_BYTES, Operation, OperationKind,
-    TRANSACTION_OPERATIONS_MAX, TransferId,
+    AbortReason, AccountId, Amount, CoordinatorDecision, DECISION_PARTICIPANTS_MAX, NodeId,
+    OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome, TRANSACTION_OPERATIONS_MAX,
+    TransferId,
 };
+
+/// Most transaction ids one ENDED record carries.
+pub const ENDED_IDS_MAX: usize = 4096;
 
 /// WAL record kinds (the byte the WAL stores with each record). Never reuse a number.
 pub mod kind {
@@ -17,6 +21,8 @@ pub mod kind {
     pub const PREPARED: u8 = 6;
     pub const COMMITTED: u8 = 7;
     pub const ABORTED: u8 = 8;
+    pub const DECIDED: u8 = 9;
+    pub const ENDED: u8 = 10;
 }
 
 /// A state change, as logged.
@@ -68,6 +74,12 @@ pub enum Record {
         id: TransferId,
         reason: AbortReason,
     },
+    /// Coordinator: the decision on a distributed transfer it coordinates (its `ended` is false).
+    Decided(CoordinatorDecision),
+    /// Coordinator: every participant acknowledged these decisions; stop resending them.
+    Ended {
+        ids: Vec<TransferId>,
+    },
 }
 
 /// A payload that does not decode: the log passed its CRC, so this is a bug or a format mismatch.
@@ -89,6 +101,8 @@ impl Record {
             Record::Prepared { .. } => kind::PREPARED,
             Record::Committed { .. } => kind::COMMITTED,
             Record::Aborted { .. } => kind::ABORTED,
+            Record::Decided(_) => kind::DECIDED,
+            Record::Ended { .. } => kind::ENDED,
         }
     }
 
@@ -161,6 +175,28 @@ impl Record {
                 out.extend_from_slice(&id.to_le_bytes());
                 out.push(reason.code());
             }
+            Record::Decided(decision) => {
+                assert!(decision.participants.len() <= DECISION_PARTICIPANTS_MAX);
+                out.extend_from_slice(&decision.id.to_le_bytes());
+                out.extend_from_slice(&decision.debit.to_le_bytes());
+                out.extend_from_slice(&decision.credit.to_le_bytes());
+                out.extend_from_slice(&decision.amount.to_le_bytes());
+                match decision.outcome {
+                    Outcome::Committed => out.extend_from_slice(&[1, 0]),
+                    Outcome::Aborted(reason) => out.extend_from_slice(&[2, reason.code()]),
+                }
+                out.push(decision.participants.len() as u8);
+                for node in &decision.participants {
+                    out.extend_from_slice(&node.to_le_bytes());
+                }
+            }
+            Record::Ended { ids } => {
+                assert!(ids.len() <= ENDED_IDS_MAX);
+                out.extend_from_slice(&(ids.len() as u16).to_le_bytes());
+                for id in ids {
+                    out.extend_from_slice(&id.to_le_bytes());
+                }
+            }
         }
         out
     }
@@ -175,6 +211,8 @@ impl Record {
             kind::PREPARED => "prepared",
             kind::COMMITTED => "committed",
             kind::ABORTED => "aborted",
+            kind::DECIDED => "decided",
+            kind::ENDED => "ended",
             _ => {
                 return Err(RecordDecodeError {
                     kind_name: "unknown",
@@ -264,6 +302,48 @@ impl Record {
                 reason: AbortReason::from_code(reader.u8()?)
                     .ok_or_else(|| reader.error("unknown abort reason"))?,
             },
+            kind::DECIDED => {
+                let id = reader.u128()?;
+                let debit = reader.u64()?;
+                let credit = reader.u64()?;
+                let amount = reader.u64()?;
+                let outcome = match (reader.u8()?, reader.u8()?) {
+                    (1, 0) => Outcome::Committed,
+                    (2, code) => Outcome::Aborted(
+                        AbortReason::from_code(code)
+                            .ok_or_else(|| reader.error("unknown abort reason"))?,
+                    ),
+                    _ => return Err(reader.error("unknown outcome")),
+                };
+                let count = reader.u8()? as usize;
+                if count > DECISION_PARTICIPANTS_MAX {
+                    return Err(reader.error("too many participants"));
+                }
+                let mut participants = Vec::with_capacity(count);
+                for _ in 0..count {
+                    participants.push(reader.u32()?);
+                }
+                Record::Decided(CoordinatorDecision {
+                    id,
+                    debit,
+                    credit,
+                    amount,
+                    outcome,
+                    participants,
+                    ended: false,
+                })
+            }
+            kind::ENDED => {
+                let count = reader.u16()? as usize;
+                if count > ENDED_IDS_MAX {
+                    return Err(reader.error("too many ids"));
+                }
+                let mut ids = Vec::with_capacity(count);
+                for _ in 0..count {
+                    ids.push(reader.u128()?);
+                }
+                Record::Ended { ids }
+            }
             _ => unreachable!("kind checked above"),
         };
         if !reader.bytes.is_empty() {
@@ -297,6 +377,12 @@ impl<'a> Reader<'a> {
 
     fn u8(&mut self) -> Result<u8, RecordDecodeError> {
         Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, RecordDecodeError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, RecordDecodeError> {
@@ -373,6 +459,26 @@ mod tests {
                 id: 12,
                 reason: AbortReason::LockConflict,
             },
+            Record::Decided(CoordinatorDecision {
+                id: 13,
+                debit: 7,
+                credit: 1 << 50,
+                amount: 9,
+                outcome: Outcome::Committed,
+                participants: vec![1, 3],
+                ended: false,
+            }),
+            Record::Decided(CoordinatorDecision {
+                id: 14,
+                debit: 7,
+                credit: 8,
+                amount: 9,
+                outcome: Outcome::Aborted(AbortReason::ParticipantUnavailable),
+                participants: vec![],
+                ended: false,
+            }),
+            Record::Ended { ids: vec![13, 14] },
+            Record::Ended { ids: vec![] },
         ];
         for record in records {
             let payload = record.encode();

@@ -7,18 +7,18 @@
 //! so validation always sees every earlier change to the same account.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::apply::{ApplyError, plan_batch, transfer_record};
 use crate::lock::{LOCK_STRIPE_COUNT_DEFAULT, LockError, LockManager, LockMode, LockPolicy};
 use crate::model::{
-    AbortReason, Account, AccountId, Amount, HISTORY_PAGE_MAX_ENTRIES, HistoryPage, NodeId,
-    OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome, PreparedTransaction,
-    TRANSACTION_OPERATIONS_MAX, Totals, TransferId, TransferRecord,
+    AbortReason, Account, AccountId, Amount, CoordinatorDecision, HISTORY_PAGE_MAX_ENTRIES,
+    HistoryPage, NodeId, OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome,
+    PreparedTransaction, TRANSACTION_OPERATIONS_MAX, Totals, TransferId, TransferRecord,
 };
-use crate::record::{Record, RecordDecodeError};
+use crate::record::{ENDED_IDS_MAX, Record, RecordDecodeError};
 use crate::tables::{Tables, TablesError};
 use crate::wal::{FileStorage, Lsn, Storage, Wal, WalError};
 
@@ -221,6 +221,9 @@ pub struct Engine<T: Tables, S: Storage = FileStorage> {
     failure: OnceLock<String>,
     local_in_flight: Mutex<HashSet<TransferId>>,
     participant: Mutex<HashMap<TransferId, PreparedEntry>>,
+    /// While non-zero, prepares of new transactions are refused (a cluster-wide cut is being
+    /// taken; see `close_prepares`).
+    prepares_closed: AtomicU32,
 }
 
 impl<T: Tables, S: Storage> Engine<T, S> {
@@ -275,6 +278,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             failure: OnceLock::new(),
             local_in_flight: Mutex::new(HashSet::new()),
             participant: Mutex::new(HashMap::new()),
+            prepares_closed: AtomicU32::new(0),
         };
         let in_doubt = engine.tables.all_prepared()?;
         {
@@ -779,6 +783,9 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         if lock(&self.local_in_flight).contains(&request.id) || !well_formed(&request.operations) {
             return Ok(Vote::No(AbortReason::InvalidRequest));
         }
+        if self.prepares_closed.load(Ordering::Acquire) > 0 {
+            return Ok(Vote::No(AbortReason::LockConflict));
+        }
         let lock_owner = self.new_lock_owner();
         if self
             .locks
@@ -993,6 +1000,96 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             totals,
             in_doubt,
         })
+    }
+
+    /// Coordinator: logs decisions (one group commit for all of them) and returns once they are
+    /// durable and applied, so `decision` answers them from then on.
+    pub fn log_decisions(&self, decisions: Vec<CoordinatorDecision>) -> Result<(), EngineError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let lsn = self.log(decisions.into_iter().map(Record::Decided).collect())?;
+        self.wait_applied(lsn)
+    }
+
+    /// Coordinator: marks decisions every participant acknowledged, so they are not resent.
+    pub fn end_decisions(&self, ids: &[TransferId]) -> Result<(), EngineError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let records = ids
+            .chunks(ENDED_IDS_MAX)
+            .map(|chunk| Record::Ended {
+                ids: chunk.to_vec(),
+            })
+            .collect();
+        let lsn = self.log(records)?;
+        self.wait_applied(lsn)
+    }
+
+    /// Coordinator: the logged decision on `id`, ended or not.
+    pub fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, EngineError> {
+        Ok(self.tables.decision(id)?)
+    }
+
+    /// Coordinator: decisions some participant has not acknowledged yet (to resend).
+    pub fn unended_decisions(&self) -> Result<Vec<CoordinatorDecision>, EngineError> {
+        Ok(self.tables.unended_decisions()?)
+    }
+
+    /// Takes shared locks on `accounts` for a consistent read, waiting at most `wait` for
+    /// writers (a prepared transaction holds its locks until its decision is applied). Returns
+    /// the lock owner to pass to `release_locks` and the committed balances, in request order.
+    pub fn lock_and_read(
+        &self,
+        accounts: &[AccountId],
+        wait: Duration,
+    ) -> Result<(u128, Vec<Amount>), EngineError> {
+        let mut request: Vec<(AccountId, LockMode)> = accounts
+            .iter()
+            .map(|account| (*account, LockMode::Shared))
+            .collect();
+        request.sort_unstable_by_key(|(account, _)| *account);
+        request.dedup_by_key(|(account, _)| *account);
+        let policy = LockPolicy::BoundedWait {
+            deadline: Instant::now() + wait,
+        };
+        let held = self.take_locks(&request, policy)?;
+        let balances = accounts
+            .iter()
+            .map(|account| self.balance(*account))
+            .collect::<Result<Vec<_>, _>>()?;
+        let owner = held.owner;
+        std::mem::forget(held);
+        Ok((owner, balances))
+    }
+
+    /// Releases the locks taken by `lock_and_read`.
+    pub fn release_locks(&self, owner: u128) {
+        self.locks.release_all(owner);
+    }
+
+    /// Refuses prepares of new transactions until the matching `open_prepares` (calls nest).
+    /// With prepares closed, the prepared transactions only drain: this is how a node takes its
+    /// part of a cluster-wide consistent cut.
+    pub fn close_prepares(&self) {
+        self.prepares_closed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn open_prepares(&self) {
+        let _ = self
+            .prepares_closed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                count.checked_sub(1)
+            });
+    }
+
+    /// Transactions prepared (or being prepared) here whose decision is not applied yet.
+    pub fn undecided_count(&self) -> usize {
+        lock(&self.participant)
+            .values()
+            .filter(|entry| !entry.transaction.operations.is_empty())
+            .count()
     }
 
     /// Makes the tables durable up to the applied LSN, then deletes the WAL segments below it.

@@ -787,3 +787,108 @@ fn a_reused_id_with_other_operations_never_counts_as_prepared() {
     );
     assert_eq!(engine.balance(3).unwrap(), 90);
 }
+
+fn decision(id: TransferId, outcome: Outcome) -> engine::model::CoordinatorDecision {
+    engine::model::CoordinatorDecision {
+        id,
+        debit: 1,
+        credit: 2,
+        amount: 5,
+        outcome,
+        participants: vec![1, 2],
+        ended: false,
+    }
+}
+
+#[test]
+fn coordinator_decisions_survive_a_crash_and_end_once_acknowledged() {
+    let (storage, tables, engine) = fresh();
+    engine
+        .log_decisions(vec![
+            decision(1, Outcome::Committed),
+            decision(2, Outcome::Aborted(AbortReason::InsufficientFunds)),
+            decision(3, Outcome::Committed),
+        ])
+        .unwrap();
+    engine.end_decisions(&[2, 99]).unwrap();
+    let unended: Vec<TransferId> = engine
+        .unended_decisions()
+        .unwrap()
+        .iter()
+        .map(|decision| decision.id)
+        .collect();
+    assert_eq!(unended, vec![1, 3]);
+    drop(engine);
+    // Nothing was flushed: the decisions come back from the WAL alone.
+    let storage = storage.crash(CrashMode::DropUnsynced);
+    let tables = tables.crash();
+    let engine = open(&storage, &tables, Duration::ZERO);
+    assert_eq!(
+        engine.decision(2).unwrap().unwrap(),
+        engine::model::CoordinatorDecision {
+            ended: true,
+            ..decision(2, Outcome::Aborted(AbortReason::InsufficientFunds))
+        }
+    );
+    assert_eq!(engine.decision(99).unwrap(), None);
+    let unended: Vec<TransferId> = engine
+        .unended_decisions()
+        .unwrap()
+        .iter()
+        .map(|decision| decision.id)
+        .collect();
+    assert_eq!(unended, vec![1, 3]);
+    engine.end_decisions(&[1, 3]).unwrap();
+    assert!(engine.unended_decisions().unwrap().is_empty());
+    assert_eq!(
+        engine.decision(1).unwrap().unwrap().outcome,
+        Outcome::Committed
+    );
+}
+
+#[test]
+fn closed_prepares_refuse_new_transactions_and_let_prepared_ones_drain() {
+    let (_storage, _tables, engine) = fresh();
+    for account in [1, 2] {
+        engine.create_account(account, None, 0, 0).unwrap();
+        engine.deposit(account, 100).unwrap();
+    }
+    assert_eq!(prepare_one(&engine, 10, debit(1, 5)), Vote::Yes);
+    engine.close_prepares();
+    assert_eq!(
+        prepare_one(&engine, 11, debit(2, 5)),
+        Vote::No(AbortReason::LockConflict)
+    );
+    // A resent prepare of an already prepared transaction is still answered.
+    assert_eq!(prepare_one(&engine, 10, debit(1, 5)), Vote::Yes);
+    assert_eq!(engine.undecided_count(), 1);
+    engine.commit(&[10]).unwrap();
+    assert_eq!(engine.undecided_count(), 0);
+    engine.open_prepares();
+    assert_eq!(prepare_one(&engine, 12, debit(2, 5)), Vote::Yes);
+}
+
+#[test]
+fn a_locked_read_waits_for_prepared_writers_and_blocks_new_ones() {
+    let (_storage, _tables, engine) = fresh();
+    for account in [1, 2] {
+        engine.create_account(account, None, 0, 0).unwrap();
+        engine.deposit(account, 100).unwrap();
+    }
+    assert_eq!(prepare_one(&engine, 10, debit(1, 5)), Vote::Yes);
+    assert!(matches!(
+        engine.lock_and_read(&[2, 1], Duration::from_millis(5)),
+        Err(EngineError::LockConflict { account: 1 })
+    ));
+    engine.commit(&[10]).unwrap();
+    let (owner, balances) = engine
+        .lock_and_read(&[2, 1, 2], Duration::from_millis(5))
+        .unwrap();
+    assert_eq!(balances, vec![100, 95, 100]);
+    assert_eq!(
+        prepare_one(&engine, 11, credit(2, 5)),
+        Vote::No(AbortReason::LockConflict)
+    );
+    engine.release_locks(owner);
+    assert_eq!(prepare_one(&engine, 12, credit(2, 5)), Vote::Yes);
+}

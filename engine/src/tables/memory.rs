@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{TableBatch, Tables, TablesError};
 use crate::model::{
-    Account, AccountId, HistoryEntry, PreparedTransaction, Totals, TransferId, TransferRecord,
+    Account, AccountId, CoordinatorDecision, HistoryEntry, PreparedTransaction, Totals, TransferId,
+    TransferRecord,
 };
 use crate::wal::Lsn;
 
@@ -17,6 +18,7 @@ struct State {
     transfers: BTreeMap<TransferId, TransferRecord>,
     history: BTreeMap<(AccountId, Lsn), HistoryEntry>,
     prepared: BTreeMap<TransferId, PreparedTransaction>,
+    decisions: BTreeMap<TransferId, CoordinatorDecision>,
     totals: Totals,
 }
 
@@ -93,6 +95,21 @@ impl Tables for MemoryTables {
         Ok(self.lock().written.prepared.values().cloned().collect())
     }
 
+    fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, TablesError> {
+        Ok(self.lock().written.decisions.get(&id).cloned())
+    }
+
+    fn unended_decisions(&self) -> Result<Vec<CoordinatorDecision>, TablesError> {
+        Ok(self
+            .lock()
+            .written
+            .decisions
+            .values()
+            .filter(|decision| !decision.ended)
+            .cloned()
+            .collect())
+    }
+
     fn history(
         &self,
         account: AccountId,
@@ -142,6 +159,9 @@ impl Tables for MemoryTables {
                 Some(prepared) => state.prepared.insert(*id, prepared.clone()),
                 None => state.prepared.remove(id),
             };
+        }
+        for decision in &batch.decisions {
+            state.decisions.insert(decision.id, decision.clone());
         }
         state.totals = batch.totals;
         state.applied_lsn = batch.applied_lsn;

@@ -15,7 +15,8 @@ pub use memory::MemoryTables;
 pub use rocks::RocksTables;
 
 use crate::model::{
-    Account, AccountId, HistoryEntry, PreparedTransaction, Totals, TransferId, TransferRecord,
+    Account, AccountId, CoordinatorDecision, HistoryEntry, PreparedTransaction, Totals, TransferId,
+    TransferRecord,
 };
 use crate::wal::Lsn;
 
@@ -34,6 +35,8 @@ pub struct TableBatch {
     pub history: Vec<HistoryEntry>,
     /// `Some` stores a prepared transaction, `None` removes it (decided).
     pub prepared: Vec<(TransferId, Option<PreparedTransaction>)>,
+    /// Coordinator decisions, as they now stand (new, or marked ended).
+    pub decisions: Vec<CoordinatorDecision>,
     pub totals: Totals,
 }
 
@@ -45,6 +48,10 @@ pub trait Tables: Send + Sync + 'static {
     fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, TablesError>;
     fn prepared(&self, id: TransferId) -> Result<Option<PreparedTransaction>, TablesError>;
     fn all_prepared(&self) -> Result<Vec<PreparedTransaction>, TablesError>;
+    /// This node's decision as the coordinator of `id`.
+    fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, TablesError>;
+    /// Decisions not yet acknowledged by every participant (not ended), in id order.
+    fn unended_decisions(&self) -> Result<Vec<CoordinatorDecision>, TablesError>;
     /// History entries of `account` with LSN below `before_lsn`, newest first, at most `limit`.
     fn history(
         &self,
@@ -70,6 +77,9 @@ pub(crate) mod keys {
     use crate::wal::Lsn;
 
     pub const ACCOUNT: u8 = b'a';
+    pub const DECISION: u8 = b'd';
+    /// Index of the decisions not yet ended: key only, removed when the decision ends.
+    pub const UNENDED: u8 = b'u';
     pub const HISTORY: u8 = b'h';
     pub const PREPARED: u8 = b'p';
     pub const TRANSFER: u8 = b't';
@@ -96,6 +106,18 @@ pub(crate) mod keys {
         key
     }
 
+    pub fn decision(id: TransferId) -> [u8; 17] {
+        let mut key = [DECISION; 17];
+        key[1..].copy_from_slice(&id.to_be_bytes());
+        key
+    }
+
+    pub fn unended(id: TransferId) -> [u8; 17] {
+        let mut key = [UNENDED; 17];
+        key[1..].copy_from_slice(&id.to_be_bytes());
+        key
+    }
+
     pub fn history(account: AccountId, lsn: Lsn) -> [u8; 17] {
         let mut key = [HISTORY; 17];
         key[1..9].copy_from_slice(&account.to_be_bytes());
@@ -109,8 +131,8 @@ pub(crate) mod keys {
 pub(crate) mod values {
     use super::TablesError;
     use crate::model::{
-        AbortReason, Account, HistoryEntry, HistoryKind, Outcome, PreparedTransaction, Totals,
-        TransferRecord,
+        AbortReason, Account, CoordinatorDecision, HistoryEntry, HistoryKind, Outcome,
+        PreparedTransaction, Totals, TransferRecord,
     };
     use crate::record::Record;
 
@@ -232,6 +254,26 @@ pub(crate) mod values {
                 operations,
             }),
             _ => Err(corrupt("prepared transaction")),
+        }
+    }
+
+    /// A decision is stored as the payload of its DECIDED record and one byte: ended or not.
+    pub fn encode_decision(decision: &CoordinatorDecision) -> Vec<u8> {
+        let mut out = Record::Decided(decision.clone()).encode();
+        out.push(u8::from(decision.ended));
+        out
+    }
+
+    pub fn decode_decision(bytes: &[u8]) -> Result<CoordinatorDecision, TablesError> {
+        let Some((ended, payload)) = bytes.split_last() else {
+            return Err(corrupt("decision"));
+        };
+        match Record::decode(crate::record::kind::DECIDED, payload) {
+            Ok(Record::Decided(mut decision)) if *ended <= 1 => {
+                decision.ended = *ended == 1;
+                Ok(decision)
+            }
+            _ => Err(corrupt("decision")),
         }
     }
 

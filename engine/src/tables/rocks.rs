@@ -11,7 +11,8 @@ use rocksdb::{DB, Direction, FlushOptions, IteratorMode, Options, WriteBatch, Wr
 
 use super::{TableBatch, Tables, TablesError, keys, values};
 use crate::model::{
-    Account, AccountId, HistoryEntry, PreparedTransaction, Totals, TransferId, TransferRecord,
+    Account, AccountId, CoordinatorDecision, HistoryEntry, PreparedTransaction, Totals, TransferId,
+    TransferRecord,
 };
 use crate::wal::Lsn;
 
@@ -109,6 +110,29 @@ impl Tables for RocksTables {
         Ok(list)
     }
 
+    fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, TablesError> {
+        self.get(&keys::decision(id))?
+            .map(|bytes| values::decode_decision(&bytes))
+            .transpose()
+    }
+
+    fn unended_decisions(&self) -> Result<Vec<CoordinatorDecision>, TablesError> {
+        let mut ids = Vec::new();
+        self.scan_prefix(&[keys::UNENDED], &mut |key, _| {
+            ids.push(u128::from_be_bytes(key[1..17].try_into().map_err(
+                |_| TablesError("malformed unended-decision key".into()),
+            )?));
+            Ok(())
+        })?;
+        ids.into_iter()
+            .map(|id| {
+                self.decision(id)?.ok_or_else(|| {
+                    TablesError(format!("unended decision {id} has no decision row"))
+                })
+            })
+            .collect()
+    }
+
     fn history(
         &self,
         account: AccountId,
@@ -179,6 +203,17 @@ impl Tables for RocksTables {
             match prepared {
                 Some(prepared) => write.put(keys::prepared(*id), values::encode_prepared(prepared)),
                 None => write.delete(keys::prepared(*id)),
+            }
+        }
+        for decision in &batch.decisions {
+            write.put(
+                keys::decision(decision.id),
+                values::encode_decision(decision),
+            );
+            if decision.ended {
+                write.delete(keys::unended(decision.id));
+            } else {
+                write.put(keys::unended(decision.id), []);
             }
         }
         write.put(keys::META_TOTALS, values::encode_totals(&batch.totals));

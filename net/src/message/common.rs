@@ -28,6 +28,8 @@ wire_enum! {
         /// Presumed abort: a coordinator answered an inquiry for a transaction it never logged a
         /// commit for.
         PresumedAbort = 9,
+        /// The transaction is malformed, or reuses an id with different content.
+        InvalidRequest = 10,
     }
 }
 

@@ -129,11 +129,15 @@ messages! {
     DecisionBatch = 0x0202,
     DecisionInquiry = 0x0203,
     Heartbeat = 0x0204,
+    SnapshotLock = 0x0205,
+    SnapshotRelease = 0x0206,
 
     Votes = 0x0281,
     Acks = 0x0282,
     InquiryAnswer = 0x0283,
     HeartbeatReply = 0x0284,
+    SnapshotLocked = 0x0285,
+    SnapshotReleased = 0x0286,
 }
 
 impl MessageKind {

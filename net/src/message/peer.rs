@@ -1,6 +1,7 @@
 //! The node-to-node family: 2PC batches (prepare, votes, decisions, acknowledgements), decision
 //! inquiries after a restart, and heartbeats. One frame carries a whole batch of transactions.
 
+use super::client::{BALANCES_PER_REQUEST_MAX, Balance, NodeAudit};
 use super::common::{AccountId, Decision, Lsn, NodeId, TransferId, Vote};
 use crate::wire::{wire_enum, wire_struct};
 
@@ -106,4 +107,36 @@ wire_struct! {
         pub in_doubt_count: u64,
         pub uptime_seconds: u64,
     }
+}
+
+wire_struct! {
+    /// One node's part of a consistent cut across shards. With `whole_shard` false the node takes
+    /// shared locks on `accounts` (all its own) and reads them; with `whole_shard` true it refuses
+    /// new prepares, waits for its prepared transactions to be decided, and takes its audit. Either
+    /// way it holds that state until `SnapshotRelease` with the same id, or until `lease_ms` pass.
+    pub struct SnapshotLock {
+        pub snapshot_id: TransferId,
+        pub accounts: Vec<AccountId> [BALANCES_PER_REQUEST_MAX],
+        pub whole_shard: bool,
+        pub lease_ms: u32,
+    }
+}
+
+wire_struct! {
+    /// The locked balances (request order), and the node's audit when `whole_shard` was asked.
+    pub struct SnapshotLocked {
+        pub balances: Vec<Balance> [BALANCES_PER_REQUEST_MAX],
+        pub audit: Option<NodeAudit>,
+    }
+}
+
+wire_struct! {
+    /// Ends the snapshot: releases its locks, or opens prepares again. Unknown ids are fine.
+    pub struct SnapshotRelease {
+        pub snapshot_id: TransferId,
+    }
+}
+
+wire_struct! {
+    pub struct SnapshotReleased {}
 }

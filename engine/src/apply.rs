@@ -240,8 +240,9 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
                     .push(transfer_record(*id, &operations, Outcome::Aborted(*reason)));
             }
             Record::Decided(decision) => {
+                // A decision no participant must hear (every vote was no) is ended at once.
                 let mut decision = decision.clone();
-                decision.ended = false;
+                decision.ended = decision.participants.is_empty();
                 self.set_decision(decision);
             }
             Record::Ended { ids } => {

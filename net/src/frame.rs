@@ -46,7 +46,7 @@ const HEADER_CHECKSUM_SIZE: usize = 4;
 
 /// Size of the fixed header in bytes.
 pub const FRAME_HEADER_SIZE_BYTES: u32 = (HEADER_CHECKSUM_OFFSET + HEADER_CHECKSUM_SIZE) as u32;
-/// Largest body a peer may send. A maximal `PrepareBatch` (4096 entries of 8 ops) is 638 984 bytes.
+/// Largest body a peer may send. A maximal `PrepareBatch` (4096 entries of 8 ops) is 901 128 bytes.
 pub const FRAME_BODY_SIZE_MAX_BYTES: u32 = 1024 * 1024;
 /// Largest whole frame, header included.
 pub const FRAME_SIZE_MAX_BYTES: u32 = FRAME_HEADER_SIZE_BYTES + FRAME_BODY_SIZE_MAX_BYTES;

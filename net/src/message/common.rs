@@ -33,14 +33,6 @@ wire_enum! {
     }
 }
 
-wire_enum! {
-    /// A coordinator's decision for one 2PC transaction.
-    pub enum Decision: u8 {
-        Commit = 1,
-        Abort = 2,
-    }
-}
-
 /// Encodes a (state, reason) pair: two `u8`s, the reason 0 unless the state is an abort. Shared by
 /// outcomes, statuses and votes so that all three read the same way on the wire.
 fn encode_state(buf: &mut BytesMut, state: u8, reason: Option<AbortReason>) {

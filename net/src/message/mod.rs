@@ -14,7 +14,7 @@ use bytes::BytesMut;
 
 pub use client::*;
 pub use common::{
-    AbortReason, AccountId, Decision, Lsn, NodeId, TransferId, TransferOutcome, TransferState, Vote,
+    AbortReason, AccountId, Lsn, NodeId, TransferId, TransferOutcome, TransferState, Vote,
 };
 pub use error::{ERROR_MESSAGE_SIZE_MAX_BYTES, ErrorCode, ErrorResponse};
 pub use peer::*;

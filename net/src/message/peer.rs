@@ -2,7 +2,7 @@
 //! inquiries after a restart, and heartbeats. One frame carries a whole batch of transactions.
 
 use super::client::{BALANCES_PER_REQUEST_MAX, Balance, NodeAudit};
-use super::common::{AccountId, Decision, Lsn, NodeId, TransferId, Vote};
+use super::common::{AccountId, Lsn, NodeId, TransferId, TransferOutcome, Vote};
 use crate::wire::{wire_enum, wire_struct};
 
 /// Most transactions in one batch frame (prepare, votes, decisions, acks, inquiries, answers).
@@ -23,6 +23,8 @@ wire_struct! {
         pub account: AccountId,
         pub kind: OpKind,
         pub amount: u64,
+        /// The transfer's other account (for the participant's history entry).
+        pub counterparty: AccountId,
     }
 }
 
@@ -57,7 +59,7 @@ wire_struct! {
 wire_struct! {
     pub struct DecisionEntry {
         pub txid: TransferId,
-        pub decision: Decision,
+        pub outcome: TransferOutcome,
     }
 }
 

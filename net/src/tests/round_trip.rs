@@ -64,6 +64,7 @@ fn maximal_prepare_batch() -> PrepareBatch {
         account: u64::MAX,
         kind: OpKind::Debit,
         amount: u64::MAX,
+        counterparty: u64::MAX,
     };
     let entry = PrepareEntry {
         txid: u128::MAX,
@@ -80,7 +81,7 @@ fn maximal_batch_fits_in_one_frame() {
     let frame = Frame::new(1, maximal_prepare_batch());
     let mut buf = encode(&frame);
     // The size docs/protocol.md states for the largest batch.
-    assert_eq!(buf.len() - FRAME_HEADER_SIZE_BYTES as usize, 638_984);
+    assert_eq!(buf.len() - FRAME_HEADER_SIZE_BYTES as usize, 901_128);
     assert!(buf.len() <= FRAME_SIZE_MAX_BYTES as usize);
     assert_eq!(Frame::decode(&mut buf).unwrap(), Some(frame));
 }

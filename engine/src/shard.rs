@@ -850,7 +850,10 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// transaction already committed answers `Ok`; one never prepared here is an error, logged
     /// loudly (it means a coordinator or message bug). The outer `Err` is a storage failure.
     pub fn commit(&self, ids: &[TransferId]) -> Result<Vec<Result<(), EngineError>>, EngineError> {
-        self.decide(ids.iter().map(|id| (*id, Decision::Commit)).collect())
+        self.decide(
+            ids.iter().map(|id| (*id, Decision::Commit)).collect(),
+            Vec::new(),
+        )
     }
 
     /// 2PC phase two, abort: discards each prepared transaction and releases its locks. Aborting
@@ -863,16 +866,44 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             ids.iter()
                 .map(|(id, reason)| (*id, Decision::Abort(*reason)))
                 .collect(),
+            Vec::new(),
         )
     }
 
+    /// Coordinator and participant in one step: logs `decisions` and applies this shard's part
+    /// of them (`local`, as `commit` and `abort` would) in the same group commit, so this
+    /// shard's locks are free by the time the client hears the outcome. The per-transaction
+    /// results are those of `local`.
+    pub fn log_decisions_and_decide(
+        &self,
+        decisions: Vec<CoordinatorDecision>,
+        local: &[(TransferId, Outcome)],
+    ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
+        self.decide(
+            local
+                .iter()
+                .map(|(id, outcome)| {
+                    let decision = match outcome {
+                        Outcome::Committed => Decision::Commit,
+                        Outcome::Aborted(reason) => Decision::Abort(*reason),
+                    };
+                    (*id, decision)
+                })
+                .collect(),
+            decisions.into_iter().map(Record::Decided).collect(),
+        )
+    }
+
+    /// Logs and applies participant decisions; `extra` records (coordinator decisions) go into
+    /// the same log batch, first.
     fn decide(
         &self,
         decisions: Vec<(TransferId, Decision)>,
+        extra: Vec<Record>,
     ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
         self.check_writable()?;
         let mut results = Vec::with_capacity(decisions.len());
-        let mut records = Vec::new();
+        let mut records = extra;
         let mut decided_here: Vec<TransferId> = Vec::new();
         let mut wait_for: Lsn = 0;
         let mut participant = lock(&self.participant);

@@ -892,3 +892,37 @@ fn a_locked_read_waits_for_prepared_writers_and_blocks_new_ones() {
     engine.release_locks(owner);
     assert_eq!(prepare_one(&engine, 12, credit(2, 5)), Vote::Yes);
 }
+
+#[test]
+fn a_coordinator_logs_its_decision_and_applies_its_own_part_in_one_step() {
+    let (storage, tables, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    engine.deposit(1, 100).unwrap();
+    assert_eq!(prepare_one(&engine, 10, debit(1, 30)), Vote::Yes);
+    assert_eq!(
+        prepare_one(&engine, 11, debit(1, 50)),
+        Vote::No(AbortReason::LockConflict)
+    );
+    let results = engine
+        .log_decisions_and_decide(
+            vec![decision(10, Outcome::Committed)],
+            &[(10, Outcome::Committed)],
+        )
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(engine.balance(1).unwrap(), 70);
+    assert!(engine.in_doubt().is_empty());
+    // The locks are free, and both records come back after a crash.
+    assert_eq!(prepare_one(&engine, 12, debit(1, 50)), Vote::Yes);
+    drop(engine);
+    let engine = open(
+        &storage.crash(CrashMode::DropUnsynced),
+        &tables.crash(),
+        Duration::ZERO,
+    );
+    assert_eq!(engine.balance(1).unwrap(), 70);
+    assert_eq!(
+        engine.decision(10).unwrap().unwrap().outcome,
+        Outcome::Committed
+    );
+}

@@ -1,0 +1,664 @@
+//! Client tests against fake nodes: `net::Server`s on 127.0.0.1:0 whose handler answers by a
+//! script and records every request it sees.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use net::{
+    AbortReason, Balance, ClusterStatus, ErrorCode, ErrorResponse, Handler, Message, NodeAudit,
+    NodeId, NodeStatus, Server, ServerConfig, TransferOutcome, TransferResult, TransferState,
+};
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::config::{ClusterConfig, NodeConfig};
+
+/// What a fake node does with one request.
+enum Reply {
+    Answer(Message),
+    /// Never answers (the client's timeout fires).
+    Hang,
+}
+
+/// `script(node, request, requests seen by this node before it)` decides the reply.
+type Script = Arc<dyn Fn(NodeId, &Message, usize) -> Reply + Send + Sync>;
+
+struct FakeNode {
+    id: NodeId,
+    seen: Arc<Mutex<Vec<Message>>>,
+    script: Script,
+}
+
+impl Handler for FakeNode {
+    async fn handle(&self, request: Message) -> Message {
+        let reply = {
+            let mut seen = self.seen.lock().expect("not poisoned");
+            let reply = (self.script)(self.id, &request, seen.len());
+            seen.push(request);
+            reply
+        };
+        match reply {
+            Reply::Answer(answer) => answer,
+            Reply::Hang => std::future::pending().await,
+        }
+    }
+}
+
+/// Fake nodes 1..=node_count, node `i` owning shard `i - 1`; the nodes in `down` have an address
+/// nothing listens on.
+struct FakeCluster {
+    config: ClusterConfig,
+    seen: Vec<Arc<Mutex<Vec<Message>>>>,
+    servers: Vec<Option<JoinHandle<()>>>,
+}
+
+impl FakeCluster {
+    async fn start(node_count: u32, down: &[NodeId], script: Script) -> FakeCluster {
+        let mut nodes = Vec::new();
+        let mut seen = Vec::new();
+        let mut servers = Vec::new();
+        for id in 1..=node_count {
+            let node_seen = Arc::new(Mutex::new(Vec::new()));
+            let (address, server) = if down.contains(&id) {
+                (closed_address(), None)
+            } else {
+                let (address, server) = serve(id, node_seen.clone(), script.clone(), None).await;
+                (address, Some(server))
+            };
+            nodes.push(NodeConfig {
+                id,
+                address,
+                shards: vec![id - 1],
+            });
+            seen.push(node_seen);
+            servers.push(server);
+        }
+        let config = ClusterConfig::new(node_count, nodes).expect("valid config");
+        FakeCluster {
+            config,
+            seen,
+            servers,
+        }
+    }
+
+    /// The requests node `id` has seen so far.
+    fn seen(&self, id: NodeId) -> Vec<Message> {
+        self.seen[id as usize - 1]
+            .lock()
+            .expect("not poisoned")
+            .clone()
+    }
+
+    fn client(&self, options: ClientOptions) -> TallyClient {
+        TallyClient::new(self.config.clone(), options)
+    }
+
+    /// An account owned by node `id`.
+    fn account_of(&self, id: NodeId) -> AccountId {
+        (1..)
+            .find(|&account| self.config.owner_of(account) == id)
+            .expect("every node owns some account")
+    }
+}
+
+impl Drop for FakeCluster {
+    fn drop(&mut self) {
+        for server in self.servers.iter().flatten() {
+            server.abort();
+        }
+    }
+}
+
+/// Serves a fake node on `address` (a fresh port when `None`) until the task is aborted.
+async fn serve(
+    id: NodeId,
+    seen: Arc<Mutex<Vec<Message>>>,
+    script: Script,
+    address: Option<&str>,
+) -> (String, JoinHandle<()>) {
+    let handler = FakeNode { id, seen, script };
+    let server = Server::bind(
+        address.unwrap_or("127.0.0.1:0"),
+        ServerConfig::default(),
+        handler,
+    )
+    .await
+    .expect("bind");
+    let address = server.local_addr().expect("bound address").to_string();
+    let task = tokio::spawn(async move {
+        let _ = server.run(std::future::pending()).await;
+    });
+    (address, task)
+}
+
+/// An address with nothing listening: a port the OS just handed out, closed again.
+fn closed_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("bound address").to_string();
+    drop(listener);
+    address
+}
+
+/// Short timeouts and backoffs, so failing attempts cost milliseconds.
+fn fast_options() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(200),
+        attempts_max: 3,
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(5),
+        ..ClientOptions::default()
+    }
+}
+
+fn script(reply: impl Fn(NodeId, &Message, usize) -> Reply + Send + Sync + 'static) -> Script {
+    Arc::new(reply)
+}
+
+fn refuse(code: ErrorCode) -> Reply {
+    Reply::Answer(ErrorResponse::new(code, "scripted refusal").into())
+}
+
+fn committed(request: &Message) -> Reply {
+    match request {
+        Message::Transfer(transfer) => Reply::Answer(
+            TransferResult {
+                id: transfer.id,
+                outcome: TransferOutcome::Committed,
+            }
+            .into(),
+        ),
+        other => panic!("expected a transfer, got {other:?}"),
+    }
+}
+
+fn transfer_ids(requests: &[Message]) -> Vec<TransferId> {
+    requests
+        .iter()
+        .map(|request| match request {
+            Message::Transfer(transfer) => transfer.id,
+            other => panic!("expected a transfer, got {other:?}"),
+        })
+        .collect()
+}
+
+/// Answers `GetBalance` with `1000 * node + account`, `GetClusterStatus` with the node's own
+/// status, `Audit` with one row, and `GetTransferStatus` with `states[node - 1]`.
+fn reads(states: Vec<TransferState>) -> Script {
+    script(move |node, request, _| {
+        Reply::Answer(match request {
+            Message::GetBalance(get) => Balance {
+                account: get.account,
+                balance: 1000 * u64::from(node) + get.account,
+            }
+            .into(),
+            Message::GetClusterStatus(_) => ClusterStatus {
+                nodes: vec![NodeStatus {
+                    node_id: node,
+                    up: true,
+                    shard: node - 1,
+                    last_lsn: 40 + u64::from(node),
+                    in_doubt_count: 0,
+                    uptime_seconds: 7,
+                }],
+            }
+            .into(),
+            Message::Audit(_) => AuditReport {
+                nodes: vec![NodeAudit {
+                    node_id: node,
+                    balances_sum: 5,
+                    deposits_sum: 5,
+                    withdrawals_sum: 0,
+                    account_count: 1,
+                    negative_balance_count: 0,
+                    in_doubt_count: 0,
+                }],
+            }
+            .into(),
+            Message::GetTransferStatus(get) => TransferStatus {
+                id: get.id,
+                state: states[node as usize - 1],
+            }
+            .into(),
+            other => panic!("unscripted request {other:?}"),
+        })
+    })
+}
+
+#[tokio::test]
+async fn requests_go_to_the_owner_of_the_account() {
+    let cluster = FakeCluster::start(3, &[], reads(Vec::new())).await;
+    let client = cluster.client(fast_options());
+    for account in 1..=30 {
+        let owner = cluster.config.owner_of(account);
+        let balance = client.balance(account).await.expect("balance");
+        assert_eq!(balance, 1000 * u64::from(owner) + account);
+    }
+    for node in 1..=3 {
+        for request in cluster.seen(node) {
+            let Message::GetBalance(get) = request else {
+                panic!("unexpected {request:?}");
+            };
+            assert_eq!(cluster.config.owner_of(get.account), node);
+        }
+    }
+}
+
+#[tokio::test]
+async fn wrong_node_redirects_are_followed() {
+    // Node 1 says node 2 owns everything; node 2 commits.
+    let cluster = FakeCluster::start(
+        3,
+        &[],
+        script(|node, request, _| match node {
+            1 => Reply::Answer(ErrorResponse::wrong_node(2).into()),
+            _ => committed(request),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let debit = cluster.account_of(1);
+    let outcome = client.transfer(11, debit, 99, 5).await.expect("transfer");
+    assert_eq!(outcome, TransferOutcome::Committed);
+    assert_eq!(transfer_ids(&cluster.seen(1)), vec![11]);
+    assert_eq!(transfer_ids(&cluster.seen(2)), vec![11]);
+}
+
+#[tokio::test]
+async fn a_redirect_to_an_unknown_node_is_an_error() {
+    let cluster = FakeCluster::start(
+        2,
+        &[],
+        script(|_, _, _| Reply::Answer(ErrorResponse::wrong_node(9).into())),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let error = client
+        .transfer(1, cluster.account_of(2), 3, 4)
+        .await
+        .expect_err("bad redirect");
+    assert!(
+        matches!(
+            error,
+            ClientError::BadRedirect {
+                node: 2,
+                redirect: Some(9)
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+}
+
+#[tokio::test]
+async fn overloaded_is_retried_until_it_succeeds() {
+    // Refused twice, then done: even a deposit is resent, since a refusal applied nothing.
+    let cluster = FakeCluster::start(
+        1,
+        &[],
+        script(|_, request, seen_before| match (request, seen_before) {
+            (_, 0) => refuse(ErrorCode::Overloaded),
+            (_, 1) => refuse(ErrorCode::ShuttingDown),
+            (Message::Deposit(deposit), _) => Reply::Answer(
+                Deposited {
+                    id: deposit.id,
+                    balance_after: deposit.amount,
+                    lsn: 3,
+                }
+                .into(),
+            ),
+            (other, _) => panic!("unexpected {other:?}"),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let deposited = client.deposit(21, 1, 700).await.expect("deposit");
+    assert_eq!((deposited.id, deposited.balance_after), (21, 700));
+    assert_eq!(cluster.seen(1).len(), 3);
+}
+
+#[tokio::test]
+async fn overloaded_on_every_attempt_is_returned() {
+    let cluster = FakeCluster::start(1, &[], script(|_, _, _| refuse(ErrorCode::Overloaded))).await;
+    let client = cluster.client(fast_options());
+    let error = client.balance(1).await.expect_err("overloaded");
+    assert!(
+        matches!(
+            error,
+            ClientError::Remote {
+                node: 1,
+                code: ErrorCode::Overloaded,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+    assert_eq!(cluster.seen(1).len(), 3);
+}
+
+#[tokio::test]
+async fn other_refusals_are_returned_at_once() {
+    let cluster =
+        FakeCluster::start(1, &[], script(|_, _, _| refuse(ErrorCode::UnknownAccount))).await;
+    let client = cluster.client(fast_options());
+    let error = client.balance(1).await.expect_err("unknown account");
+    assert!(
+        matches!(
+            error,
+            ClientError::Remote {
+                code: ErrorCode::UnknownAccount,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(cluster.seen(1).len(), 1);
+}
+
+#[tokio::test]
+async fn a_transfer_without_answer_is_resent_with_the_same_id_then_unknown() {
+    let cluster = FakeCluster::start(1, &[], script(|_, _, _| Reply::Hang)).await;
+    let client = cluster.client(fast_options());
+    let id = TallyClient::new_transfer_id();
+    let error = client.transfer(id, 1, 2, 3).await.expect_err("no answer");
+    match error {
+        ClientError::OutcomeUnknown {
+            node: 1,
+            id: Some(unknown),
+            ..
+        } => assert_eq!(unknown, id),
+        other => panic!("expected OutcomeUnknown, got {other:?}"),
+    }
+    assert_eq!(transfer_ids(&cluster.seen(1)), vec![id; 3]);
+}
+
+#[tokio::test]
+async fn a_transfer_that_may_have_left_stays_unknown_when_later_attempts_cannot_connect() {
+    // The only node hangs on the first attempt, then goes away: the first delivery may have been
+    // applied, so "unavailable" would be a lie.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (address, server) = serve(1, seen.clone(), script(|_, _, _| Reply::Hang), None).await;
+    let config = ClusterConfig::new(
+        1,
+        vec![NodeConfig {
+            id: 1,
+            address,
+            shards: vec![0],
+        }],
+    )
+    .expect("valid");
+    let client = TallyClient::new(config, fast_options());
+    let stopper = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while seen.lock().expect("not poisoned").is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            server.abort();
+        }
+    });
+    let error = client.transfer(5, 1, 2, 3).await.expect_err("no answer");
+    stopper.await.expect("stopper");
+    assert!(
+        matches!(error, ClientError::OutcomeUnknown { id: Some(5), .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_deposit_is_not_resent_after_it_may_have_left() {
+    let cluster = FakeCluster::start(1, &[], script(|_, _, _| Reply::Hang)).await;
+    let client = cluster.client(fast_options());
+    let error = client.deposit(8, 1, 100).await.expect_err("no answer");
+    assert!(
+        matches!(
+            error,
+            ClientError::OutcomeUnknown {
+                node: 1,
+                id: None,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(cluster.seen(1).len(), 1);
+}
+
+#[tokio::test]
+async fn a_read_without_answer_is_unavailable() {
+    let cluster = FakeCluster::start(1, &[], script(|_, _, _| Reply::Hang)).await;
+    let client = cluster.client(fast_options());
+    let error = client.balance(1).await.expect_err("no answer");
+    assert!(
+        matches!(error, ClientError::Unavailable { node: 1, .. }),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+    assert_eq!(cluster.seen(1).len(), 3);
+}
+
+#[tokio::test]
+async fn an_unreachable_node_is_unavailable() {
+    let cluster = FakeCluster::start(1, &[1], reads(Vec::new())).await;
+    let client = cluster.client(fast_options());
+    let error = client.transfer(3, 1, 2, 3).await.expect_err("down");
+    assert!(
+        matches!(error, ClientError::Unavailable { node: 1, .. }),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn a_closed_connection_is_replaced() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (address, server) = serve(1, seen.clone(), reads(Vec::new()), None).await;
+    let config = ClusterConfig::new(
+        1,
+        vec![NodeConfig {
+            id: 1,
+            address: address.clone(),
+            shards: vec![0],
+        }],
+    )
+    .expect("valid");
+    let client = TallyClient::new(config, fast_options());
+    assert_eq!(client.balance(4).await.expect("first"), 1004);
+    // Restart the node on the same port: the client's connection is dead.
+    server.abort();
+    let _ = server.await;
+    let (_, restarted) = serve(1, seen.clone(), reads(Vec::new()), Some(&address)).await;
+    assert_eq!(client.balance(5).await.expect("after restart"), 1005);
+    restarted.abort();
+}
+
+#[tokio::test]
+async fn balances_are_read_in_one_request_to_the_first_accounts_owner() {
+    let cluster = FakeCluster::start(
+        3,
+        &[],
+        script(|_, request, _| match request {
+            Message::GetBalances(get) => Reply::Answer(
+                Balances {
+                    balances: get
+                        .accounts
+                        .iter()
+                        .map(|&account| Balance {
+                            account,
+                            balance: account * 10,
+                        })
+                        .collect(),
+                }
+                .into(),
+            ),
+            other => panic!("unexpected {other:?}"),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let accounts = [
+        cluster.account_of(3),
+        cluster.account_of(1),
+        cluster.account_of(2),
+    ];
+    let balances = client.balances(&accounts).await.expect("balances");
+    let expected: Vec<_> = accounts
+        .iter()
+        .map(|&account| Balance {
+            account,
+            balance: account * 10,
+        })
+        .collect();
+    assert_eq!(balances, expected);
+    assert_eq!(cluster.seen(3).len(), 1);
+    assert!(cluster.seen(1).is_empty() && cluster.seen(2).is_empty());
+    assert!(client.balances(&[]).await.expect("empty").is_empty());
+}
+
+#[tokio::test]
+async fn an_owner_name_too_long_is_refused_before_sending() {
+    let cluster = FakeCluster::start(1, &[], reads(Vec::new())).await;
+    let client = cluster.client(fast_options());
+    let error = client
+        .create_account(1, Some("x".repeat(65)), 0)
+        .await
+        .expect_err("too long");
+    assert!(matches!(error, ClientError::InvalidRequest(_)), "{error:?}");
+    assert!(cluster.seen(1).is_empty());
+}
+
+#[tokio::test]
+async fn cluster_status_lists_a_down_node() {
+    let cluster = FakeCluster::start(3, &[2], reads(Vec::new())).await;
+    let client = cluster.client(fast_options());
+    let statuses = client.cluster_status().await.expect("status");
+    let down = NodeStatus {
+        node_id: 2,
+        up: false,
+        shard: 1,
+        last_lsn: 0,
+        in_doubt_count: 0,
+        uptime_seconds: 0,
+    };
+    assert_eq!(statuses.len(), 3);
+    assert_eq!(statuses[1], down);
+    for (index, node) in [(0, 1), (2, 3)] {
+        assert_eq!(statuses[index].node_id, node);
+        assert!(statuses[index].up);
+        assert_eq!(statuses[index].last_lsn, 40 + u64::from(node));
+    }
+}
+
+#[tokio::test]
+async fn audit_asks_the_first_node_that_answers() {
+    let cluster = FakeCluster::start(3, &[1], reads(Vec::new())).await;
+    let client = cluster.client(fast_options());
+    let report = client.audit().await.expect("audit");
+    assert_eq!(report.nodes[0].node_id, 2);
+    assert!(cluster.seen(3).is_empty());
+}
+
+#[tokio::test]
+async fn transfer_status_merges_every_nodes_answer() {
+    let committed = [
+        TransferState::Unknown,
+        TransferState::Committed,
+        TransferState::Unknown,
+    ];
+    let cluster = FakeCluster::start(3, &[3], reads(committed.to_vec())).await;
+    let client = cluster.client(fast_options());
+    // A decision wins even with node 3 down.
+    assert_eq!(
+        client.transfer_status(77).await.expect("status"),
+        TransferState::Committed
+    );
+    for node in 1..=2 {
+        assert_eq!(
+            cluster.seen(node),
+            vec![GetTransferStatus { id: 77 }.into()]
+        );
+    }
+
+    let undecided = [
+        TransferState::Unknown,
+        TransferState::InProgress,
+        TransferState::Unknown,
+    ];
+    let cluster = FakeCluster::start(3, &[3], reads(undecided.to_vec())).await;
+    let client = cluster.client(fast_options());
+    let error = client.transfer_status(78).await.expect_err("incomplete");
+    match error {
+        ClientError::StatusIncomplete {
+            id: 78,
+            state: TransferState::InProgress,
+            unreachable,
+        } => assert_eq!(unreachable, vec![3]),
+        other => panic!("expected StatusIncomplete, got {other:?}"),
+    }
+}
+
+/// Merges `states` answered by nodes 1, 2, ... (`None`: no answer).
+fn check_merge(states: &[Option<TransferState>]) -> Result<TransferState, ClientError> {
+    let answers = states
+        .iter()
+        .zip(1..)
+        .map(|(state, node)| {
+            let answer = state.ok_or_else(|| ClientError::Unavailable {
+                node,
+                reason: "down".to_string(),
+            });
+            (node, answer)
+        })
+        .collect();
+    merge_transfer_states(9, answers)
+}
+
+#[test]
+fn merging_transfer_states() {
+    use TransferState::{Aborted, Committed, InProgress, Unknown};
+    let aborted = Aborted(AbortReason::InsufficientFunds);
+    let presumed = Aborted(AbortReason::PresumedAbort);
+    assert_eq!(
+        check_merge(&[Some(Unknown), Some(Unknown)]).ok(),
+        Some(Unknown)
+    );
+    assert_eq!(
+        check_merge(&[Some(Unknown), Some(InProgress)]).ok(),
+        Some(InProgress)
+    );
+    assert_eq!(
+        check_merge(&[Some(InProgress), Some(Committed)]).ok(),
+        Some(Committed)
+    );
+    assert_eq!(check_merge(&[None, Some(aborted)]).ok(), Some(aborted));
+    // Abort reasons may differ; the first node's is kept.
+    assert_eq!(
+        check_merge(&[Some(aborted), Some(presumed)]).ok(),
+        Some(aborted)
+    );
+    assert!(matches!(
+        check_merge(&[Some(Committed), Some(Unknown), Some(aborted)]),
+        Err(ClientError::Inconsistent(_))
+    ));
+    assert!(matches!(
+        check_merge(&[Some(Unknown), None, None]),
+        Err(ClientError::StatusIncomplete { state: Unknown, ref unreachable, .. })
+            if *unreachable == vec![2, 3]
+    ));
+}
+
+#[test]
+fn new_transfer_ids_differ() {
+    let first = TallyClient::new_transfer_id();
+    let second = TallyClient::new_transfer_id();
+    assert!(first != 0 && second != 0 && first != second);
+}
+
+#[test]
+fn the_client_is_send_and_sync() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<TallyClient>();
+}

@@ -1,0 +1,678 @@
+//! A running node's state and its answer to every request: client requests (routed to the
+//! engine, the coordinator, or a consistent cut across nodes) and node-to-node requests (the
+//! participant side of 2PC, decision inquiries, snapshot locks).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use engine::model::{AccountId, HistoryKind, NodeId, Outcome, TransferId};
+use engine::tables::RocksTables;
+use engine::wal::FileStorage;
+use engine::{Engine, EngineError, PrepareRequest, ShardAudit, TransferStatus, Vote};
+use net::{
+    AccountCreated, Acks, Audit, AuditReport, Balance, Balances, ClusterStatus, CreateAccount,
+    DecisionBatch, DecisionInquiry, Deposit, Deposited, ErrorCode, ErrorResponse, GetBalance,
+    GetBalances, GetHistory, GetTransferStatus, Handler, Heartbeat, HeartbeatReply, History,
+    InquiryAnswer, Message, NodeAudit, NodeStatus, PrepareBatch, SnapshotLock, SnapshotLocked,
+    SnapshotRelease, SnapshotReleased, TransferState, VoteEntry, Votes, Withdraw, Withdrawn,
+};
+
+use crate::convert::{op_from_wire, outcome_from_wire, outcome_to_wire, reason_to_wire};
+use crate::coordinator::Coordinator;
+use crate::failpoint::{self, points};
+use crate::peers::{PeerError, Peers};
+use client::config::ClusterConfig;
+
+pub(crate) type NodeEngine = Engine<RocksTables, FileStorage>;
+
+/// How long a multi-account read waits for the shared locks of one node's accounts.
+const READ_LOCK_WAIT: Duration = Duration::from_millis(50);
+/// How long an audit waits for a node's prepared transactions to be decided.
+const AUDIT_DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// A snapshot's state is dropped after this long even if its release never comes.
+const SNAPSHOT_LEASE: Duration = Duration::from_secs(5);
+/// Attempts of a consistent read that meets lock conflicts before it gives up.
+const SNAPSHOT_ATTEMPTS_MAX: u32 = 8;
+
+/// What a node shares with its tasks.
+pub(crate) struct Node {
+    pub id: NodeId,
+    pub config: ClusterConfig,
+    pub engine: Arc<NodeEngine>,
+    pub peers: Peers,
+    pub started: Instant,
+    pub coordinator: Coordinator,
+    /// Shared with the lease tasks that drop a snapshot whose release never came.
+    snapshots: Arc<Mutex<HashMap<u128, SnapshotHold>>>,
+}
+
+/// What a node holds for one snapshot until it is released.
+enum SnapshotHold {
+    /// Shared locks, by lock owner.
+    Locks(u128),
+    /// Prepares are closed.
+    Gate,
+}
+
+/// Runs blocking engine work off the async threads.
+pub(crate) async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> R {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The wire error for an engine failure.
+pub(crate) fn engine_error(error: EngineError) -> ErrorResponse {
+    let code = match &error {
+        EngineError::UnknownAccount(_) => ErrorCode::UnknownAccount,
+        EngineError::AccountExists(_) | EngineError::DuplicateWithDifferentContent(_) => {
+            ErrorCode::DuplicateWithDifferentContent
+        }
+        EngineError::ZeroAmount
+        | EngineError::SameAccount(_)
+        | EngineError::OwnerNameTooLong
+        | EngineError::InvalidPageSize => ErrorCode::InvalidArgument,
+        EngineError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+        EngineError::Overflow(_) => ErrorCode::Overflow,
+        EngineError::LockConflict { .. } => ErrorCode::LockConflict,
+        // Another request with this id is running: retrying later returns its outcome.
+        EngineError::InProgress(_) => ErrorCode::Overloaded,
+        EngineError::UnknownTransaction(_)
+        | EngineError::AlreadyAborted(_)
+        | EngineError::Wal(_)
+        | EngineError::Tables(_)
+        | EngineError::Record { .. }
+        | EngineError::Inconsistent(_)
+        | EngineError::Failed(_) => {
+            tracing::error!(%error, "request failed");
+            ErrorCode::Internal
+        }
+    };
+    ErrorResponse::new(code, error.to_string())
+}
+
+fn peer_error(error: &PeerError) -> ErrorResponse {
+    match error {
+        PeerError::Refused { error, .. } => error.clone(),
+        other => ErrorResponse::new(ErrorCode::ParticipantUnavailable, other.to_string()),
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl Node {
+    pub fn new(
+        id: NodeId,
+        config: ClusterConfig,
+        engine: Arc<NodeEngine>,
+        peer_timeout: Duration,
+    ) -> Result<Arc<Node>, EngineError> {
+        let coordinator = Coordinator::new(&engine)?;
+        Ok(Arc::new(Node {
+            id,
+            peers: Peers::new(config.clone(), peer_timeout),
+            config,
+            engine,
+            started: Instant::now(),
+            coordinator,
+            snapshots: Arc::new(Mutex::new(HashMap::new())),
+        }))
+    }
+
+    /// `Some(redirect)` when `account` belongs to another node.
+    fn not_mine(&self, account: AccountId) -> Option<ErrorResponse> {
+        let owner = self.config.owner_of(account);
+        (owner != self.id).then(|| ErrorResponse::wrong_node(owner))
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            node_id: self.id,
+            up: true,
+            shard: self
+                .config
+                .node(self.id)
+                .and_then(|node| node.shards.first().copied())
+                .unwrap_or(0),
+            last_lsn: self.engine.wal().durable_lsn(),
+            in_doubt_count: self.engine.in_doubt().len() as u64,
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+
+    pub async fn handle(self: Arc<Self>, request: Message) -> Message {
+        let answer = match request {
+            Message::CreateAccount(request) => self.create_account(request).await,
+            Message::Deposit(request) => self.deposit(request).await,
+            Message::Withdraw(request) => self.withdraw(request).await,
+            Message::GetBalance(GetBalance { account }) => self.balance(account).await,
+            Message::GetBalances(GetBalances { accounts }) => self.balances(accounts).await,
+            Message::GetHistory(request) => self.history(request).await,
+            Message::Transfer(request) => self.coordinator.transfer(&self, request).await,
+            Message::GetTransferStatus(GetTransferStatus { id }) => self.transfer_status(id).await,
+            Message::Audit(Audit {}) => self.audit().await,
+            Message::GetClusterStatus(_) => Ok(ClusterStatus {
+                nodes: vec![self.status()],
+            }
+            .into()),
+            Message::PrepareBatch(batch) => self.prepare(batch).await,
+            Message::DecisionBatch(batch) => self.decide(batch).await,
+            Message::DecisionInquiry(DecisionInquiry { participant, txids }) => {
+                tracing::info!(participant, count = txids.len(), "decision inquiry");
+                self.coordinator
+                    .answer_inquiry(&self, txids)
+                    .await
+                    .map(|decisions| InquiryAnswer { decisions }.into())
+            }
+            Message::Heartbeat(Heartbeat { .. }) => {
+                let status = self.status();
+                Ok(HeartbeatReply {
+                    node_id: status.node_id,
+                    last_lsn: status.last_lsn,
+                    in_doubt_count: status.in_doubt_count,
+                    uptime_seconds: status.uptime_seconds,
+                }
+                .into())
+            }
+            Message::SnapshotLock(request) => self.snapshot_lock(request).await,
+            Message::SnapshotRelease(SnapshotRelease { snapshot_id }) => {
+                self.snapshot_release(snapshot_id);
+                Ok(SnapshotReleased {}.into())
+            }
+            other => Err(ErrorResponse::new(
+                ErrorCode::MalformedFrame,
+                format!("{:?} is not a request", other.kind()),
+            )),
+        };
+        answer.unwrap_or_else(Message::ErrorResponse)
+    }
+
+    async fn create_account(&self, request: CreateAccount) -> Result<Message, ErrorResponse> {
+        if let Some(redirect) = self.not_mine(request.account) {
+            return Err(redirect);
+        }
+        let engine = self.engine.clone();
+        let account = blocking(move || {
+            engine.create_account(
+                request.account,
+                request.owner.as_deref(),
+                request.flags,
+                now_unix_ms(),
+            )?;
+            engine.account(request.account)
+        })
+        .await
+        .map_err(engine_error)?;
+        Ok(AccountCreated {
+            account: account.id,
+            created_at_unix_ms: account.created_at_ms,
+        }
+        .into())
+    }
+
+    async fn deposit(&self, request: Deposit) -> Result<Message, ErrorResponse> {
+        if let Some(redirect) = self.not_mine(request.account) {
+            return Err(redirect);
+        }
+        let engine = self.engine.clone();
+        let (balance_after, lsn) = blocking(move || {
+            let balance = engine.deposit(request.account, request.amount)?;
+            Ok::<_, EngineError>((balance, engine.wal().durable_lsn()))
+        })
+        .await
+        .map_err(engine_error)?;
+        Ok(Deposited {
+            id: request.id,
+            balance_after,
+            lsn,
+        }
+        .into())
+    }
+
+    async fn withdraw(&self, request: Withdraw) -> Result<Message, ErrorResponse> {
+        if let Some(redirect) = self.not_mine(request.account) {
+            return Err(redirect);
+        }
+        let engine = self.engine.clone();
+        let (balance_after, lsn) = blocking(move || {
+            let balance = engine.withdraw(request.account, request.amount)?;
+            Ok::<_, EngineError>((balance, engine.wal().durable_lsn()))
+        })
+        .await
+        .map_err(engine_error)?;
+        Ok(Withdrawn {
+            id: request.id,
+            balance_after,
+            lsn,
+        }
+        .into())
+    }
+
+    async fn balance(&self, account: AccountId) -> Result<Message, ErrorResponse> {
+        if let Some(redirect) = self.not_mine(account) {
+            return Err(redirect);
+        }
+        // Under a shared lock: a transfer whose outcome a client has heard may still be applying
+        // here (a credit waits for its COMMIT); the read waits for it rather than miss it.
+        let engine = self.engine.clone();
+        let balance = blocking(move || {
+            let (owner, balances) = engine.lock_and_read(&[account], READ_LOCK_WAIT)?;
+            engine.release_locks(owner);
+            Ok::<_, EngineError>(balances[0])
+        })
+        .await
+        .map_err(engine_error)?;
+        Ok(Balance { account, balance }.into())
+    }
+
+    async fn history(&self, request: GetHistory) -> Result<Message, ErrorResponse> {
+        if let Some(redirect) = self.not_mine(request.account) {
+            return Err(redirect);
+        }
+        let limit = request.limit.clamp(1, net::HISTORY_PAGE_ENTRIES_MAX);
+        let cursor = (request.cursor != 0).then_some(request.cursor);
+        let engine = self.engine.clone();
+        let page = blocking(move || engine.history(request.account, cursor, limit))
+            .await
+            .map_err(engine_error)?;
+        let entries = page
+            .entries
+            .iter()
+            .map(|entry| net::HistoryEntry {
+                sequence: entry.lsn,
+                kind: match entry.kind {
+                    HistoryKind::Deposit => net::HistoryKind::Deposit,
+                    HistoryKind::Withdrawal => net::HistoryKind::Withdraw,
+                    HistoryKind::TransferDebit => net::HistoryKind::TransferDebit,
+                    HistoryKind::TransferCredit => net::HistoryKind::TransferCredit,
+                },
+                amount: entry.amount,
+                counterparty_account: entry.counterparty,
+                transfer_id: entry.transfer,
+                balance_after: entry.balance_after,
+            })
+            .collect();
+        Ok(History {
+            account: request.account,
+            entries,
+            next_cursor: page.next_cursor.unwrap_or(0),
+        }
+        .into())
+    }
+
+    /// What this node knows of a transfer: its coordinator decision first (exact, and the only
+    /// record of an abort decided before any participant prepared), then its participant state.
+    async fn transfer_status(self: &Arc<Self>, id: TransferId) -> Result<Message, ErrorResponse> {
+        if self.coordinator.is_in_flight(id) {
+            return Ok(net::TransferStatus {
+                id,
+                state: TransferState::InProgress,
+            }
+            .into());
+        }
+        let engine = self.engine.clone();
+        let state = blocking(move || {
+            if let Some(decision) = engine.decision(id)? {
+                return Ok(state_of(decision.outcome));
+            }
+            Ok::<_, EngineError>(match engine.transfer_status(id)? {
+                TransferStatus::Unknown => TransferState::Unknown,
+                TransferStatus::Prepared(_) => TransferState::InProgress,
+                TransferStatus::Decided(record) => state_of(record.outcome),
+            })
+        })
+        .await
+        .map_err(engine_error)?;
+        Ok(net::TransferStatus { id, state }.into())
+    }
+
+    /// Participant: phase one for a batch.
+    async fn prepare(&self, batch: PrepareBatch) -> Result<Message, ErrorResponse> {
+        let requests: Vec<PrepareRequest> = batch
+            .entries
+            .iter()
+            .map(|entry| PrepareRequest {
+                id: entry.txid,
+                coordinator: batch.coordinator,
+                operations: entry.ops.iter().map(op_from_wire).collect(),
+            })
+            .collect();
+        // Every operation must be on this node's accounts; a misrouted one votes no.
+        let misrouted: Vec<bool> = requests
+            .iter()
+            .map(|request| {
+                request
+                    .operations
+                    .iter()
+                    .any(|operation| self.config.owner_of(operation.account) != self.id)
+            })
+            .collect();
+        let routed: Vec<PrepareRequest> = requests
+            .iter()
+            .zip(&misrouted)
+            .filter(|(_, misrouted)| !**misrouted)
+            .map(|(request, _)| request.clone())
+            .collect();
+        let engine = self.engine.clone();
+        let mut votes = blocking(move || engine.prepare(&routed))
+            .await
+            .map_err(engine_error)?
+            .into_iter();
+        let votes = requests
+            .iter()
+            .zip(misrouted)
+            .map(|(request, misrouted)| VoteEntry {
+                txid: request.id,
+                vote: if misrouted {
+                    net::Vote::No(net::AbortReason::InvalidRequest)
+                } else {
+                    match votes.next().expect("one vote per routed request") {
+                        Vote::Yes => net::Vote::Yes,
+                        Vote::No(reason) => net::Vote::No(reason_to_wire(reason)),
+                    }
+                },
+            })
+            .collect();
+        Ok(Votes { votes }.into())
+    }
+
+    /// Participant: phase two for a batch; acknowledges each decision once applied.
+    async fn decide(&self, batch: DecisionBatch) -> Result<Message, ErrorResponse> {
+        failpoint::hit(points::PARTICIPANT_BEFORE_DECISION);
+        let decisions: Vec<(TransferId, Outcome)> = batch
+            .decisions
+            .iter()
+            .map(|entry| (entry.txid, outcome_from_wire(entry.outcome)))
+            .collect();
+        let engine = self.engine.clone();
+        let txids = blocking(move || apply_decisions(&engine, &decisions))
+            .await
+            .map_err(engine_error)?;
+        Ok(Acks { txids }.into())
+    }
+
+    /// One node's part of a snapshot (see `SnapshotLock` in docs/protocol.md).
+    async fn snapshot_lock(&self, request: SnapshotLock) -> Result<Message, ErrorResponse> {
+        for account in &request.accounts {
+            if let Some(redirect) = self.not_mine(*account) {
+                return Err(redirect);
+            }
+        }
+        let lease = Duration::from_millis(u64::from(request.lease_ms)).min(SNAPSHOT_LEASE);
+        let id = request.snapshot_id;
+        let engine = self.engine.clone();
+        let (hold, balances, audit) = if request.whole_shard {
+            engine.close_prepares();
+            lock(&self.snapshots).insert(id, SnapshotHold::Gate);
+            let deadline = Instant::now() + AUDIT_DRAIN_WAIT.min(lease);
+            while engine.undecided_count() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let audit = match blocking(move || engine.audit()).await {
+                Ok(audit) => audit,
+                Err(error) => {
+                    self.snapshot_release(id);
+                    return Err(engine_error(error));
+                }
+            };
+            (None, Vec::new(), Some(node_audit(self.id, &audit)))
+        } else {
+            let accounts = request.accounts.clone();
+            let (owner, balances) =
+                blocking(move || engine.lock_and_read(&accounts, READ_LOCK_WAIT))
+                    .await
+                    .map_err(engine_error)?;
+            let balances = request
+                .accounts
+                .iter()
+                .zip(balances)
+                .map(|(account, balance)| Balance {
+                    account: *account,
+                    balance,
+                })
+                .collect();
+            (Some(SnapshotHold::Locks(owner)), balances, None)
+        };
+        if let Some(hold) = hold {
+            lock(&self.snapshots).insert(id, hold);
+        }
+        let engine = self.engine.clone();
+        let snapshots = self.snapshots.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(lease).await;
+            if let Some(hold) = lock(&snapshots).remove(&id) {
+                tracing::warn!(snapshot = id, "snapshot lease expired before its release");
+                release_hold(&engine, hold);
+            }
+        });
+        Ok(SnapshotLocked { balances, audit }.into())
+    }
+
+    fn snapshot_release(&self, id: u128) {
+        if let Some(hold) = lock(&self.snapshots).remove(&id) {
+            release_hold(&self.engine, hold);
+        }
+    }
+
+    /// One consistent cut over several nodes: `SnapshotLock` on each (this node included),
+    /// then `SnapshotRelease` on each, whatever happened. Retried on lock conflicts.
+    async fn snapshot(
+        self: &Arc<Self>,
+        accounts: &[AccountId],
+        whole_cluster: bool,
+    ) -> Result<Vec<SnapshotLocked>, ErrorResponse> {
+        let mut per_node: BTreeMap<NodeId, Vec<AccountId>> = BTreeMap::new();
+        if whole_cluster {
+            for node in &self.config.nodes {
+                per_node.insert(node.id, Vec::new());
+            }
+        }
+        for account in accounts {
+            per_node
+                .entry(self.config.owner_of(*account))
+                .or_default()
+                .push(*account);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let snapshot_id: u128 = rand::random();
+            let mut calls = tokio::task::JoinSet::new();
+            for (node, accounts) in &per_node {
+                let request = SnapshotLock {
+                    snapshot_id,
+                    accounts: accounts.clone(),
+                    whole_shard: whole_cluster,
+                    lease_ms: SNAPSHOT_LEASE.as_millis() as u32,
+                };
+                let node = *node;
+                let part = self.clone().snapshot_part(node, request);
+                calls.spawn(async move { (node, part.await) });
+            }
+            let mut parts = BTreeMap::new();
+            let mut failure = None;
+            while let Some(joined) = calls.join_next().await {
+                let (node, answer) = joined.expect("snapshot call panicked");
+                match answer {
+                    Ok(part) => {
+                        parts.insert(node, part);
+                    }
+                    Err(error) => failure = Some(error),
+                }
+            }
+            let mut releases = tokio::task::JoinSet::new();
+            for node in per_node.keys() {
+                releases.spawn(self.clone().release_part(*node, snapshot_id));
+            }
+            while releases.join_next().await.is_some() {}
+            match failure {
+                None => return Ok(parts.into_values().collect()),
+                Some(error)
+                    if error.code == ErrorCode::LockConflict && attempt < SNAPSHOT_ATTEMPTS_MAX =>
+                {
+                    let backoff = rand::random_range(1..=(1u64 << attempt.min(6)));
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                }
+                Some(error) => return Err(error),
+            }
+        }
+    }
+
+    /// One node's part of a snapshot, this node's own included (handled in place).
+    async fn snapshot_part(
+        self: Arc<Self>,
+        node: NodeId,
+        request: SnapshotLock,
+    ) -> Result<SnapshotLocked, ErrorResponse> {
+        let answer = if node == self.id {
+            self.snapshot_lock(request).await?
+        } else {
+            self.peers
+                .call(node, request)
+                .await
+                .map_err(|error| peer_error(&error))?
+        };
+        match answer {
+            Message::SnapshotLocked(part) => Ok(part),
+            Message::ErrorResponse(error) => Err(error),
+            other => Err(ErrorResponse::new(
+                ErrorCode::Internal,
+                format!("node {node} answered a snapshot with {:?}", other.kind()),
+            )),
+        }
+    }
+
+    async fn release_part(self: Arc<Self>, node: NodeId, snapshot_id: u128) {
+        if node == self.id {
+            self.snapshot_release(snapshot_id);
+        } else if let Err(error) = self.peers.call(node, SnapshotRelease { snapshot_id }).await {
+            tracing::warn!(node, %error, "snapshot release not delivered; its lease will end it");
+        }
+    }
+
+    /// A consistent read of many accounts, possibly on several nodes.
+    async fn balances(
+        self: &Arc<Self>,
+        accounts: Vec<AccountId>,
+    ) -> Result<Message, ErrorResponse> {
+        if accounts.is_empty() {
+            return Ok(Balances { balances: vec![] }.into());
+        }
+        let parts = self.snapshot(&accounts, false).await?;
+        let read: HashMap<AccountId, u64> = parts
+            .iter()
+            .flat_map(|part| part.balances.iter())
+            .map(|balance| (balance.account, balance.balance))
+            .collect();
+        let balances = accounts
+            .iter()
+            .map(|account| Balance {
+                account: *account,
+                balance: read[account],
+            })
+            .collect();
+        Ok(Balances { balances }.into())
+    }
+
+    /// A consistent cut of the whole cluster.
+    async fn audit(self: &Arc<Self>) -> Result<Message, ErrorResponse> {
+        let parts = self.snapshot(&[], true).await?;
+        let nodes = parts.into_iter().filter_map(|part| part.audit).collect();
+        Ok(AuditReport { nodes }.into())
+    }
+}
+
+fn state_of(outcome: Outcome) -> TransferState {
+    match outcome {
+        Outcome::Committed => TransferState::Committed,
+        Outcome::Aborted(reason) => TransferState::Aborted(reason_to_wire(reason)),
+    }
+}
+
+fn node_audit(node: NodeId, audit: &ShardAudit) -> NodeAudit {
+    NodeAudit {
+        node_id: node,
+        balances_sum: audit.balance_sum,
+        deposits_sum: audit.totals.deposited,
+        withdrawals_sum: audit.totals.withdrawn,
+        account_count: audit.accounts,
+        // Balances are unsigned and every debit is validated under its lock: a negative
+        // balance cannot be represented, let alone stored.
+        negative_balance_count: 0,
+        in_doubt_count: audit.in_doubt,
+    }
+}
+
+fn release_hold(engine: &NodeEngine, hold: SnapshotHold) {
+    match hold {
+        SnapshotHold::Locks(owner) => engine.release_locks(owner),
+        SnapshotHold::Gate => engine.open_prepares(),
+    }
+}
+
+/// Applies decisions at this participant; returns the ids now applied (to acknowledge).
+pub(crate) fn apply_decisions(
+    engine: &NodeEngine,
+    decisions: &[(TransferId, Outcome)],
+) -> Result<Vec<TransferId>, EngineError> {
+    let commits: Vec<TransferId> = decisions
+        .iter()
+        .filter(|(_, outcome)| *outcome == Outcome::Committed)
+        .map(|(id, _)| *id)
+        .collect();
+    let aborts: Vec<(TransferId, engine::model::AbortReason)> = decisions
+        .iter()
+        .filter_map(|(id, outcome)| match outcome {
+            Outcome::Aborted(reason) => Some((*id, *reason)),
+            Outcome::Committed => None,
+        })
+        .collect();
+    let mut applied = Vec::with_capacity(decisions.len());
+    if !commits.is_empty() {
+        for (id, result) in commits.iter().zip(engine.commit(&commits)?) {
+            match result {
+                Ok(()) => applied.push(*id),
+                Err(error) => tracing::error!(transaction = %id, %error, "commit not applied"),
+            }
+        }
+    }
+    if !aborts.is_empty() {
+        for ((id, _), result) in aborts.iter().zip(engine.abort(&aborts)?) {
+            match result {
+                Ok(()) => applied.push(*id),
+                Err(error) => tracing::error!(transaction = %id, %error, "abort not applied"),
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// The `net::Handler` of a node.
+#[derive(Clone)]
+pub(crate) struct NodeHandler(pub Arc<Node>);
+
+impl Handler for NodeHandler {
+    fn handle(&self, request: Message) -> impl Future<Output = Message> + Send {
+        self.0.clone().handle(request)
+    }
+}
+
+pub(crate) fn outcome_message(id: TransferId, outcome: Outcome) -> Message {
+    net::TransferResult {
+        id,
+        outcome: outcome_to_wire(outcome),
+    }
+    .into()
+}

@@ -1,0 +1,93 @@
+//! Connections from this node to the other nodes: one pipelined connection per peer, made on
+//! first use and made again after it fails. Every call is bounded by a timeout.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use engine::model::NodeId;
+use net::{Client, ClientConfig, ClientError, ErrorResponse, Message};
+
+use client::config::ClusterConfig;
+
+/// Requests to one peer awaiting answers at once (every batch frame counts as one).
+const PEER_REQUESTS_IN_FLIGHT_MAX: u32 = 1024;
+
+/// Why a peer did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("node {0} is not in the cluster file")]
+    UnknownNode(NodeId),
+    #[error("node {node} unreachable: {source}")]
+    Unreachable { node: NodeId, source: ClientError },
+    #[error("node {node} refused: {code:?}: {message}", code = .error.code, message = .error.message)]
+    Refused { node: NodeId, error: ErrorResponse },
+}
+
+pub struct Peers {
+    config: ClusterConfig,
+    client_config: ClientConfig,
+    connections: Mutex<HashMap<NodeId, Client>>,
+}
+
+impl Peers {
+    pub fn new(config: ClusterConfig, timeout: Duration) -> Self {
+        Peers {
+            config,
+            client_config: ClientConfig {
+                requests_in_flight_max: PEER_REQUESTS_IN_FLIGHT_MAX,
+                request_timeout: timeout,
+                connect_timeout: timeout,
+            },
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, node: NodeId) -> Option<Client> {
+        lock(&self.connections).get(&node).cloned()
+    }
+
+    /// Sends `request` to `node` and waits (bounded by the peer timeout) for its answer.
+    pub async fn call(
+        &self,
+        node: NodeId,
+        request: impl Into<Message>,
+    ) -> Result<Message, PeerError> {
+        let client = match self.cached(node) {
+            Some(client) => client,
+            None => {
+                let address = &self
+                    .config
+                    .node(node)
+                    .ok_or(PeerError::UnknownNode(node))?
+                    .address;
+                let client = Client::connect(address.as_str(), self.client_config.clone())
+                    .await
+                    .map_err(|source| PeerError::Unreachable { node, source })?;
+                lock(&self.connections).insert(node, client.clone());
+                client
+            }
+        };
+        match client.call(request).await {
+            Ok(answer) => Ok(answer),
+            Err(ClientError::Remote(error)) => Err(PeerError::Refused { node, error }),
+            Err(source) => {
+                // The connection may be dead: the next call makes a new one.
+                let mut connections = lock(&self.connections);
+                if connections
+                    .get(&node)
+                    .is_some_and(|cached| cached.same_connection(&client))
+                {
+                    connections.remove(&node);
+                }
+                Err(PeerError::Unreachable { node, source })
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

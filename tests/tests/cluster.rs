@@ -1,0 +1,471 @@
+//! A real 3-node cluster on loopback: transfers within and across shards, the crash points of
+//! two-phase commit (coordinator and participant killed at exact steps, then restarted), and
+//! conservation under concurrent load, checked through the client library.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use client::{ClientError, ClientOptions, TallyClient};
+use engine::testing::test_seed;
+use net::{AbortReason, ErrorCode, TransferOutcome, TransferState};
+use node::failpoint::points;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tests::{Cluster, account_on};
+
+const PROGRAM: &str = env!("CARGO_BIN_EXE_tally-failpoints");
+
+/// Creates `account` and deposits `amount` into it.
+async fn funded(client: &TallyClient, account: u64, amount: u64) {
+    client
+        .create_account(account, None, 0)
+        .await
+        .expect("create account");
+    if amount > 0 {
+        client
+            .deposit(TallyClient::new_transfer_id(), account, amount)
+            .await
+            .expect("deposit");
+    }
+}
+
+async fn balance(client: &TallyClient, account: u64) -> u64 {
+    client.balance(account).await.expect("balance")
+}
+
+/// A client that tries once: a crash point must not be papered over by a retry.
+fn one_shot(cluster: &Cluster) -> TallyClient {
+    TallyClient::new(
+        cluster.config.clone(),
+        ClientOptions {
+            attempts_max: 1,
+            request_timeout: Duration::from_secs(5),
+            ..ClientOptions::default()
+        },
+    )
+}
+
+/// Polls `check` every 50 ms until it returns true (at most 30 s).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn nothing_in_doubt(client: &TallyClient) -> bool {
+    match client.cluster_status().await {
+        Ok(nodes) => nodes.iter().all(|node| node.up && node.in_doubt_count == 0),
+        Err(_) => false,
+    }
+}
+
+/// The audit's conservation check: sum of balances == deposits - withdrawals, nothing in doubt.
+async fn assert_conserved(client: &TallyClient, expected_total: u128) {
+    let report = client.audit().await.expect("audit");
+    let balances: u128 = report.nodes.iter().map(|node| node.balances_sum).sum();
+    let deposits: u128 = report.nodes.iter().map(|node| node.deposits_sum).sum();
+    let withdrawals: u128 = report.nodes.iter().map(|node| node.withdrawals_sum).sum();
+    assert_eq!(report.nodes.len(), 3, "{report:?}");
+    assert_eq!(balances, deposits - withdrawals, "{report:?}");
+    assert_eq!(balances, expected_total, "{report:?}");
+    assert!(
+        report
+            .nodes
+            .iter()
+            .all(|node| node.in_doubt_count == 0 && node.negative_balance_count == 0),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_within_and_across_shards_apply_once_and_refusals_change_nothing() {
+    let cluster = Cluster::start(PROGRAM.as_ref(), 3);
+    let client = cluster.client();
+    let config = &cluster.config;
+    let a = account_on(config, 1, 1, 0);
+    let a2 = account_on(config, 1, 1, 1);
+    let b = account_on(config, 2, 1, 0);
+    let c = account_on(config, 3, 1, 0);
+    funded(&client, a, 1_000).await;
+    funded(&client, a2, 0).await;
+    funded(&client, b, 0).await;
+    funded(&client, c, 0).await;
+
+    // Cross-shard, then same-shard.
+    let cross = 1u128 << 100;
+    assert_eq!(
+        client.transfer(cross, a, b, 300).await.unwrap(),
+        TransferOutcome::Committed
+    );
+    assert_eq!(
+        client.transfer(cross + 1, a, a2, 100).await.unwrap(),
+        TransferOutcome::Committed
+    );
+    // A retry of either id returns the first outcome and moves nothing.
+    assert_eq!(
+        client.transfer(cross, a, b, 300).await.unwrap(),
+        TransferOutcome::Committed
+    );
+    assert_eq!(
+        client.transfer(cross + 1, a, a2, 100).await.unwrap(),
+        TransferOutcome::Committed
+    );
+    assert_eq!(
+        (
+            balance(&client, a).await,
+            balance(&client, a2).await,
+            balance(&client, b).await
+        ),
+        (600, 100, 300)
+    );
+    // The same id with other content is refused.
+    match client.transfer(cross, a, b, 301).await {
+        Err(ClientError::Remote { code, .. }) => {
+            assert_eq!(code, ErrorCode::DuplicateWithDifferentContent)
+        }
+        other => panic!("expected a duplicate-content error, got {other:?}"),
+    }
+
+    // Insufficient funds and unknown accounts abort, across and within shards, and the abort is
+    // the permanent answer for that id.
+    let unknown = account_on(config, 3, 1, 5);
+    for (id, debit, credit, amount, reason) in [
+        (cross + 2, a, b, 10_000, AbortReason::InsufficientFunds),
+        (cross + 3, a, a2, 10_000, AbortReason::InsufficientFunds),
+        (cross + 4, a, unknown, 1, AbortReason::UnknownAccount),
+    ] {
+        let aborted = TransferOutcome::Aborted(reason);
+        assert_eq!(
+            client.transfer(id, debit, credit, amount).await.unwrap(),
+            aborted
+        );
+        assert_eq!(
+            client.transfer(id, debit, credit, amount).await.unwrap(),
+            aborted
+        );
+        assert_eq!(
+            client.transfer_status(id).await.unwrap(),
+            TransferState::Aborted(reason)
+        );
+    }
+    assert_eq!(
+        (
+            balance(&client, a).await,
+            balance(&client, a2).await,
+            balance(&client, b).await,
+            balance(&client, c).await
+        ),
+        (600, 100, 300, 0)
+    );
+    assert_eq!(
+        client.transfer_status(cross).await.unwrap(),
+        TransferState::Committed
+    );
+    assert_eq!(
+        client.transfer_status(cross + 99).await.unwrap(),
+        TransferState::Unknown
+    );
+    // History on both sides of the cross-shard transfer.
+    let history = client.history(b, 10, 0).await.unwrap();
+    assert_eq!(history.entries.len(), 1);
+    assert_eq!(history.entries[0].transfer_id, cross);
+    assert_eq!(history.entries[0].counterparty_account, a);
+
+    // A request sent to the wrong node is refused with a redirect, never executed there.
+    let wrong = net::Client::connect(
+        cluster.config.node(2).unwrap().address.as_str(),
+        net::ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    match wrong
+        .call(net::Transfer {
+            id: cross + 5,
+            debit: a,
+            credit: b,
+            amount: 1,
+        })
+        .await
+    {
+        Err(net::ClientError::Remote(error)) => {
+            assert_eq!(error.code, ErrorCode::WrongNode);
+            assert_eq!(error.redirect_node_id, Some(1));
+        }
+        other => panic!("expected WrongNode, got {other:?}"),
+    }
+    assert_eq!(
+        client.transfer_status(cross + 5).await.unwrap(),
+        TransferState::Unknown
+    );
+    assert_conserved(&client, 1_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_makes_transfers_touching_it_abort_promptly() {
+    let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
+    let client = cluster.client();
+    let a = account_on(&cluster.config, 1, 1, 0);
+    let c = account_on(&cluster.config, 3, 1, 0);
+    funded(&client, a, 100).await;
+    funded(&client, c, 0).await;
+    cluster.kill(3);
+    let started = Instant::now();
+    assert_eq!(
+        client.transfer(7, a, c, 10).await.unwrap(),
+        TransferOutcome::Aborted(AbortReason::ParticipantUnavailable)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    cluster.restart(3);
+    assert_eq!(balance(&client, a).await, 100);
+    // The debit's lock was released: the next transfer goes through.
+    assert_eq!(
+        client.transfer(8, a, c, 10).await.unwrap(),
+        TransferOutcome::Committed
+    );
+    assert_eq!(balance(&client, c).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_before_its_decision_aborts_everywhere_after_restart() {
+    let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
+    let client = cluster.client();
+    let a = account_on(&cluster.config, 1, 1, 0);
+    let b = account_on(&cluster.config, 2, 1, 0);
+    funded(&client, a, 100).await;
+    funded(&client, b, 0).await;
+    cluster.kill(1);
+    cluster.start_node(1, &[points::COORDINATOR_AFTER_VOTES]);
+    cluster.wait_up(1);
+    let id = 41;
+    let answer = one_shot(&cluster).transfer(id, a, b, 60).await;
+    assert!(
+        matches!(answer, Err(ClientError::OutcomeUnknown { .. })),
+        "{answer:?}"
+    );
+    cluster.wait_dead(1);
+    // Node 2 holds a durable PREPARE: in doubt until the coordinator answers.
+    let status = one_shot(&cluster).cluster_status().await.unwrap();
+    assert_eq!(status[1].in_doubt_count, 1, "{status:?}");
+    cluster.restart(1);
+    eventually("the transfer is resolved everywhere", || {
+        nothing_in_doubt(&client)
+    })
+    .await;
+    assert_eq!(
+        client.transfer_status(id).await.unwrap(),
+        TransferState::Aborted(AbortReason::PresumedAbort)
+    );
+    // A retry gets the abort; nothing moved; the locks are free.
+    assert_eq!(
+        client.transfer(id, a, b, 60).await.unwrap(),
+        TransferOutcome::Aborted(AbortReason::PresumedAbort)
+    );
+    assert_eq!(
+        (balance(&client, a).await, balance(&client, b).await),
+        (100, 0)
+    );
+    assert_eq!(
+        client.transfer(42, a, b, 60).await.unwrap(),
+        TransferOutcome::Committed
+    );
+    assert!(cluster.log(2).contains("in-doubt transaction resolved"));
+    assert_conserved(&client, 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_after_its_decision_commits_everywhere_after_restart() {
+    let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
+    let client = cluster.client();
+    let a = account_on(&cluster.config, 1, 1, 0);
+    let b = account_on(&cluster.config, 2, 1, 0);
+    funded(&client, a, 100).await;
+    funded(&client, b, 0).await;
+    cluster.kill(1);
+    cluster.start_node(1, &[points::COORDINATOR_AFTER_DECISION]);
+    cluster.wait_up(1);
+    let id = 51;
+    let answer = one_shot(&cluster).transfer(id, a, b, 60).await;
+    assert!(
+        matches!(answer, Err(ClientError::OutcomeUnknown { .. })),
+        "{answer:?}"
+    );
+    cluster.wait_dead(1);
+    cluster.restart(1);
+    eventually("the decision is delivered", || nothing_in_doubt(&client)).await;
+    assert_eq!(
+        client.transfer_status(id).await.unwrap(),
+        TransferState::Committed
+    );
+    assert_eq!(
+        client.transfer(id, a, b, 60).await.unwrap(),
+        TransferOutcome::Committed
+    );
+    assert_eq!(
+        (balance(&client, a).await, balance(&client, b).await),
+        (40, 60)
+    );
+    assert!(cluster.log(1).contains("decisions to resend after restart"));
+    assert_conserved(&client, 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_killed_while_prepared_learns_the_decision_after_restart() {
+    let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
+    let client = cluster.client();
+    let a = account_on(&cluster.config, 1, 1, 0);
+    let b = account_on(&cluster.config, 2, 1, 0);
+    funded(&client, a, 100).await;
+    funded(&client, b, 0).await;
+    cluster.kill(2);
+    cluster.start_node(2, &[points::PARTICIPANT_BEFORE_DECISION]);
+    cluster.wait_up(2);
+    // The decision is durable at the coordinator before the participant hears it.
+    assert_eq!(
+        client.transfer(61, a, b, 60).await.unwrap(),
+        TransferOutcome::Committed
+    );
+    cluster.wait_dead(2);
+    cluster.restart(2);
+    eventually("the participant learns the decision", || {
+        nothing_in_doubt(&client)
+    })
+    .await;
+    assert_eq!(balance(&client, b).await, 60);
+    // Its locks are released: b takes part in the next transfer.
+    assert_eq!(
+        client.transfer(62, a, b, 40).await.unwrap(),
+        TransferOutcome::Committed
+    );
+    assert_eq!(
+        (balance(&client, a).await, balance(&client, b).await),
+        (0, 100)
+    );
+    assert_conserved(&client, 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transfers_on_hot_accounts_conserve_money() {
+    let seed = test_seed("concurrent_transfers_on_hot_accounts");
+    let cluster = Cluster::start(PROGRAM.as_ref(), 3);
+    let client = cluster.client();
+    // Two accounts per node: six hot accounts.
+    let accounts: Vec<u64> = (1..=3)
+        .flat_map(|node| (0..2).map(move |n| (node, n)))
+        .map(|(node, n)| account_on(&cluster.config, node, 1, n))
+        .collect();
+    for account in &accounts {
+        funded(&client, *account, 1_000).await;
+    }
+    let committed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let client = client.clone();
+        let accounts = accounts.clone();
+        let committed = committed.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ worker);
+            for _ in 0..60 {
+                let from = accounts[rng.random_range(0..accounts.len())];
+                let mut to = from;
+                while to == from {
+                    to = accounts[rng.random_range(0..accounts.len())];
+                }
+                let id = TallyClient::new_transfer_id();
+                let amount = rng.random_range(1..=300);
+                if client
+                    .transfer(id, from, to, amount)
+                    .await
+                    .expect("transfer")
+                    == TransferOutcome::Committed
+                {
+                    committed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(committed.load(Ordering::Relaxed) > 0, "seed {seed}");
+    assert_conserved(&client, 6_000).await;
+    let read = client.balances(&accounts).await.unwrap();
+    assert_eq!(
+        read.iter()
+            .map(|balance| u128::from(balance.balance))
+            .sum::<u128>(),
+        6_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_reads_during_cross_shard_transfers_always_sum_to_the_total() {
+    let seed = test_seed("consistent_reads_during_cross_shard_transfers");
+    let cluster = Cluster::start(PROGRAM.as_ref(), 3);
+    let client = cluster.client();
+    let accounts: Vec<u64> = (1..=3)
+        .flat_map(|node| (0..3).map(move |n| (node, n)))
+        .map(|(node, n)| account_on(&cluster.config, node, 1, n))
+        .collect();
+    for account in &accounts {
+        funded(&client, *account, 500).await;
+    }
+    let total: u128 = 500 * accounts.len() as u128;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for worker in 0..4u64 {
+        let client = client.clone();
+        let accounts = accounts.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ (worker << 32));
+            let mut committed = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let from = accounts[rng.random_range(0..accounts.len())];
+                let mut to = from;
+                while to == from {
+                    to = accounts[rng.random_range(0..accounts.len())];
+                }
+                let outcome = client
+                    .transfer(
+                        TallyClient::new_transfer_id(),
+                        from,
+                        to,
+                        rng.random_range(1..=50),
+                    )
+                    .await
+                    .expect("transfer");
+                committed += u64::from(outcome == TransferOutcome::Committed);
+            }
+            committed
+        }));
+    }
+    let mut reads = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline || reads < 20 {
+        match client.balances(&accounts).await {
+            Ok(read) => {
+                let sum: u128 = read.iter().map(|balance| u128::from(balance.balance)).sum();
+                assert_eq!(sum, total, "read {reads}, seed {seed}");
+                reads += 1;
+            }
+            Err(error) => assert!(error.is_retryable(), "{error}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    for writer in writers {
+        committed += writer.await.unwrap();
+    }
+    assert!(
+        committed > 0,
+        "no transfer committed while reading (seed {seed})"
+    );
+    assert_conserved(&client, total).await;
+}

@@ -142,6 +142,11 @@ fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
 }
 
 impl Client {
+    /// True when both handles share one connection (clones of one `connect`).
+    pub fn same_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     pub async fn connect(
         address: impl ToSocketAddrs,
         config: ClientConfig,

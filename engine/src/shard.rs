@@ -750,9 +750,13 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     ) -> Result<Vote, EngineError> {
         if let Some(entry) = participant.get(&request.id) {
             // A resent prepare, or one racing a decision: answer from what is known, once the
-            // record behind the answer is durable. Same id with other operations is refused.
+            // record behind the answer is durable. Same id with other operations, or from another
+            // coordinator (a different transaction reusing the id), is refused.
             return Ok(match entry.decision {
                 Some((_, Decision::Abort(reason))) => Vote::No(reason),
+                _ if entry.transaction.coordinator != request.coordinator => {
+                    Vote::No(AbortReason::InvalidRequest)
+                }
                 _ if entry.transaction.operations != request.operations => {
                     Vote::No(AbortReason::InvalidRequest)
                 }
@@ -852,6 +856,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     pub fn commit(&self, ids: &[TransferId]) -> Result<Vec<Result<(), EngineError>>, EngineError> {
         self.decide(
             ids.iter().map(|id| (*id, Decision::Commit)).collect(),
+            None,
             Vec::new(),
         )
     }
@@ -866,6 +871,25 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             ids.iter()
                 .map(|(id, reason)| (*id, Decision::Abort(*reason)))
                 .collect(),
+            None,
+            Vec::new(),
+        )
+    }
+
+    /// 2PC phase two for decisions of `coordinator`: like `commit` and `abort`, except that a
+    /// decision about a transaction this shard prepared for another coordinator (a different
+    /// transaction reusing the id) changes nothing: an abort is acknowledged, a commit refused.
+    pub fn decide_from(
+        &self,
+        coordinator: NodeId,
+        decisions: &[(TransferId, Outcome)],
+    ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
+        self.decide(
+            decisions
+                .iter()
+                .map(|(id, outcome)| (*id, decision_of(*outcome)))
+                .collect(),
+            Some(coordinator),
             Vec::new(),
         )
     }
@@ -876,20 +900,16 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// results are those of `local`.
     pub fn log_decisions_and_decide(
         &self,
+        coordinator: NodeId,
         decisions: Vec<CoordinatorDecision>,
         local: &[(TransferId, Outcome)],
     ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
         self.decide(
             local
                 .iter()
-                .map(|(id, outcome)| {
-                    let decision = match outcome {
-                        Outcome::Committed => Decision::Commit,
-                        Outcome::Aborted(reason) => Decision::Abort(*reason),
-                    };
-                    (*id, decision)
-                })
+                .map(|(id, outcome)| (*id, decision_of(*outcome)))
                 .collect(),
+            Some(coordinator),
             decisions.into_iter().map(Record::Decided).collect(),
         )
     }
@@ -899,6 +919,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     fn decide(
         &self,
         decisions: Vec<(TransferId, Decision)>,
+        coordinator: Option<NodeId>,
         extra: Vec<Record>,
     ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
         self.check_writable()?;
@@ -909,6 +930,16 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         let mut participant = lock(&self.participant);
         for (id, decision) in decisions {
             if let Some(entry) = participant.get_mut(&id) {
+                if coordinator.is_some_and(|from| from != entry.transaction.coordinator) {
+                    results.push(match decision {
+                        Decision::Abort(_) => Ok(()),
+                        Decision::Commit => {
+                            tracing::error!(transaction = %id, "COMMIT from a coordinator that did not prepare this transaction here");
+                            Err(EngineError::UnknownTransaction(id))
+                        }
+                    });
+                    continue;
+                }
                 match entry.decision {
                     // Decided already (earlier, or earlier in this very batch): the same answer
                     // the tables would give, once the decision is applied.
@@ -947,7 +978,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
                         records.push(Record::Aborted { id, reason });
                         let placeholder = PreparedTransaction {
                             id,
-                            coordinator: 0,
+                            coordinator: coordinator.unwrap_or(0),
                             operations: Vec::new(),
                         };
                         participant.insert(
@@ -1150,6 +1181,13 @@ fn apply_records<T: Tables>(
     tables.write(&batch)?;
     records.clear();
     Ok(batch.applied_lsn)
+}
+
+fn decision_of(outcome: Outcome) -> Decision {
+    match outcome {
+        Outcome::Committed => Decision::Commit,
+        Outcome::Aborted(reason) => Decision::Abort(reason),
+    }
 }
 
 /// The answer to a decision for a transaction already decided `existing`.

@@ -905,6 +905,7 @@ fn a_coordinator_logs_its_decision_and_applies_its_own_part_in_one_step() {
     );
     let results = engine
         .log_decisions_and_decide(
+            2,
             vec![decision(10, Outcome::Committed)],
             &[(10, Outcome::Committed)],
         )
@@ -925,4 +926,33 @@ fn a_coordinator_logs_its_decision_and_applies_its_own_part_in_one_step() {
         engine.decision(10).unwrap().unwrap().outcome,
         Outcome::Committed
     );
+}
+
+#[test]
+fn a_decision_from_another_coordinator_never_touches_this_coordinators_transaction() {
+    let (_storage, _tables, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    engine.deposit(1, 100).unwrap();
+    // Coordinator 2 prepared transaction 10 here.
+    assert_eq!(prepare_one(&engine, 10, debit(1, 30)), Vote::Yes);
+    // Coordinator 3 reuses the id: its prepare is refused, its abort changes nothing, its commit
+    // is refused.
+    let other = engine
+        .prepare(&[PrepareRequest {
+            id: 10,
+            coordinator: 3,
+            operations: vec![debit(1, 30)],
+        }])
+        .unwrap();
+    assert_eq!(other, vec![Vote::No(AbortReason::InvalidRequest)]);
+    let aborted = engine
+        .decide_from(3, &[(10, Outcome::Aborted(AbortReason::Timeout))])
+        .unwrap();
+    assert!(aborted[0].is_ok());
+    assert!(engine.decide_from(3, &[(10, Outcome::Committed)]).unwrap()[0].is_err());
+    assert_eq!(engine.in_doubt().len(), 1);
+    // Its own coordinator's commit applies.
+    assert!(engine.decide_from(2, &[(10, Outcome::Committed)]).unwrap()[0].is_ok());
+    assert_eq!(engine.balance(1).unwrap(), 70);
+    assert!(engine.in_doubt().is_empty());
 }

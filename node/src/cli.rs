@@ -86,6 +86,9 @@ enum Command {
     /// Sums every node's balances, deposits and withdrawals at one consistent cut. Exits 1
     /// unless balances == deposits - withdrawals, no balance is negative and nothing is in doubt.
     Audit(ClientArgs),
+    /// Measure throughput and tail latency: start a local cluster (or use --cluster), create and
+    /// fund accounts, run closed-loop clients, and audit at the end (exit 1 if the audit fails).
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -343,6 +346,11 @@ fn run(command: Command) -> Result<Exit, Failure> {
         }),
         Command::Status(args) => with_client(args.cluster, move |client| status(client, args.json)),
         Command::Audit(args) => with_client(args.cluster, move |client| audit(client, args.json)),
+        Command::Loadgen(args) => match loadgen::main(args) {
+            Ok(true) => Ok(Exit::Success),
+            Ok(false) => Err(Failure::error("the end-of-run audit failed")),
+            Err(error) => Err(Failure::error(format!("{error:#}"))),
+        },
     }
 }
 

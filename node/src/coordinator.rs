@@ -47,6 +47,8 @@ const BATCH_TRANSFERS_MAX: usize = net::BATCH_ENTRIES_MAX as usize;
 /// Batches between PREPARE and decision at once. More than one lets a batch form and start
 /// while the previous one waits for its group commits.
 const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Phase-two deliveries at once; beyond it, decisions wait for the resend loop.
+const DELIVERIES_IN_FLIGHT_MAX: usize = 16;
 /// First resend of an unacknowledged decision; doubles up to `RESEND_INTERVAL_MAX`.
 const RESEND_INTERVAL_MIN: Duration = Duration::from_millis(500);
 const RESEND_INTERVAL_MAX: Duration = Duration::from_secs(5);
@@ -90,6 +92,8 @@ pub(crate) struct Coordinator {
     receiver: Mutex<Option<mpsc::Receiver<Queued>>>,
     in_flight: Mutex<HashMap<TransferId, InFlight>>,
     unended: Mutex<HashMap<TransferId, Unended>>,
+    /// Bounds the phase-two deliveries running at once.
+    deliveries: Arc<Semaphore>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ErrorResponse {
@@ -129,6 +133,7 @@ impl Coordinator {
             receiver: Mutex::new(Some(receiver)),
             in_flight: Mutex::new(HashMap::new()),
             unended: Mutex::new(unended),
+            deliveries: Arc::new(Semaphore::new(DELIVERIES_IN_FLIGHT_MAX)),
         })
     }
 
@@ -165,19 +170,10 @@ impl Coordinator {
         if owner != node.id {
             return Err(ErrorResponse::wrong_node(owner));
         }
-        if node.config.owner_of(credit) == node.id {
-            let engine = node.engine.clone();
-            let known = engine.decision(id).map_err(engine_error)?;
-            if let Some(decision) = known {
-                return decided_answer(&decision, (debit, credit, amount))
-                    .map(|outcome| outcome_message(id, outcome));
-            }
-            let outcome = blocking(move || engine.local_transfer(id, debit, credit, amount))
-                .await
-                .map_err(engine_error)?;
-            return Ok(outcome_message(id, outcome));
-        }
         let content = (debit, credit, amount);
+        if node.config.owner_of(credit) == node.id {
+            return self.local_transfer(node, id, content).await;
+        }
         let (sender, receiver) = oneshot::channel();
         {
             let mut in_flight = lock(&self.in_flight);
@@ -223,6 +219,50 @@ impl Coordinator {
         }
     }
 
+    /// A same-shard transfer: one phase, in the engine. It is registered in the in-flight map
+    /// while it runs, so that a cross-shard transfer reusing its id is refused, not run.
+    async fn local_transfer(
+        &self,
+        node: &Arc<Node>,
+        id: TransferId,
+        content: (AccountId, AccountId, Amount),
+    ) -> Result<Message, ErrorResponse> {
+        {
+            let mut in_flight = lock(&self.in_flight);
+            if let Some(entry) = in_flight.get(&id) {
+                if entry.content != Some(content) {
+                    return Err(duplicate(id));
+                }
+                // The same request, running: the engine answers `InProgress` (retry later).
+            } else {
+                if let Some(decision) = node.engine.decision(id).map_err(engine_error)? {
+                    return decided_answer(&decision, content)
+                        .map(|outcome| outcome_message(id, outcome));
+                }
+                in_flight.insert(
+                    id,
+                    InFlight {
+                        content: Some(content),
+                        waiters: Vec::new(),
+                        phase: Phase::Deciding,
+                    },
+                );
+            }
+        }
+        let engine = node.engine.clone();
+        let (debit, credit, amount) = content;
+        let outcome = blocking(move || engine.local_transfer(id, debit, credit, amount)).await;
+        self.finish(&[id], |_| {
+            Err(error(
+                ErrorCode::Internal,
+                "unreachable: nobody waits on a local transfer",
+            ))
+        });
+        outcome
+            .map(|outcome| outcome_message(id, outcome))
+            .map_err(engine_error)
+    }
+
     /// The batch loop: runs until the node stops.
     pub async fn run(node: Arc<Node>) {
         let Some(mut receiver) = lock(&node.coordinator.receiver).take() else {
@@ -243,8 +283,16 @@ impl Coordinator {
             }
             let node = node.clone();
             tokio::spawn(async move {
-                run_batch(&node, batch).await;
+                let decided = run_batch(&node, batch).await;
+                // The slot is for phase one and the decision; phase two does not hold it.
                 drop(permit);
+                // With enough deliveries running, the resend loop takes these.
+                if !decided.is_empty()
+                    && let Ok(delivery) = node.coordinator.deliveries.clone().try_acquire_owned()
+                {
+                    deliver(&node, decided).await;
+                    drop(delivery);
+                }
             });
         }
     }
@@ -267,12 +315,16 @@ impl Coordinator {
                     }
                     continue;
                 }
-                match node.engine.decision(id).map_err(engine_error)? {
-                    Some(decision) => answers.push(DecisionEntry {
+                match node.engine.decision(id) {
+                    // Left out of the answer: the participant asks again.
+                    Err(failure) => {
+                        tracing::error!(transaction = %id, %failure, "cannot read a decision")
+                    }
+                    Ok(Some(decision)) => answers.push(DecisionEntry {
                         txid: id,
                         outcome: outcome_to_wire(decision.outcome),
                     }),
-                    None => {
+                    Ok(None) => {
                         in_flight.insert(
                             id,
                             InFlight {
@@ -311,7 +363,11 @@ impl Coordinator {
             )
         });
         self.finish(&presumed, |_| answer.clone());
-        logged.map_err(engine_error)?;
+        if let Err(failure) = logged {
+            // The decided ones are still worth answering; the others are asked again.
+            tracing::error!(%failure, "logging presumed aborts failed");
+            return Ok(answers);
+        }
         for id in presumed {
             tracing::info!(transaction = %id, "presumed abort: no decision was logged");
             answers.push(DecisionEntry {
@@ -406,7 +462,11 @@ struct PhaseOne {
     refusal: Option<AbortReason>,
 }
 
-async fn run_batch(node: &Arc<Node>, batch: Vec<Queued>) {
+/// Phases one and the decision for a batch; returns the decisions to deliver (phase two).
+async fn run_batch(
+    node: &Arc<Node>,
+    batch: Vec<Queued>,
+) -> Vec<(CoordinatorDecision, Vec<NodeId>)> {
     let me = node.id;
     let mut local = Vec::with_capacity(batch.len());
     let mut remote: BTreeMap<NodeId, Vec<PrepareEntry>> = BTreeMap::new();
@@ -450,6 +510,8 @@ async fn run_batch(node: &Arc<Node>, batch: Vec<Queued>) {
     }
     let engine = node.engine.clone();
     let local_votes = blocking(move || engine.prepare(&local)).await;
+    // `None`: no answer (the participant may hold a PREPARE); a refusal or a failed connect
+    // means the PREPARE surely was not applied, which counts as a no.
     let mut remote_votes: HashMap<TransferId, Option<net::Vote>> = HashMap::new();
     while let Some(joined) = calls.join_next().await {
         let (peer, ids, answer) = joined.expect("prepare call panicked");
@@ -464,6 +526,14 @@ async fn run_batch(node: &Arc<Node>, batch: Vec<Queued>) {
             }
             Err(error) => {
                 tracing::warn!(peer, %error, count = ids.len(), "participant unavailable; aborting its transfers");
+                if error.surely_not_applied() {
+                    for id in &ids {
+                        remote_votes.insert(
+                            *id,
+                            Some(net::Vote::No(net::AbortReason::ParticipantUnavailable)),
+                        );
+                    }
+                }
             }
         }
         for id in ids {
@@ -478,7 +548,7 @@ async fn run_batch(node: &Arc<Node>, batch: Vec<Queued>) {
             let ids: Vec<TransferId> = batch.iter().map(|transfer| transfer.id).collect();
             let answer = engine_error(failure);
             node.coordinator.finish(&ids, |_| Err(answer.clone()));
-            return;
+            return Vec::new();
         }
     };
     failpoint::hit(points::COORDINATOR_AFTER_VOTES);
@@ -556,7 +626,7 @@ async fn run_batch(node: &Arc<Node>, batch: Vec<Queued>) {
         let decisions = decisions.clone();
         blocking(move || {
             engine
-                .log_decisions_and_decide(decisions, &local)
+                .log_decisions_and_decide(me, decisions, &local)
                 .map(|results| (local, results))
         })
         .await
@@ -574,7 +644,7 @@ async fn run_batch(node: &Arc<Node>, batch: Vec<Queued>) {
             tracing::error!(%failure, "logging decisions failed; their outcome is unknown");
             let answer = engine_error(failure);
             node.coordinator.finish(&ids, |_| Err(answer.clone()));
-            return;
+            return Vec::new();
         }
     }
     failpoint::hit(points::COORDINATOR_AFTER_DECISION);
@@ -605,7 +675,7 @@ async fn run_batch(node: &Arc<Node>, batch: Vec<Queued>) {
             );
         }
     }
-    deliver(node, to_send).await;
+    to_send
 }
 
 /// Sends each decision to the participants listed with it (one batch per participant), records
@@ -635,7 +705,8 @@ async fn deliver(node: &Arc<Node>, decisions: Vec<(CoordinatorDecision, Vec<Node
                         .map(|entry| (entry.txid, outcome_from_wire(entry.outcome)))
                         .collect();
                     let engine = node.engine.clone();
-                    match blocking(move || apply_decisions(&engine, &decisions)).await {
+                    let me = node.id;
+                    match blocking(move || apply_decisions(&engine, me, &decisions)).await {
                         Ok(acked) => acked,
                         Err(error) => {
                             tracing::error!(%error, "applying decisions locally failed");
@@ -755,7 +826,7 @@ async fn resolve(node: &Arc<Node>, coordinator: NodeId, ids: Vec<TransferId>) {
     let engine = node.engine.clone();
     let applied = {
         let decisions = decisions.clone();
-        blocking(move || apply_decisions(&engine, &decisions)).await
+        blocking(move || apply_decisions(&engine, coordinator, &decisions)).await
     };
     match applied {
         Ok(applied) => {

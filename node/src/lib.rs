@@ -2,7 +2,8 @@
 //! client library and command line that talk to a cluster of them.
 
 pub mod cli;
-pub mod cluster;
+/// `tally cluster up` lives with the load generator's local clusters.
+pub use loadgen::local as cluster;
 mod convert;
 mod coordinator;
 pub mod failpoint;

@@ -29,7 +29,9 @@ pub(crate) type NodeEngine = Engine<RocksTables, FileStorage>;
 /// How long a multi-account read waits for the shared locks of one node's accounts.
 const READ_LOCK_WAIT: Duration = Duration::from_millis(50);
 /// How long an audit waits for a node's prepared transactions to be decided.
-const AUDIT_DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// Well below the peer timeout, so that a node that cannot drain says so before its caller
+/// gives up on it.
+const AUDIT_DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// A snapshot's state is dropped after this long even if its release never comes.
 const SNAPSHOT_LEASE: Duration = Duration::from_secs(5);
 /// Attempts of a consistent read that meets lock conflicts before it gives up.
@@ -44,7 +46,7 @@ pub(crate) struct Node {
     pub started: Instant,
     pub coordinator: Coordinator,
     /// Shared with the lease tasks that drop a snapshot whose release never came.
-    snapshots: Arc<Mutex<HashMap<u128, SnapshotHold>>>,
+    snapshots: Arc<Mutex<HashMap<u128, Held>>>,
 }
 
 /// What a node holds for one snapshot until it is released.
@@ -53,6 +55,12 @@ enum SnapshotHold {
     Locks(u128),
     /// Prepares are closed.
     Gate,
+}
+
+/// A snapshot's hold and the task that ends it when its lease runs out.
+struct Held {
+    hold: SnapshotHold,
+    lease: Option<tokio::task::AbortHandle>,
 }
 
 /// Runs blocking engine work off the async threads.
@@ -397,7 +405,8 @@ impl Node {
             .map(|entry| (entry.txid, outcome_from_wire(entry.outcome)))
             .collect();
         let engine = self.engine.clone();
-        let txids = blocking(move || apply_decisions(&engine, &decisions))
+        let coordinator = batch.coordinator;
+        let txids = blocking(move || apply_decisions(&engine, coordinator, &decisions))
             .await
             .map_err(engine_error)?;
         Ok(Acks { txids }.into())
@@ -415,10 +424,28 @@ impl Node {
         let engine = self.engine.clone();
         let (hold, balances, audit) = if request.whole_shard {
             engine.close_prepares();
-            lock(&self.snapshots).insert(id, SnapshotHold::Gate);
+            lock(&self.snapshots).insert(
+                id,
+                Held {
+                    hold: SnapshotHold::Gate,
+                    lease: None,
+                },
+            );
             let deadline = Instant::now() + AUDIT_DRAIN_WAIT.min(lease);
             while engine.undecided_count() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let undecided = engine.undecided_count();
+            if undecided > 0 {
+                self.snapshot_release(id);
+                return Err(ErrorResponse::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "node {}: {undecided} prepared transactions still undecided after {} ms (a coordinator may be down); no consistent cut",
+                        self.id,
+                        AUDIT_DRAIN_WAIT.as_millis()
+                    ),
+                ));
             }
             let audit = match blocking(move || engine.audit()).await {
                 Ok(audit) => audit,
@@ -427,7 +454,11 @@ impl Node {
                     return Err(engine_error(error));
                 }
             };
-            (None, Vec::new(), Some(node_audit(self.id, &audit)))
+            (
+                SnapshotHold::Gate,
+                Vec::new(),
+                Some(node_audit(self.id, &audit)),
+            )
         } else {
             let accounts = request.accounts.clone();
             let (owner, balances) =
@@ -443,26 +474,44 @@ impl Node {
                     balance,
                 })
                 .collect();
-            (Some(SnapshotHold::Locks(owner)), balances, None)
+            (SnapshotHold::Locks(owner), balances, None)
         };
-        if let Some(hold) = hold {
-            lock(&self.snapshots).insert(id, hold);
-        }
         let engine = self.engine.clone();
         let snapshots = self.snapshots.clone();
-        tokio::spawn(async move {
+        let expiry = tokio::spawn(async move {
             tokio::time::sleep(lease).await;
-            if let Some(hold) = lock(&snapshots).remove(&id) {
+            let held = lock(&snapshots).remove(&id);
+            if let Some(held) = held {
                 tracing::warn!(snapshot = id, "snapshot lease expired before its release");
-                release_hold(&engine, hold);
+                release_hold(&engine, held.hold);
             }
         });
+        {
+            let mut snapshots = lock(&self.snapshots);
+            let gate_released = matches!(hold, SnapshotHold::Gate) && !snapshots.contains_key(&id);
+            if gate_released {
+                // Released while draining: nothing is held any more.
+                expiry.abort();
+            } else {
+                snapshots.insert(
+                    id,
+                    Held {
+                        hold,
+                        lease: Some(expiry.abort_handle()),
+                    },
+                );
+            }
+        }
         Ok(SnapshotLocked { balances, audit }.into())
     }
 
     fn snapshot_release(&self, id: u128) {
-        if let Some(hold) = lock(&self.snapshots).remove(&id) {
-            release_hold(&self.engine, hold);
+        let held = lock(&self.snapshots).remove(&id);
+        if let Some(held) = held {
+            if let Some(lease) = held.lease {
+                lease.abort();
+            }
+            release_hold(&self.engine, held.hold);
         }
     }
 
@@ -622,37 +671,20 @@ fn release_hold(engine: &NodeEngine, hold: SnapshotHold) {
     }
 }
 
-/// Applies decisions at this participant; returns the ids now applied (to acknowledge).
+/// Applies `coordinator`'s decisions at this participant; returns the ids now applied (to
+/// acknowledge).
 pub(crate) fn apply_decisions(
     engine: &NodeEngine,
+    coordinator: NodeId,
     decisions: &[(TransferId, Outcome)],
 ) -> Result<Vec<TransferId>, EngineError> {
-    let commits: Vec<TransferId> = decisions
-        .iter()
-        .filter(|(_, outcome)| *outcome == Outcome::Committed)
-        .map(|(id, _)| *id)
-        .collect();
-    let aborts: Vec<(TransferId, engine::model::AbortReason)> = decisions
-        .iter()
-        .filter_map(|(id, outcome)| match outcome {
-            Outcome::Aborted(reason) => Some((*id, *reason)),
-            Outcome::Committed => None,
-        })
-        .collect();
+    let results = engine.decide_from(coordinator, decisions)?;
     let mut applied = Vec::with_capacity(decisions.len());
-    if !commits.is_empty() {
-        for (id, result) in commits.iter().zip(engine.commit(&commits)?) {
-            match result {
-                Ok(()) => applied.push(*id),
-                Err(error) => tracing::error!(transaction = %id, %error, "commit not applied"),
-            }
-        }
-    }
-    if !aborts.is_empty() {
-        for ((id, _), result) in aborts.iter().zip(engine.abort(&aborts)?) {
-            match result {
-                Ok(()) => applied.push(*id),
-                Err(error) => tracing::error!(transaction = %id, %error, "abort not applied"),
+    for ((id, _), result) in decisions.iter().zip(results) {
+        match result {
+            Ok(()) => applied.push(*id),
+            Err(error) => {
+                tracing::error!(transaction = %id, coordinator, %error, "decision not applied")
             }
         }
     }

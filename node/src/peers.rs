@@ -22,6 +22,25 @@ pub enum PeerError {
     Unreachable { node: NodeId, source: ClientError },
     #[error("node {node} refused: {code:?}: {message}", code = .error.code, message = .error.message)]
     Refused { node: NodeId, error: ErrorResponse },
+    /// No connection could be made: the request was never sent.
+    #[error("cannot connect to node {node}: {reason}")]
+    NotConnected { node: NodeId, reason: String },
+    #[error("node {node} did not answer within {timeout:?}")]
+    Timeout { node: NodeId, timeout: Duration },
+}
+
+impl PeerError {
+    /// The request surely was not applied by the peer (never sent, or refused).
+    pub fn surely_not_applied(&self) -> bool {
+        match self {
+            PeerError::UnknownNode(_) | PeerError::NotConnected { .. } => true,
+            PeerError::Refused { error, .. } => matches!(
+                error.code,
+                net::ErrorCode::Overloaded | net::ErrorCode::ShuttingDown
+            ),
+            PeerError::Unreachable { .. } | PeerError::Timeout { .. } => false,
+        }
+    }
 }
 
 pub struct Peers {
@@ -47,12 +66,21 @@ impl Peers {
         lock(&self.connections).get(&node).cloned()
     }
 
-    /// Sends `request` to `node` and waits (bounded by the peer timeout) for its answer.
+    /// Sends `request` to `node` and waits for its answer; connecting and answering together
+    /// take at most the peer timeout.
     pub async fn call(
         &self,
         node: NodeId,
         request: impl Into<Message>,
     ) -> Result<Message, PeerError> {
+        let timeout = self.client_config.request_timeout;
+        match tokio::time::timeout(timeout, self.call_unbounded(node, request.into())).await {
+            Ok(answer) => answer,
+            Err(_) => Err(PeerError::Timeout { node, timeout }),
+        }
+    }
+
+    async fn call_unbounded(&self, node: NodeId, request: Message) -> Result<Message, PeerError> {
         let client = match self.cached(node) {
             Some(client) => client,
             None => {
@@ -63,7 +91,10 @@ impl Peers {
                     .address;
                 let client = Client::connect(address.as_str(), self.client_config.clone())
                     .await
-                    .map_err(|source| PeerError::Unreachable { node, source })?;
+                    .map_err(|source| PeerError::NotConnected {
+                        node,
+                        reason: source.to_string(),
+                    })?;
                 lock(&self.connections).insert(node, client.clone());
                 client
             }

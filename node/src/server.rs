@@ -118,9 +118,14 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         .map(|transaction| transaction.id)
         .collect();
     let served = runtime.block_on(async {
+        let server_config = ServerConfig {
+            // As many as a peer's connection may send (node-to-node traffic shares one).
+            requests_in_flight_per_connection_max: 1024,
+            ..ServerConfig::default()
+        };
         let server = Server::bind(
             me.address.as_str(),
-            ServerConfig::default(),
+            server_config,
             NodeHandler(node.clone()),
         )
         .await

@@ -125,12 +125,18 @@ async fn transfers_within_and_across_shards_apply_once_and_refusals_change_nothi
         ),
         (600, 100, 300)
     );
-    // The same id with other content is refused.
-    match client.transfer(cross, a, b, 301).await {
-        Err(ClientError::Remote { code, .. }) => {
-            assert_eq!(code, ErrorCode::DuplicateWithDifferentContent)
+    // The same id with other content is refused, whichever path (one-phase or 2PC) it takes.
+    for (id, debit, credit, amount) in [
+        (cross, a, b, 301),
+        (cross, a, a2, 300),
+        (cross + 1, a, b, 100),
+    ] {
+        match client.transfer(id, debit, credit, amount).await {
+            Err(ClientError::Remote { code, .. }) => {
+                assert_eq!(code, ErrorCode::DuplicateWithDifferentContent)
+            }
+            other => panic!("expected a duplicate-content error, got {other:?}"),
         }
-        other => panic!("expected a duplicate-content error, got {other:?}"),
     }
 
     // Insufficient funds and unknown accounts abort, across and within shards, and the abort is

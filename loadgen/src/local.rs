@@ -1,4 +1,5 @@
-//! `tally cluster up`: a local cluster of N nodes as child processes of this one, on 127.0.0.1.
+//! A local cluster of N nodes as child processes of this one, on 127.0.0.1: `tally cluster up`,
+//! and the cluster `tally loadgen` starts when it is given none.
 //! The cluster file goes to `DATA_DIR/cluster.toml` (an existing one is reused, so starting again
 //! on the same directory recovers every node), node `i` keeps its data in `DATA_DIR/node-i`.
 //! SIGINT or SIGTERM stops every node cleanly (SIGTERM, then SIGKILL after a grace period).
@@ -85,7 +86,11 @@ pub fn spawn_node(
 
 /// Sends SIGTERM to each child, waits up to `STOP_GRACE` for all, then SIGKILLs the rest.
 pub fn stop_all(children: &mut [(u32, Child)]) {
-    for (_, child) in children.iter() {
+    for (_, child) in children.iter_mut() {
+        // An exited child's pid may belong to another process by now.
+        if !matches!(child.try_wait(), Ok(None)) {
+            continue;
+        }
         // SAFETY: kill(2) with a child's pid has no memory-safety preconditions.
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
@@ -109,6 +114,102 @@ pub fn stop_all(children: &mut [(u32, Child)]) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// A local cluster started for a load run; stopped (and its temporary directory removed) by
+/// `stop` or on drop.
+pub struct LocalCluster {
+    pub config: ClusterConfig,
+    pub cluster_file: PathBuf,
+    pub data_dir: PathBuf,
+    program: PathBuf,
+    children: Vec<(u32, Child)>,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl LocalCluster {
+    /// Starts `nodes` nodes of this executable in `data_dir` (a temporary directory if `None`).
+    pub fn start(nodes: u32, data_dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<Self> {
+        let temporary = match data_dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().context("cannot create a temporary directory")?),
+        };
+        let data_dir = data_dir
+            .unwrap_or_else(|| temporary.as_ref().expect("created above").path().to_owned());
+        let options = UpOptions {
+            nodes,
+            data_dir: data_dir.clone(),
+            base_port,
+        };
+        let (cluster_file, config) = prepare(&options)?;
+        let program = std::env::current_exe().context("cannot find the tally executable")?;
+        let mut cluster = LocalCluster {
+            config,
+            cluster_file,
+            data_dir,
+            program,
+            children: Vec::new(),
+            _temporary: temporary,
+        };
+        let ids: Vec<u32> = cluster.config.nodes.iter().map(|node| node.id).collect();
+        for id in ids {
+            cluster.start_node(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts node `id` (after `kill`, or for the first time).
+    pub fn start_node(&mut self, id: u32) -> anyhow::Result<()> {
+        self.children.retain(|(child_id, _)| *child_id != id);
+        let child = spawn_node(&self.program, &self.cluster_file, &self.data_dir, id)?;
+        self.children.push((id, child));
+        Ok(())
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill(&mut self, id: u32) {
+        if let Some(position) = self
+            .children
+            .iter()
+            .position(|(child_id, _)| *child_id == id)
+        {
+            let (_, mut child) = self.children.remove(position);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to node `id`.
+    pub fn signal(&self, id: u32, signal: libc::c_int) {
+        if let Some((_, child)) = self.children.iter().find(|(child_id, _)| *child_id == id) {
+            // SAFETY: kill(2) with a child's pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// Stops every node cleanly.
+    pub fn stop(&mut self) {
+        for (_, child) in &self.children {
+            // A paused node cannot stop.
+            // SAFETY: as in `signal`.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGCONT);
+            }
+        }
+        stop_all(&mut self.children);
+        self.children.clear();
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

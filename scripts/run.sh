@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Tally's main job. For now: a short run of the WAL benchmark (durable appends with 1, 8 and 64
-# appenders next to the raw disk figures), printing its table. The load-generator issue turns this
-# into a local cluster under load.
+# Tally's main job: a local 3-node cluster under a closed-loop cross-shard transfer load, with the
+# load generator's report and the end-of-run audit (exit code 1 if the audit fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo bench -p bench --bench wal -- --warm-up-time 1 --measurement-time 3
+cargo build --release --locked -p node
+target_dir="${CARGO_TARGET_DIR:-target}"
+"$target_dir/release/tally" loadgen --nodes 3 --accounts 20000 --clients 64 --duration 20

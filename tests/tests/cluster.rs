@@ -34,6 +34,21 @@ async fn balance(client: &TallyClient, account: u64) -> u64 {
     client.balance(account).await.expect("balance")
 }
 
+/// A 3-node cluster with account `a` on node 1 holding 100 and `b` on node 2 holding 0, and
+/// node `armed` restarted with crash point `point` armed.
+async fn armed_cluster(armed: u32, point: &str) -> (Cluster, TallyClient, u64, u64) {
+    let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
+    let client = cluster.client();
+    let a = account_on(&cluster.config, 1, 1, 0);
+    let b = account_on(&cluster.config, 2, 1, 0);
+    funded(&client, a, 100).await;
+    funded(&client, b, 0).await;
+    cluster.kill(armed);
+    cluster.start_node(armed, &[point]);
+    cluster.wait_up(armed);
+    (cluster, client, a, b)
+}
+
 /// A client that tries once: a crash point must not be papered over by a retry.
 fn one_shot(cluster: &Cluster) -> TallyClient {
     TallyClient::new(
@@ -240,15 +255,7 @@ async fn a_node_that_is_down_makes_transfers_touching_it_abort_promptly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_before_its_decision_aborts_everywhere_after_restart() {
-    let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
-    let client = cluster.client();
-    let a = account_on(&cluster.config, 1, 1, 0);
-    let b = account_on(&cluster.config, 2, 1, 0);
-    funded(&client, a, 100).await;
-    funded(&client, b, 0).await;
-    cluster.kill(1);
-    cluster.start_node(1, &[points::COORDINATOR_AFTER_VOTES]);
-    cluster.wait_up(1);
+    let (mut cluster, client, a, b) = armed_cluster(1, points::COORDINATOR_AFTER_VOTES).await;
     let id = 41;
     let answer = one_shot(&cluster).transfer(id, a, b, 60).await;
     assert!(
@@ -287,15 +294,7 @@ async fn a_coordinator_killed_before_its_decision_aborts_everywhere_after_restar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_after_its_decision_commits_everywhere_after_restart() {
-    let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
-    let client = cluster.client();
-    let a = account_on(&cluster.config, 1, 1, 0);
-    let b = account_on(&cluster.config, 2, 1, 0);
-    funded(&client, a, 100).await;
-    funded(&client, b, 0).await;
-    cluster.kill(1);
-    cluster.start_node(1, &[points::COORDINATOR_AFTER_DECISION]);
-    cluster.wait_up(1);
+    let (mut cluster, client, a, b) = armed_cluster(1, points::COORDINATOR_AFTER_DECISION).await;
     let id = 51;
     let answer = one_shot(&cluster).transfer(id, a, b, 60).await;
     assert!(
@@ -323,15 +322,7 @@ async fn a_coordinator_killed_after_its_decision_commits_everywhere_after_restar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_killed_while_prepared_learns_the_decision_after_restart() {
-    let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
-    let client = cluster.client();
-    let a = account_on(&cluster.config, 1, 1, 0);
-    let b = account_on(&cluster.config, 2, 1, 0);
-    funded(&client, a, 100).await;
-    funded(&client, b, 0).await;
-    cluster.kill(2);
-    cluster.start_node(2, &[points::PARTICIPANT_BEFORE_DECISION]);
-    cluster.wait_up(2);
+    let (mut cluster, client, a, b) = armed_cluster(2, points::PARTICIPANT_BEFORE_DECISION).await;
     // The decision is durable at the coordinator before the participant hears it.
     assert_eq!(
         client.transfer(61, a, b, 60).await.unwrap(),

@@ -13,6 +13,6 @@ pub mod wal;
 
 pub use apply::{ApplyError, plan_batch};
 pub use shard::{
-    Engine, EngineError, EngineOptions, OpenReport, PrepareRequest, ShardAudit, TransferStatus,
-    Vote,
+    Engine, EngineError, EngineOptions, OpenReport, PrepareRequest, ReadLocks, ShardAudit,
+    TransferStatus, Vote,
 };

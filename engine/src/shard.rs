@@ -12,7 +12,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::apply::{ApplyError, plan_batch, transfer_record};
-use crate::lock::{LOCK_STRIPE_COUNT_DEFAULT, LockError, LockManager, LockMode, LockPolicy};
+use crate::lock::{
+    LOCK_REQUEST_ACCOUNTS_MAX, LOCK_STRIPE_COUNT_DEFAULT, LockError, LockManager, LockMode,
+    LockPolicy,
+};
 use crate::model::{
     AbortReason, Account, AccountId, Amount, CoordinatorDecision, HISTORY_PAGE_MAX_ENTRIES,
     HistoryPage, NodeId, OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome,
@@ -127,6 +130,12 @@ pub enum TransferStatus {
     Prepared(PreparedTransaction),
     Decided(TransferRecord),
 }
+
+/// Shared locks held for a consistent read (see `Engine::lock_and_read`); give them back with
+/// `Engine::release_locks`.
+#[derive(Debug)]
+#[must_use = "locks stay held until released"]
+pub struct ReadLocks(Vec<u128>);
 
 /// A consistent cut of one shard, for the conservation check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1101,34 +1110,52 @@ impl<T: Tables, S: Storage> Engine<T, S> {
 
     /// Takes shared locks on `accounts` for a consistent read, waiting at most `wait` for
     /// writers (a prepared transaction holds its locks until its decision is applied). Returns
-    /// the lock owner to pass to `release_locks` and the committed balances, in request order.
+    /// the locks to pass to `release_locks` and the committed balances, in request order. Any
+    /// number of accounts: they are locked in id order, at most `LOCK_REQUEST_ACCOUNTS_MAX` per
+    /// lock owner, so readers keep the same global order as every other locker.
     pub fn lock_and_read(
         &self,
         accounts: &[AccountId],
         wait: Duration,
-    ) -> Result<(u128, Vec<Amount>), EngineError> {
+    ) -> Result<(ReadLocks, Vec<Amount>), EngineError> {
         let mut request: Vec<(AccountId, LockMode)> = accounts
             .iter()
             .map(|account| (*account, LockMode::Shared))
             .collect();
         request.sort_unstable_by_key(|(account, _)| *account);
         request.dedup_by_key(|(account, _)| *account);
-        let policy = LockPolicy::BoundedWait {
-            deadline: Instant::now() + wait,
-        };
-        let held = self.take_locks(&request, policy)?;
+        let deadline = Instant::now() + wait;
+        let mut locks = ReadLocks(Vec::new());
+        for chunk in request.chunks(LOCK_REQUEST_ACCOUNTS_MAX) {
+            match self.take_locks(chunk, LockPolicy::BoundedWait { deadline }) {
+                Ok(held) => {
+                    locks.0.push(held.owner);
+                    std::mem::forget(held);
+                }
+                Err(error) => {
+                    self.release_locks(locks);
+                    return Err(error);
+                }
+            }
+        }
         let balances = accounts
             .iter()
             .map(|account| self.balance(*account))
-            .collect::<Result<Vec<_>, _>>()?;
-        let owner = held.owner;
-        std::mem::forget(held);
-        Ok((owner, balances))
+            .collect::<Result<Vec<_>, _>>();
+        match balances {
+            Ok(balances) => Ok((locks, balances)),
+            Err(error) => {
+                self.release_locks(locks);
+                Err(error)
+            }
+        }
     }
 
     /// Releases the locks taken by `lock_and_read`.
-    pub fn release_locks(&self, owner: u128) {
-        self.locks.release_all(owner);
+    pub fn release_locks(&self, locks: ReadLocks) {
+        for owner in locks.0 {
+            self.locks.release_all(owner);
+        }
     }
 
     /// Refuses prepares of new transactions until the matching `open_prepares` (calls nest).

@@ -881,7 +881,7 @@ fn a_locked_read_waits_for_prepared_writers_and_blocks_new_ones() {
         Err(EngineError::LockConflict { account: 1 })
     ));
     engine.commit(&[10]).unwrap();
-    let (owner, balances) = engine
+    let (locks, balances) = engine
         .lock_and_read(&[2, 1, 2], Duration::from_millis(5))
         .unwrap();
     assert_eq!(balances, vec![100, 95, 100]);
@@ -889,8 +889,24 @@ fn a_locked_read_waits_for_prepared_writers_and_blocks_new_ones() {
         prepare_one(&engine, 11, credit(2, 5)),
         Vote::No(AbortReason::LockConflict)
     );
-    engine.release_locks(owner);
+    engine.release_locks(locks);
     assert_eq!(prepare_one(&engine, 12, credit(2, 5)), Vote::Yes);
+    engine.commit(&[12]).unwrap();
+    // Reads of more accounts than one lock owner may hold take them in id-ordered chunks.
+    for account in 3..=200 {
+        engine.create_account(account, None, 0, 0).unwrap();
+    }
+    let many: Vec<AccountId> = (1..=200).rev().collect();
+    let (locks, balances) = engine
+        .lock_and_read(&many, Duration::from_millis(5))
+        .unwrap();
+    assert_eq!(balances.len(), 200);
+    assert_eq!(
+        prepare_one(&engine, 13, credit(150, 5)),
+        Vote::No(AbortReason::LockConflict)
+    );
+    engine.release_locks(locks);
+    assert_eq!(prepare_one(&engine, 14, credit(150, 5)), Vote::Yes);
 }
 
 #[test]

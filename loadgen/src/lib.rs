@@ -1,33 +1,54 @@
-//! Tally's load generator: throughput and tail latency of a cluster. `tally loadgen` starts a
-//! local cluster (or drives an existing one), creates and funds the accounts, runs closed-loop
-//! clients that each send one transfer and wait for its answer, and ends with an audit through
-//! the cluster.
+//! Tally's load generator: throughput and tail latency of a cluster, under faults. `tally
+//! loadgen` starts a local cluster (or drives an existing one), creates and funds the accounts,
+//! runs the load for `--duration`, injects the scheduled faults, and ends with an audit through
+//! the cluster: money conserved, every transfer it saw committed applied exactly once, every one
+//! it saw aborted absent, nothing in doubt.
 //!
-//! Latency is measured per transfer from just before it is sent to its answer, retries included,
-//! into HdrHistogram (microseconds, 3 significant digits). In a closed loop the next transfer of a
-//! client starts when the previous one is answered, so a stall shows up as one long latency per
-//! client, not as many; the throughput figure shows the rest.
+//! Closed loop (`--clients N`): each client sends its next request when the previous one is
+//! answered; latency runs from send to answer. Open loop (`--rate R`): each client has a schedule
+//! of intended send times (R/N per second) and latency runs from the *intended* send time, so a
+//! stall is charged to every request it delayed (no coordinated omission).
+//!
+//! Latencies are recorded in HdrHistogram (microseconds, 3 significant digits), overall and per
+//! second; `--out DIR` writes them in the formats the HdrHistogram tools read.
 
+pub mod chart;
+pub mod faults;
+pub mod hist;
 pub mod local;
+pub mod proxy;
+pub mod report;
+pub mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use client::config::ClusterConfig;
 use client::{ClientError, ClientOptions, TallyClient};
 use hdrhistogram::Histogram;
-use net::{AccountId, TransferOutcome};
+use net::{AccountId, TransferId, TransferOutcome, TransferState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::faults::{Fault, FaultKind};
+use crate::local::LocalCluster;
+use crate::proxy::LinkMode;
+use crate::report::{FaultEvent, TimelineRow};
+use crate::workload::{Accounts, Pattern, SmallBank};
 
 /// Accounts created and funded at once during set-up.
 const SETUP_CONCURRENCY: usize = 256;
 /// Largest latency the histograms hold (60 s, in microseconds); longer ones are clamped.
 const LATENCY_MAX_MICROS: u64 = 60_000_000;
+/// Ids of committed and aborted transfers each client keeps for the end-of-run status check.
+const STATUS_SAMPLE_PER_CLIENT: usize = 200;
+/// How long the end-of-run checks wait for the cluster to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `tally loadgen`: every option.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,54 +68,158 @@ pub struct LoadgenArgs {
     /// Accounts to create, ids 1..=N (an existing account with the same attributes is reused).
     #[arg(long, default_value_t = 100_000)]
     pub accounts: u64,
-    /// Deposit into each account before the run.
+    /// Each account is topped up to this balance before the run.
     #[arg(long, default_value_t = 1_000_000)]
     pub initial_balance: u64,
-    /// Concurrent closed-loop clients, each waiting for its answer before sending the next.
+    /// Concurrent clients. Closed loop: each waits for its answers before sending again.
     #[arg(long, default_value_t = 64)]
     pub clients: u32,
+    /// Open loop: this many requests per second in total, on a fixed schedule; latency is
+    /// measured from each request's intended send time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Client-side batching: each client sends this many requests at once (pipelined on its
+    /// connection) and waits for all of them. Batching in the node is separate and always on.
+    #[arg(long, default_value_t = 1)]
+    pub client_batch: u32,
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub duration: f64,
     /// Fraction of transfers whose two accounts are on different nodes (0 to 1).
     #[arg(long, default_value_t = 1.0)]
     pub cross_shard: f64,
-    /// Largest amount of one transfer (each is uniform in 1..=N).
+    /// Which accounts transfers touch: uniform, many-to-one, one-to-many, circular.
+    #[arg(long, default_value = "uniform")]
+    pub pattern: Pattern,
+    /// Zipfian skew: accounts drawn with probability proportional to 1/rank^THETA.
+    #[arg(long, conflicts_with = "hot_spot")]
+    pub zipf: Option<f64>,
+    /// Hot spot X:Y: X% of picks come from Y% of the accounts.
+    #[arg(long, value_parser = workload::parse_hot_spot)]
+    pub hot_spot: Option<Pattern>,
+    /// Run the SmallBank mix (six transaction types over checking and savings accounts, see
+    /// README) instead of plain transfers.
+    #[arg(long)]
+    pub smallbank: bool,
+    /// Largest amount of one transfer, deposit or withdrawal (each is uniform in 1..=N).
     #[arg(long, default_value_t = 100)]
     pub max_amount: u64,
+    /// A fault: KIND:node=N[,peer=M],at=T,for=D with KIND kill, pause, partition, delay[,ms=X]
+    /// or drop[,p=P]. Repeatable.
+    #[arg(long = "fault")]
+    pub faults: Vec<Fault>,
+    /// Write summary.json, latency.hgrm, latency.hlog, timeline.csv and chart.svg here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Seed of the workload's random choices (default: time-based, printed).
     #[arg(long)]
     pub seed: Option<u64>,
 }
 
-/// What a run measured.
-#[derive(Debug)]
+impl LoadgenArgs {
+    fn pattern(&self) -> Pattern {
+        match (self.zipf, self.hot_spot) {
+            (Some(theta), _) => Pattern::Zipf { theta },
+            (None, Some(hot_spot)) => hot_spot,
+            (None, None) => self.pattern,
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(0.0..=1.0).contains(&self.cross_shard) {
+            bail!("--cross-shard must be between 0 and 1");
+        }
+        if self.accounts < 4 || self.clients == 0 || self.max_amount == 0 || self.client_batch == 0
+        {
+            bail!("need at least 4 accounts, 1 client, a positive --max-amount and --client-batch");
+        }
+        if self
+            .zipf
+            .is_some_and(|theta| !(theta > 0.0 && theta < 10.0))
+        {
+            bail!("--zipf must be between 0 and 10");
+        }
+        if self.rate.is_some_and(|rate| rate.is_nan() || rate <= 0.0) {
+            bail!("--rate must be positive");
+        }
+        if self.duration.is_nan() || self.duration <= 0.0 {
+            bail!("--duration must be positive");
+        }
+        if self.cluster.is_some() {
+            if let Some(fault) = self.faults.first() {
+                bail!(
+                    "faults ({fault}) need a cluster started by loadgen (it restarts killed nodes and proxies the links); drop --cluster"
+                );
+            }
+        }
+        for fault in &self.faults {
+            if fault.node == 0
+                || fault.node > self.nodes
+                || fault.peer.is_some_and(|p| p == 0 || p > self.nodes)
+            {
+                bail!("fault {fault}: the cluster has nodes 1..={}", self.nodes);
+            }
+            if fault.at.as_secs_f64() >= self.duration {
+                bail!(
+                    "fault {fault} starts after the run ends ({} s)",
+                    self.duration
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every outcome of the run, and what the end-of-run checks found.
 pub struct Report {
     pub elapsed: Duration,
     pub committed: u64,
     pub aborted: BTreeMap<String, u64>,
     pub unknown: u64,
     pub failed: u64,
-    /// Latency of every answered transfer (committed or aborted), in microseconds.
+    /// Non-transfer operations answered (SmallBank reads, deposits, withdrawals).
+    pub other_ops: u64,
     pub latency: Histogram<u64>,
-    pub audit: AuditCheck,
+    pub timeline: Vec<TimelineRow>,
+    pub intervals: Vec<Histogram<u64>>,
+    pub faults: Vec<FaultEvent>,
+    pub checks: Checks,
+    pub start_unix_seconds: f64,
 }
 
-/// The end-of-run audit.
-#[derive(Debug)]
-pub struct AuditCheck {
+/// The end-of-run checks.
+#[derive(Debug, Default)]
+pub struct Checks {
     pub balances: u128,
     pub deposits: u128,
     pub withdrawals: u128,
     pub in_doubt: u64,
     pub negative: u64,
+    /// Unknown-outcome transfers, resolved by status afterwards.
+    pub unknown_resolved_committed: u64,
+    pub unknown_resolved_aborted: u64,
+    /// Accounts whose balance differs from what the acknowledged outcomes imply.
+    pub balance_mismatches: u64,
+    /// Why the per-account check could not run, if it could not.
+    pub balance_check_skipped: Option<String>,
+    /// Sampled transfers whose status contradicts what the client heard.
+    pub status_mismatches: u64,
+    pub statuses_checked: u64,
+    pub problems: Vec<String>,
 }
 
-impl AuditCheck {
-    pub fn passed(&self) -> bool {
+impl Checks {
+    pub fn conserved(&self) -> bool {
         self.balances + self.withdrawals == self.deposits
+    }
+
+    pub fn passed(&self) -> bool {
+        self.conserved()
             && self.in_doubt == 0
             && self.negative == 0
+            && self.balance_mismatches == 0
+            && self.status_mismatches == 0
+            && self.problems.is_empty()
     }
 }
 
@@ -103,13 +228,17 @@ impl Report {
         self.committed as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// Latency in milliseconds at a quantile.
+    pub fn latency_ms(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
     /// The report printed at the end of a run.
     pub fn render(&self) -> String {
-        let ms = |quantile: f64| self.latency.value_at_quantile(quantile) as f64 / 1000.0;
         let aborted: u64 = self.aborted.values().sum();
         let mut out = String::new();
         out.push_str(&format!(
-            "elapsed {:.1} s: {} committed ({:.0}/s), {} aborted, {} unknown outcome, {} failed\n",
+            "elapsed {:.1} s: {} committed ({:.0}/s), {} aborted, {} unknown outcome, {} failed",
             self.elapsed.as_secs_f64(),
             self.committed,
             self.committed_per_second(),
@@ -117,77 +246,198 @@ impl Report {
             self.unknown,
             self.failed
         ));
+        if self.other_ops > 0 {
+            out.push_str(&format!(", {} other operations", self.other_ops));
+        }
+        out.push('\n');
         for (reason, count) in &self.aborted {
             out.push_str(&format!("  aborted, {reason}: {count}\n"));
         }
         out.push_str(&format!(
             "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}\n",
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(0.999),
-            ms(0.9999),
+            self.latency_ms(0.5),
+            self.latency_ms(0.9),
+            self.latency_ms(0.99),
+            self.latency_ms(0.999),
+            self.latency_ms(0.9999),
             self.latency.max() as f64 / 1000.0
         ));
+        for fault in &self.faults {
+            out.push_str(&format!(
+                "fault at {:.1} s: {}\n",
+                fault.at_seconds, fault.label
+            ));
+        }
+        let checks = &self.checks;
         out.push_str(&format!(
-            "audit: balances {} = deposits {} - withdrawals {}: {}; in doubt {}; negative {}: {}\n",
-            self.audit.balances,
-            self.audit.deposits,
-            self.audit.withdrawals,
-            if self.audit.balances + self.audit.withdrawals == self.audit.deposits {
+            "audit: balances {} = deposits {} - withdrawals {}: {}; in doubt {}; negative {}\n",
+            checks.balances,
+            checks.deposits,
+            checks.withdrawals,
+            if checks.conserved() {
                 "conserved"
             } else {
                 "NOT CONSERVED"
             },
-            self.audit.in_doubt,
-            self.audit.negative,
-            if self.audit.passed() { "PASS" } else { "FAIL" }
+            checks.in_doubt,
+            checks.negative
         ));
+        out.push_str(&format!(
+            "exactly once: {} accounts off; {} of {} sampled statuses contradict their answer; unknown outcomes resolved: {} committed, {} aborted",
+            checks.balance_mismatches,
+            checks.status_mismatches,
+            checks.statuses_checked,
+            checks.unknown_resolved_committed,
+            checks.unknown_resolved_aborted
+        ));
+        if let Some(reason) = &checks.balance_check_skipped {
+            out.push_str(&format!(" (per-account check skipped: {reason})"));
+        }
+        out.push('\n');
+        for problem in &checks.problems {
+            out.push_str(&format!("problem: {problem}\n"));
+        }
+        out.push_str(if checks.passed() {
+            "invariants: PASS\n"
+        } else {
+            "invariants: FAIL\n"
+        });
         out
     }
 }
 
-/// Runs `tally loadgen`: prints progress and the report; returns whether the audit passed.
+/// Runs `tally loadgen`: prints progress and the report, writes the files; returns whether
+/// every check passed.
 pub fn main(args: LoadgenArgs) -> anyhow::Result<bool> {
+    args.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let mut local = None;
-    let config = match &args.cluster {
-        Some(path) => ClusterConfig::load(path)?,
-        None => {
-            let cluster =
-                local::LocalCluster::start(args.nodes, args.data_dir.clone(), args.base_port)?;
-            let config = cluster.config.clone();
-            local = Some(cluster);
-            config
+    runtime.block_on(async {
+        let (config, cluster) = match &args.cluster {
+            Some(path) => (ClusterConfig::load(path)?, None),
+            None => {
+                let proxies = args.faults.iter().any(Fault::is_link_fault);
+                let cluster =
+                    LocalCluster::start(args.nodes, args.data_dir.clone(), args.base_port, proxies)
+                        .await?;
+                println!(
+                    "loadgen: local cluster in {} ({})",
+                    cluster.data_dir.display(),
+                    cluster.cluster_file.display()
+                );
+                (cluster.config.clone(), Some(Arc::new(Mutex::new(cluster))))
+            }
+        };
+        let report = run(&args, config, cluster.clone()).await;
+        if let Some(cluster) = cluster {
+            lock(&cluster).stop();
         }
-    };
-    let report = runtime.block_on(run(&args, config));
-    if let Some(mut cluster) = local {
-        cluster.stop();
-    }
-    let report = report?;
-    print!("{}", report.render());
-    Ok(report.audit.passed())
+        let report = report?;
+        print!("{}", report.render());
+        if let Some(out) = &args.out {
+            write_files(&args, &report, out)?;
+            println!(
+                "files: {}/{{summary.json, latency.hgrm, latency.hlog, timeline.csv, chart.svg}}",
+                out.display()
+            );
+        }
+        Ok(report.checks.passed())
+    })
 }
 
-/// Creates and funds the accounts, runs the load, audits.
-pub async fn run(args: &LoadgenArgs, config: ClusterConfig) -> anyhow::Result<Report> {
-    if !(0.0..=1.0).contains(&args.cross_shard) {
-        bail!("--cross-shard must be between 0 and 1");
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_MICROS, 3).expect("valid histogram bounds")
+}
+
+/// What every client records into, shared; the ticker takes a row out of it every second.
+struct Recorder {
+    total: Histogram<u64>,
+    interval: Histogram<u64>,
+    committed: u64,
+    aborted: BTreeMap<String, u64>,
+    unknown: u64,
+    failed: u64,
+    other_ops: u64,
+    /// This second's counts.
+    second: [u64; 4],
+    faults_this_second: Vec<String>,
+}
+
+impl Recorder {
+    fn new() -> Recorder {
+        Recorder {
+            total: new_histogram(),
+            interval: new_histogram(),
+            committed: 0,
+            aborted: BTreeMap::new(),
+            unknown: 0,
+            failed: 0,
+            other_ops: 0,
+            second: [0; 4],
+            faults_this_second: Vec::new(),
+        }
     }
-    if args.accounts < 2 || args.clients == 0 || args.max_amount == 0 {
-        bail!("need at least 2 accounts, 1 client and a positive --max-amount");
+
+    fn latency(&mut self, micros: u64) {
+        let micros = micros.clamp(1, LATENCY_MAX_MICROS);
+        self.total.record(micros).expect("clamped into range");
+        self.interval.record(micros).expect("clamped into range");
     }
+}
+
+/// What one client saw, for the end-of-run checks.
+#[derive(Default)]
+struct Ledger {
+    /// Net change per account implied by acknowledged outcomes.
+    deltas: HashMap<AccountId, i128>,
+    committed_sample: Vec<TransferId>,
+    aborted_sample: Vec<TransferId>,
+    /// Transfers whose outcome the client never heard: (id, debit, credit, amount).
+    unknown_transfers: Vec<(TransferId, AccountId, AccountId, u64)>,
+    /// Deposits or withdrawals whose outcome the client never heard.
+    unknown_money_ops: u64,
+}
+
+/// One request a client sends.
+enum Request {
+    Transfer {
+        debit: AccountId,
+        credit: AccountId,
+        amount: u64,
+    },
+    SmallBank(SmallBank),
+}
+
+/// Creates and funds the accounts, runs the load with its faults, checks.
+pub async fn run(
+    args: &LoadgenArgs,
+    config: ClusterConfig,
+    cluster: Option<Arc<Mutex<LocalCluster>>>,
+) -> anyhow::Result<Report> {
     let seed = args.seed.unwrap_or_else(rand::random);
+    let mode = match args.rate {
+        Some(rate) => format!("open loop at {rate:.0}/s over {} clients", args.clients),
+        None => format!("closed loop, {} clients", args.clients),
+    };
     println!(
-        "loadgen: {} nodes, {} accounts, {} clients, {:.0} s, cross-shard {:.0}%, seed {seed}",
+        "loadgen: {} nodes, {} accounts, {mode}, client batch {}, {:.0} s, {}, cross-shard {:.0}%, seed {seed}",
         config.nodes.len(),
         args.accounts,
-        args.clients,
+        args.client_batch,
         args.duration,
+        if args.smallbank {
+            "SmallBank mix".to_owned()
+        } else {
+            format!("{:?}", args.pattern())
+        },
         args.cross_shard * 100.0
     );
     let client = TallyClient::new(
@@ -200,60 +450,527 @@ pub async fn run(args: &LoadgenArgs, config: ClusterConfig) -> anyhow::Result<Re
     wait_until_up(&client).await?;
     let started = Instant::now();
     set_up_accounts(&client, args.accounts, args.initial_balance).await?;
+    let initial = read_all_balances(&client, args.accounts).await?;
     println!(
         "set-up: {} accounts created and funded in {:.1} s",
         args.accounts,
         started.elapsed().as_secs_f64()
     );
 
-    let accounts = Arc::new(Accounts::new(&config, args.accounts));
+    let accounts = Arc::new(Accounts::new(&config, args.accounts, args.pattern(), seed));
+    let recorder = Arc::new(Mutex::new(Recorder::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = tokio::task::JoinSet::new();
+    let start_unix_seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64());
     let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
     for index in 0..args.clients {
-        let client = client.clone();
-        let accounts = accounts.clone();
-        let stop = stop.clone();
-        let args = args.clone();
-        tasks.spawn(async move {
-            closed_loop(client, accounts, stop, &args, seed ^ u64::from(index)).await
-        });
+        let worker = Worker {
+            client: client.clone(),
+            accounts: accounts.clone(),
+            recorder: recorder.clone(),
+            stop: stop.clone(),
+            args: args.clone(),
+            seed: seed ^ (u64::from(index) << 32 | u64::from(index)),
+            started,
+            index,
+        };
+        clients.spawn(worker.run());
     }
-    let deadline = started + Duration::from_secs_f64(args.duration);
-    tokio::time::sleep_until(deadline.into()).await;
+    let fault_events = Arc::new(Mutex::new(Vec::new()));
+    let active_faults = Arc::new(Mutex::new(Vec::new()));
+    let fault_task = cluster.clone().map(|cluster| {
+        tokio::spawn(run_faults(
+            args.faults.clone(),
+            cluster,
+            recorder.clone(),
+            fault_events.clone(),
+            active_faults.clone(),
+            started,
+        ))
+    });
+    let (timeline, intervals) =
+        tick(&recorder, started, Duration::from_secs_f64(args.duration)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut total = Counts::new();
-    while let Some(joined) = tasks.join_next().await {
-        total.merge(joined.context("client task panicked")?);
+    let mut ledger = Ledger::default();
+    while let Some(joined) = clients.join_next().await {
+        let part = joined.context("client task panicked")?;
+        for (account, delta) in part.deltas {
+            *ledger.deltas.entry(account).or_default() += delta;
+        }
+        ledger.committed_sample.extend(part.committed_sample);
+        ledger.aborted_sample.extend(part.aborted_sample);
+        ledger.unknown_transfers.extend(part.unknown_transfers);
+        ledger.unknown_money_ops += part.unknown_money_ops;
     }
     let elapsed = started.elapsed();
-    let audit = audit(&client).await?;
+    if let Some(task) = fault_task {
+        task.abort();
+        let _ = task.await;
+    }
+    if let Some(cluster) = &cluster {
+        heal(cluster, &lock(&active_faults));
+    }
+    let recorder = Arc::try_unwrap(recorder)
+        .map_err(|_| anyhow::anyhow!("recorder still shared"))?
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let faults = lock(&fault_events).clone();
+    let checks = check(&client, cluster.as_ref(), args, &initial, ledger).await;
     Ok(Report {
         elapsed,
-        committed: total.committed,
-        aborted: total.aborted,
-        unknown: total.unknown,
-        failed: total.failed,
-        latency: total.latency,
-        audit,
+        committed: recorder.committed,
+        aborted: recorder.aborted,
+        unknown: recorder.unknown,
+        failed: recorder.failed,
+        other_ops: recorder.other_ops,
+        latency: recorder.total,
+        timeline,
+        intervals,
+        faults,
+        checks,
+        start_unix_seconds,
     })
 }
 
+/// Every second until `duration`: a timeline row and an interval histogram, and the progress
+/// line (rewritten in place on a terminal, one line per second otherwise).
+async fn tick(
+    recorder: &Mutex<Recorder>,
+    started: Instant,
+    duration: Duration,
+) -> (Vec<TimelineRow>, Vec<Histogram<u64>>) {
+    let terminal = std::io::stdout().is_terminal();
+    let mut rows = Vec::new();
+    let mut intervals = Vec::new();
+    let mut second = 0u64;
+    loop {
+        second += 1;
+        let due = started + Duration::from_secs(second).min(duration);
+        tokio::time::sleep_until(due.into()).await;
+        let (row, interval, totals) = {
+            let mut recorder = lock(recorder);
+            let interval = std::mem::replace(&mut recorder.interval, new_histogram());
+            let [committed, aborted, unknown, failed] = std::mem::take(&mut recorder.second);
+            let row = TimelineRow {
+                second,
+                committed,
+                aborted,
+                unknown,
+                failed,
+                p50_us: interval.value_at_quantile(0.5),
+                p99_us: interval.value_at_quantile(0.99),
+                max_us: interval.max(),
+                faults: std::mem::take(&mut recorder.faults_this_second),
+            };
+            let aborted_total: u64 = recorder.aborted.values().sum();
+            (
+                row,
+                interval,
+                (aborted_total, recorder.unknown + recorder.failed),
+            )
+        };
+        let line = format!(
+            "[{:>5.1} s] {:>7} committed/s  p99 {:>8.3} ms  aborted {:>7}  unknown+failed {:>5}  faults {}",
+            started.elapsed().as_secs_f64(),
+            row.committed,
+            row.p99_us as f64 / 1000.0,
+            totals.0,
+            totals.1,
+            if row.faults.is_empty() {
+                "-".to_owned()
+            } else {
+                row.faults.join("; ")
+            }
+        );
+        if terminal {
+            print!("\r{line}\x1b[K");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else {
+            println!("{line}");
+        }
+        rows.push(row);
+        intervals.push(interval);
+        if started.elapsed() >= duration {
+            if terminal {
+                println!();
+            }
+            return (rows, intervals);
+        }
+    }
+}
+
+/// One client: sends requests until told to stop, records what it hears.
+struct Worker {
+    client: TallyClient,
+    accounts: Arc<Accounts>,
+    recorder: Arc<Mutex<Recorder>>,
+    stop: Arc<AtomicBool>,
+    args: LoadgenArgs,
+    seed: u64,
+    started: Instant,
+    index: u32,
+}
+
+impl Worker {
+    async fn run(self) -> Ledger {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut ledger = Ledger::default();
+        let mut ring = u64::from(self.index) * 7919;
+        // Open loop: this client's share of the rate, on a fixed schedule.
+        let interval = self.args.rate.map(|rate| {
+            Duration::from_secs_f64(
+                f64::from(self.args.client_batch) * f64::from(self.args.clients) / rate,
+            )
+        });
+        let mut intended = self.started
+            + interval.map_or(Duration::ZERO, |interval| {
+                interval.mul_f64(f64::from(self.index) / f64::from(self.args.clients))
+            });
+        while !self.stop.load(Ordering::Relaxed) {
+            if interval.is_some() {
+                tokio::time::sleep_until(intended.into()).await;
+                if self.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            let began = if interval.is_some() {
+                intended
+            } else {
+                Instant::now()
+            };
+            let batch: Vec<Request> = (0..self.args.client_batch)
+                .map(|_| self.next_request(&mut rng, &mut ring))
+                .collect();
+            let answers = futures_join(batch.into_iter().map(|request| self.send(request))).await;
+            let micros = began.elapsed().as_micros() as u64;
+            let mut recorder = lock(&self.recorder);
+            for answer in answers {
+                self.record(&mut recorder, &mut ledger, answer, micros);
+            }
+            drop(recorder);
+            if let Some(interval) = interval {
+                intended += interval;
+            }
+        }
+        ledger
+    }
+
+    fn next_request(&self, rng: &mut StdRng, ring: &mut u64) -> Request {
+        if self.args.smallbank {
+            return Request::SmallBank(workload::small_bank(
+                &self.accounts,
+                rng,
+                self.args.max_amount,
+            ));
+        }
+        let (debit, credit) = self.accounts.pick(rng, self.args.cross_shard, ring);
+        Request::Transfer {
+            debit,
+            credit,
+            amount: rng.random_range(1..=self.args.max_amount),
+        }
+    }
+
+    async fn send(&self, request: Request) -> Answer {
+        let client = &self.client;
+        match request {
+            Request::Transfer {
+                debit,
+                credit,
+                amount,
+            }
+            | Request::SmallBank(
+                SmallBank::Amalgamate {
+                    from_savings: debit,
+                    to_checking: credit,
+                    amount,
+                }
+                | SmallBank::SendPayment {
+                    from: debit,
+                    to: credit,
+                    amount,
+                },
+            ) => {
+                let id = TallyClient::new_transfer_id();
+                let result = client.transfer(id, debit, credit, amount).await;
+                Answer::Transfer {
+                    id,
+                    debit,
+                    credit,
+                    amount,
+                    result,
+                }
+            }
+            Request::SmallBank(SmallBank::Balance { checking, savings }) => Answer::Other {
+                change: None,
+                result: client.balances(&[checking, savings]).await.map(|_| ()),
+            },
+            Request::SmallBank(
+                SmallBank::DepositChecking { account, amount }
+                | SmallBank::TransactSavings {
+                    account,
+                    amount,
+                    withdraw: false,
+                },
+            ) => Answer::Other {
+                change: Some((account, i128::from(amount))),
+                result: client
+                    .deposit(TallyClient::new_transfer_id(), account, amount)
+                    .await
+                    .map(|_| ()),
+            },
+            Request::SmallBank(
+                SmallBank::WriteCheck { account, amount }
+                | SmallBank::TransactSavings {
+                    account,
+                    amount,
+                    withdraw: true,
+                },
+            ) => Answer::Other {
+                change: Some((account, -i128::from(amount))),
+                result: client
+                    .withdraw(TallyClient::new_transfer_id(), account, amount)
+                    .await
+                    .map(|_| ()),
+            },
+        }
+    }
+
+    fn record(&self, recorder: &mut Recorder, ledger: &mut Ledger, answer: Answer, micros: u64) {
+        match answer {
+            Answer::Transfer {
+                id,
+                debit,
+                credit,
+                amount,
+                result,
+            } => match result {
+                Ok(TransferOutcome::Committed) => {
+                    recorder.committed += 1;
+                    recorder.second[0] += 1;
+                    recorder.latency(micros);
+                    *ledger.deltas.entry(debit).or_default() -= i128::from(amount);
+                    *ledger.deltas.entry(credit).or_default() += i128::from(amount);
+                    sample(&mut ledger.committed_sample, id, recorder.committed);
+                }
+                Ok(TransferOutcome::Aborted(reason)) => {
+                    *recorder.aborted.entry(format!("{reason:?}")).or_default() += 1;
+                    recorder.second[1] += 1;
+                    recorder.latency(micros);
+                    let seen: u64 = recorder.aborted.values().sum();
+                    sample(&mut ledger.aborted_sample, id, seen);
+                }
+                Err(ClientError::OutcomeUnknown { .. }) => {
+                    recorder.unknown += 1;
+                    recorder.second[2] += 1;
+                    ledger.unknown_transfers.push((id, debit, credit, amount));
+                }
+                Err(_) => {
+                    recorder.failed += 1;
+                    recorder.second[3] += 1;
+                }
+            },
+            Answer::Other { change, result } => match result {
+                Ok(()) => {
+                    recorder.other_ops += 1;
+                    recorder.latency(micros);
+                    if let Some((account, delta)) = change {
+                        *ledger.deltas.entry(account).or_default() += delta;
+                    }
+                }
+                // A refused withdrawal (insufficient funds) changed nothing.
+                Err(ClientError::Remote { .. }) => recorder.other_ops += 1,
+                Err(ClientError::OutcomeUnknown { .. }) => {
+                    recorder.unknown += 1;
+                    recorder.second[2] += 1;
+                    ledger.unknown_money_ops += 1;
+                }
+                Err(_) => {
+                    recorder.failed += 1;
+                    recorder.second[3] += 1;
+                }
+            },
+        }
+    }
+}
+
+/// What a request got.
+enum Answer {
+    Transfer {
+        id: TransferId,
+        debit: AccountId,
+        credit: AccountId,
+        amount: u64,
+        result: Result<TransferOutcome, ClientError>,
+    },
+    Other {
+        change: Option<(AccountId, i128)>,
+        result: Result<(), ClientError>,
+    },
+}
+
+/// Keeps an evenly spread sample of at most `STATUS_SAMPLE_PER_CLIENT` ids.
+fn sample(sample: &mut Vec<TransferId>, id: TransferId, seen: u64) {
+    if sample.len() < STATUS_SAMPLE_PER_CLIENT {
+        sample.push(id);
+    } else if seen % 17 == 0 {
+        let slot = (seen / 17) as usize % STATUS_SAMPLE_PER_CLIENT;
+        sample[slot] = id;
+    }
+}
+
+/// Awaits every future, concurrently, in order.
+async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let futures: Vec<_> = futures.map(Box::pin).collect();
+    let mut outputs = Vec::with_capacity(futures.len());
+    // Requests of one client share its connection: polling them in turn pipelines them.
+    let mut pending: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|context| {
+        let mut done = true;
+        for (slot, future) in pending.iter_mut().enumerate() {
+            if let Some(inner) = future {
+                match inner.as_mut().poll(context) {
+                    std::task::Poll::Ready(output) => {
+                        results[slot] = Some(output);
+                        *future = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.extend(
+        results
+            .into_iter()
+            .map(|output| output.expect("every future finished")),
+    );
+    outputs
+}
+
+/// Applies each fault at its time and reverts it after its duration; records both.
+async fn run_faults(
+    faults: Vec<Fault>,
+    cluster: Arc<Mutex<LocalCluster>>,
+    recorder: Arc<Mutex<Recorder>>,
+    events: Arc<Mutex<Vec<FaultEvent>>>,
+    active: Arc<Mutex<Vec<Fault>>>,
+    started: Instant,
+) {
+    let mut schedule: Vec<(Duration, bool, Fault)> = Vec::new();
+    for fault in faults {
+        schedule.push((fault.at, true, fault.clone()));
+        schedule.push((fault.at + fault.duration, false, fault));
+    }
+    schedule.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    for (at, begin, fault) in schedule {
+        tokio::time::sleep_until((started + at).into()).await;
+        let label = format!(
+            "{} {}",
+            fault_label(&fault),
+            if begin { "start" } else { "end" }
+        );
+        {
+            let mut active = lock(&active);
+            if begin {
+                active.push(fault.clone());
+            } else if let Some(position) = active.iter().position(|other| *other == fault) {
+                active.remove(position);
+            }
+        }
+        let outcome = {
+            let cluster = cluster.clone();
+            let fault = fault.clone();
+            tokio::task::spawn_blocking(move || apply_fault(&mut lock(&cluster), &fault, begin))
+                .await
+        };
+        let label = match outcome {
+            Ok(Ok(())) => label,
+            Ok(Err(error)) => format!("{label} FAILED: {error:#}"),
+            Err(error) => format!("{label} FAILED: {error}"),
+        };
+        println!(
+            "\nfault at {:.1} s: {label}",
+            started.elapsed().as_secs_f64()
+        );
+        lock(&recorder).faults_this_second.push(label.clone());
+        lock(&events).push(FaultEvent {
+            at_seconds: started.elapsed().as_secs_f64(),
+            label,
+        });
+    }
+}
+
+fn fault_label(fault: &Fault) -> String {
+    let mut label = match fault.kind {
+        FaultKind::Kill => format!("kill node {}", fault.node),
+        FaultKind::Pause => format!("pause node {}", fault.node),
+        FaultKind::Partition => format!("partition node {}", fault.node),
+        FaultKind::Delay(delay) => format!("delay {} ms node {}", delay.as_millis(), fault.node),
+        FaultKind::Drop(probability) => format!("drop p={probability} node {}", fault.node),
+    };
+    if fault.is_link_fault() {
+        match fault.peer {
+            Some(peer) => label.push_str(&format!("-{peer}")),
+            None => label.push_str("-all"),
+        }
+    }
+    label
+}
+
+fn apply_fault(cluster: &mut LocalCluster, fault: &Fault, begin: bool) -> anyhow::Result<()> {
+    match (fault.kind, begin) {
+        (FaultKind::Kill, true) => cluster.kill(fault.node),
+        (FaultKind::Kill, false) => cluster.start_node(fault.node)?,
+        (FaultKind::Pause, true) => cluster.signal(fault.node, libc::SIGSTOP),
+        (FaultKind::Pause, false) => cluster.signal(fault.node, libc::SIGCONT),
+        (_, false) => cluster.set_links(fault.node, fault.peer, LinkMode::Pass),
+        (FaultKind::Partition, true) => {
+            cluster.set_links(fault.node, fault.peer, LinkMode::Partition)
+        }
+        (FaultKind::Delay(delay), true) => {
+            cluster.set_links(fault.node, fault.peer, LinkMode::Delay(delay))
+        }
+        (FaultKind::Drop(probability), true) => {
+            cluster.set_links(fault.node, fault.peer, LinkMode::Drop { probability })
+        }
+    }
+    Ok(())
+}
+
+/// Undoes the faults still active when the run ended: nodes running, links passing.
+fn heal(cluster: &Mutex<LocalCluster>, faults: &[Fault]) {
+    let mut cluster = lock(cluster);
+    for fault in faults {
+        if let Err(error) = apply_fault(&mut cluster, fault, false) {
+            println!("healing {}: {error:#}", fault_label(fault));
+        }
+    }
+}
+
 async fn wait_until_up(client: &TallyClient) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
         let nodes = client.cluster_status().await?;
         if nodes.iter().all(|node| node.up) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the cluster is not up after 60 s: {nodes:?}");
+            bail!("the cluster is not up after {SETTLE_TIMEOUT:?}: {nodes:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Creates accounts 1..=count and deposits `balance` into each that has less than it.
+/// Creates accounts 1..=count and tops each up to `balance`.
 async fn set_up_accounts(client: &TallyClient, count: u64, balance: u64) -> anyhow::Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let mut tasks = tokio::task::JoinSet::new();
@@ -284,129 +1001,232 @@ async fn set_up_accounts(client: &TallyClient, count: u64, balance: u64) -> anyh
     Ok(())
 }
 
-/// The accounts, grouped by the node that owns them.
-struct Accounts {
-    all: Vec<AccountId>,
-    by_node: BTreeMap<u32, Vec<AccountId>>,
-    owner: Vec<u32>,
+/// Every account's balance (reads of up to 1,024 accounts each; call when nothing moves).
+async fn read_all_balances(client: &TallyClient, count: u64) -> anyhow::Result<Vec<u64>> {
+    let mut balances = Vec::with_capacity(count as usize);
+    let ids: Vec<AccountId> = (1..=count).collect();
+    for chunk in ids.chunks(net::BALANCES_PER_REQUEST_MAX as usize) {
+        let read = client
+            .balances(chunk)
+            .await
+            .context("reading every balance")?;
+        balances.extend(read.iter().map(|balance| balance.balance));
+    }
+    Ok(balances)
 }
 
-impl Accounts {
-    fn new(config: &ClusterConfig, count: u64) -> Accounts {
-        let mut by_node: BTreeMap<u32, Vec<AccountId>> = BTreeMap::new();
-        let mut owner = Vec::with_capacity(count as usize);
-        for account in 1..=count {
-            let node = config.owner_of(account);
-            by_node.entry(node).or_default().push(account);
-            owner.push(node);
-        }
-        Accounts {
-            all: (1..=count).collect(),
-            by_node,
-            owner,
-        }
-    }
-
-    fn owner(&self, account: AccountId) -> u32 {
-        self.owner[account as usize - 1]
-    }
-
-    /// A debit and a credit account: uniform, on different nodes with probability `cross`.
-    fn pick(&self, rng: &mut StdRng, cross: f64) -> (AccountId, AccountId) {
-        let debit = self.all[rng.random_range(0..self.all.len())];
-        let home = self.owner(debit);
-        let want_cross = self.by_node.len() > 1 && rng.random_bool(cross);
-        loop {
-            let credit = if want_cross {
-                self.all[rng.random_range(0..self.all.len())]
-            } else {
-                let same = &self.by_node[&home];
-                same[rng.random_range(0..same.len())]
-            };
-            if credit != debit && (self.owner(credit) != home) == want_cross {
-                return (debit, credit);
-            }
-        }
-    }
-}
-
-/// What one client saw.
-struct Counts {
-    committed: u64,
-    aborted: BTreeMap<String, u64>,
-    unknown: u64,
-    failed: u64,
-    latency: Histogram<u64>,
-}
-
-impl Counts {
-    fn new() -> Counts {
-        Counts {
-            committed: 0,
-            aborted: BTreeMap::new(),
-            unknown: 0,
-            failed: 0,
-            latency: Histogram::new_with_bounds(1, LATENCY_MAX_MICROS, 3)
-                .expect("valid histogram bounds"),
-        }
-    }
-
-    fn merge(&mut self, other: Counts) {
-        self.committed += other.committed;
-        for (reason, count) in other.aborted {
-            *self.aborted.entry(reason).or_default() += count;
-        }
-        self.unknown += other.unknown;
-        self.failed += other.failed;
-        self.latency
-            .add(&other.latency)
-            .expect("histograms with the same bounds");
-    }
-}
-
-async fn closed_loop(
-    client: TallyClient,
-    accounts: Arc<Accounts>,
-    stop: Arc<AtomicBool>,
+/// The end-of-run checks, with every node up and nothing moving.
+async fn check(
+    client: &TallyClient,
+    cluster: Option<&Arc<Mutex<LocalCluster>>>,
     args: &LoadgenArgs,
-    seed: u64,
-) -> Counts {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut counts = Counts::new();
-    while !stop.load(Ordering::Relaxed) {
-        let (debit, credit) = accounts.pick(&mut rng, args.cross_shard);
-        let amount = rng.random_range(1..=args.max_amount);
-        let id = TallyClient::new_transfer_id();
-        let sent = Instant::now();
-        let answer = client.transfer(id, debit, credit, amount).await;
-        let micros = (sent.elapsed().as_micros() as u64).clamp(1, LATENCY_MAX_MICROS);
-        match answer {
-            Ok(TransferOutcome::Committed) => {
-                counts.committed += 1;
-                counts.latency.record(micros).expect("clamped into range");
-            }
-            Ok(TransferOutcome::Aborted(reason)) => {
-                *counts.aborted.entry(format!("{reason:?}")).or_default() += 1;
-                counts.latency.record(micros).expect("clamped into range");
-            }
-            Err(ClientError::OutcomeUnknown { .. }) => counts.unknown += 1,
-            Err(_) => counts.failed += 1,
+    initial: &[u64],
+    mut ledger: Ledger,
+) -> Checks {
+    let mut checks = Checks::default();
+    if let Some(cluster) = cluster {
+        for (node, status) in lock(cluster).exited() {
+            checks
+                .problems
+                .push(format!("node {node} exited on its own ({status})"));
         }
     }
-    counts
+    if let Err(error) = wait_until_up(client).await {
+        checks.problems.push(format!("{error:#}"));
+        return checks;
+    }
+    // Decisions and in-doubt transactions settle within a few resend rounds.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        match client.cluster_status().await {
+            Ok(nodes) if nodes.iter().all(|node| node.in_doubt_count == 0) => break,
+            _ if Instant::now() > deadline => break,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    // Unknown outcomes: ask, until decided.
+    for (id, debit, credit, amount) in std::mem::take(&mut ledger.unknown_transfers) {
+        match settled_status(client, id).await {
+            Ok(TransferState::Committed) => {
+                checks.unknown_resolved_committed += 1;
+                *ledger.deltas.entry(debit).or_default() -= i128::from(amount);
+                *ledger.deltas.entry(credit).or_default() += i128::from(amount);
+            }
+            Ok(TransferState::Aborted(_) | TransferState::Unknown) => {
+                checks.unknown_resolved_aborted += 1
+            }
+            Ok(TransferState::InProgress) => checks.problems.push(format!(
+                "transfer {id} still in progress after {SETTLE_TIMEOUT:?}"
+            )),
+            Err(error) => checks
+                .problems
+                .push(format!("status of transfer {id}: {error}")),
+        }
+    }
+    match client.audit().await {
+        Ok(report) => {
+            checks.balances = report.nodes.iter().map(|node| node.balances_sum).sum();
+            checks.deposits = report.nodes.iter().map(|node| node.deposits_sum).sum();
+            checks.withdrawals = report.nodes.iter().map(|node| node.withdrawals_sum).sum();
+            checks.in_doubt = report.nodes.iter().map(|node| node.in_doubt_count).sum();
+            checks.negative = report
+                .nodes
+                .iter()
+                .map(|node| node.negative_balance_count)
+                .sum();
+        }
+        Err(error) => checks.problems.push(format!("audit: {error}")),
+    }
+    // Exactly once: every account holds what the acknowledged outcomes imply.
+    if ledger.unknown_money_ops > 0 {
+        checks.balance_check_skipped = Some(format!(
+            "{} deposits or withdrawals have an unknown outcome (they are not idempotent yet)",
+            ledger.unknown_money_ops
+        ));
+    } else {
+        match read_all_balances(client, args.accounts).await {
+            Ok(now) => {
+                for (index, balance) in now.iter().enumerate() {
+                    let account = index as AccountId + 1;
+                    let expected = i128::from(initial[index])
+                        + ledger.deltas.get(&account).copied().unwrap_or(0);
+                    if i128::from(*balance) != expected {
+                        checks.balance_mismatches += 1;
+                        if checks.balance_mismatches <= 5 {
+                            checks.problems.push(format!(
+                                "account {account}: balance {balance}, expected {expected}"
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(error) => checks.problems.push(format!("{error:#}")),
+        }
+    }
+    // Statuses agree with what clients heard.
+    for (ids, committed) in [
+        (&ledger.committed_sample, true),
+        (&ledger.aborted_sample, false),
+    ] {
+        for id in ids {
+            checks.statuses_checked += 1;
+            let agrees = match client.transfer_status(*id).await {
+                Ok(TransferState::Committed) => committed,
+                Ok(TransferState::Aborted(_)) => !committed,
+                _ => false,
+            };
+            if !agrees {
+                checks.status_mismatches += 1;
+            }
+        }
+    }
+    checks
 }
 
-async fn audit(client: &TallyClient) -> anyhow::Result<AuditCheck> {
-    let report = client.audit().await.context("end-of-run audit")?;
-    Ok(AuditCheck {
-        balances: report.nodes.iter().map(|node| node.balances_sum).sum(),
-        deposits: report.nodes.iter().map(|node| node.deposits_sum).sum(),
-        withdrawals: report.nodes.iter().map(|node| node.withdrawals_sum).sum(),
-        in_doubt: report.nodes.iter().map(|node| node.in_doubt_count).sum(),
-        negative: report
-            .nodes
-            .iter()
-            .map(|node| node.negative_balance_count)
-            .sum(),
+/// A transfer's status once it is decided (or known never to have arrived).
+async fn settled_status(
+    client: &TallyClient,
+    id: TransferId,
+) -> Result<TransferState, ClientError> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        match client.transfer_status(id).await {
+            Ok(TransferState::InProgress) | Err(ClientError::StatusIncomplete { .. })
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Writes the run's files into `out`.
+fn write_files(args: &LoadgenArgs, report: &Report, out: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let create = |name: &str| {
+        let path = out.join(name);
+        std::fs::File::create(&path)
+            .map(std::io::BufWriter::new)
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    report::write_hgrm(&report.latency, &mut create("latency.hgrm")?)?;
+    report::write_hlog(
+        report.start_unix_seconds,
+        &report.intervals,
+        &mut create("latency.hlog")?,
+    )?;
+    report::write_timeline_csv(&report.timeline, &mut create("timeline.csv")?)?;
+    let title = format!(
+        "tally loadgen: {} clients{}, {:.0} committed/s",
+        args.clients,
+        args.rate
+            .map_or(String::new(), |rate| format!(", open loop {rate:.0}/s")),
+        report.committed_per_second()
+    );
+    std::fs::write(
+        out.join("chart.svg"),
+        chart::run_chart(&title, &report.timeline, &report.faults, &report.latency),
+    )
+    .context("cannot write chart.svg")?;
+    let summary = summary_json(args, report);
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary).expect("JSON values serialize"),
+    )
+    .context("cannot write summary.json")?;
+    Ok(())
+}
+
+fn summary_json(args: &LoadgenArgs, report: &Report) -> serde_json::Value {
+    let checks = &report.checks;
+    serde_json::json!({
+        "command_line": std::env::args().collect::<Vec<_>>(),
+        "versions": {
+            "tally": env!("CARGO_PKG_VERSION"),
+            "protocol": net::PROTOCOL_VERSION,
+        },
+        "options": {
+            "accounts": args.accounts,
+            "clients": args.clients,
+            "rate": args.rate,
+            "client_batch": args.client_batch,
+            "duration_seconds": args.duration,
+            "cross_shard": args.cross_shard,
+            "workload": if args.smallbank { "smallbank".to_owned() } else { format!("{:?}", args.pattern()) },
+            "faults": args.faults.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+        "elapsed_seconds": report.elapsed.as_secs_f64(),
+        "committed": report.committed,
+        "committed_per_second": report.committed_per_second(),
+        "aborted": report.aborted,
+        "unknown_outcome": report.unknown,
+        "failed": report.failed,
+        "other_operations": report.other_ops,
+        "latency_ms": {
+            "p50": report.latency_ms(0.5),
+            "p90": report.latency_ms(0.9),
+            "p99": report.latency_ms(0.99),
+            "p99.9": report.latency_ms(0.999),
+            "p99.99": report.latency_ms(0.9999),
+            "max": report.latency.max() as f64 / 1000.0,
+        },
+        "faults": report.faults.iter().map(|fault| serde_json::json!({"at_seconds": fault.at_seconds, "event": fault.label})).collect::<Vec<_>>(),
+        "invariants": {
+            "passed": checks.passed(),
+            "conserved": checks.conserved(),
+            "balances": checks.balances.to_string(),
+            "deposits": checks.deposits.to_string(),
+            "withdrawals": checks.withdrawals.to_string(),
+            "in_doubt": checks.in_doubt,
+            "negative_balances": checks.negative,
+            "balance_mismatches": checks.balance_mismatches,
+            "balance_check_skipped": checks.balance_check_skipped,
+            "status_mismatches": checks.status_mismatches,
+            "statuses_checked": checks.statuses_checked,
+            "unknown_resolved_committed": checks.unknown_resolved_committed,
+            "unknown_resolved_aborted": checks.unknown_resolved_aborted,
+            "problems": checks.problems,
+        },
     })
 }

@@ -4,6 +4,8 @@
 //! on the same directory recovers every node), node `i` keeps its data in `DATA_DIR/node-i`.
 //! SIGINT or SIGTERM stops every node cleanly (SIGTERM, then SIGKILL after a grace period).
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use client::config::ClusterConfig;
+
+use crate::proxy::{LinkMode, Proxy};
 
 /// Time a node gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -119,19 +123,29 @@ pub fn stop_all(children: &mut [(u32, Child)]) {
 }
 
 /// A local cluster started for a load run; stopped (and its temporary directory removed) by
-/// `stop` or on drop.
+/// `stop` or on drop. With proxies, every node reaches every other node through a fault-injecting
+/// proxy on that directed link (each node gets its own cluster file naming the proxies as its
+/// peers' addresses); clients use the real addresses.
 pub struct LocalCluster {
     pub config: ClusterConfig,
     pub cluster_file: PathBuf,
     pub data_dir: PathBuf,
     program: PathBuf,
     children: Vec<(u32, Child)>,
+    /// The proxy on the link from the first node to the second.
+    proxies: BTreeMap<(u32, u32), Proxy>,
     _temporary: Option<tempfile::TempDir>,
 }
 
 impl LocalCluster {
-    /// Starts `nodes` nodes of this executable in `data_dir` (a temporary directory if `None`).
-    pub fn start(nodes: u32, data_dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<Self> {
+    /// Starts `nodes` nodes of this executable in `data_dir` (a temporary directory if `None`),
+    /// with proxies between them if `proxies`.
+    pub async fn start(
+        nodes: u32,
+        data_dir: Option<PathBuf>,
+        base_port: u16,
+        proxies: bool,
+    ) -> anyhow::Result<Self> {
         let temporary = match data_dir {
             Some(_) => None,
             None => Some(tempfile::tempdir().context("cannot create a temporary directory")?),
@@ -151,8 +165,12 @@ impl LocalCluster {
             data_dir,
             program,
             children: Vec::new(),
+            proxies: BTreeMap::new(),
             _temporary: temporary,
         };
+        if proxies {
+            cluster.start_proxies().await?;
+        }
         let ids: Vec<u32> = cluster.config.nodes.iter().map(|node| node.id).collect();
         for id in ids {
             cluster.start_node(id)?;
@@ -160,10 +178,69 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// Starts node `id` (after `kill`, or for the first time).
+    async fn start_proxies(&mut self) -> anyhow::Result<()> {
+        for from in &self.config.nodes {
+            let mut own = self.config.clone();
+            for (index, to) in self.config.nodes.iter().enumerate() {
+                if to.id == from.id {
+                    continue;
+                }
+                let target: SocketAddr = to
+                    .address
+                    .parse()
+                    .with_context(|| format!("node {} address {}", to.id, to.address))?;
+                let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+                let proxy = Proxy::start(listen, target)
+                    .await
+                    .context("cannot start a link proxy")?;
+                own.nodes[index].address = proxy.local_addr().to_string();
+                self.proxies.insert((from.id, to.id), proxy);
+            }
+            let path = self.node_cluster_file(from.id);
+            std::fs::write(&path, own.to_toml())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The cluster file node `id` runs with: its peers' proxies when there are proxies.
+    fn node_cluster_file(&self, id: u32) -> PathBuf {
+        if self.proxies.is_empty() {
+            self.cluster_file.clone()
+        } else {
+            self.data_dir.join(format!("node-{id}.cluster.toml"))
+        }
+    }
+
+    /// Whether link faults can be injected.
+    pub fn has_proxies(&self) -> bool {
+        !self.proxies.is_empty()
+    }
+
+    /// Sets both directions of the links between `node` and `peer` (every other node if `None`).
+    pub fn set_links(&self, node: u32, peer: Option<u32>, mode: LinkMode) {
+        for ((from, to), proxy) in &self.proxies {
+            let touches = |a: u32, b: u32| a == node && peer.is_none_or(|peer| peer == b);
+            if touches(*from, *to) || touches(*to, *from) {
+                proxy.set_mode(mode);
+            }
+        }
+    }
+
+    /// Starts node `id` (after `kill`, or for the first time); a node already running is left
+    /// alone.
     pub fn start_node(&mut self, id: u32) -> anyhow::Result<()> {
+        if let Some((_, child)) = self
+            .children
+            .iter_mut()
+            .find(|(child_id, _)| *child_id == id)
+            && matches!(child.try_wait(), Ok(None))
+        {
+            return Ok(());
+        }
         self.children.retain(|(child_id, _)| *child_id != id);
-        let child = spawn_node(&self.program, &self.cluster_file, &self.data_dir, id)?;
+        let file = self.node_cluster_file(id);
+        let child = spawn_node(&self.program, &file, &self.data_dir, id)?;
         self.children.push((id, child));
         Ok(())
     }
@@ -181,24 +258,38 @@ impl LocalCluster {
         }
     }
 
-    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to node `id`.
-    pub fn signal(&self, id: u32, signal: libc::c_int) {
-        if let Some((_, child)) = self.children.iter().find(|(child_id, _)| *child_id == id) {
-            // SAFETY: kill(2) with a child's pid has no memory-safety preconditions.
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to node `id`, if it runs.
+    pub fn signal(&mut self, id: u32, signal: libc::c_int) {
+        if let Some((_, child)) = self
+            .children
+            .iter_mut()
+            .find(|(child_id, _)| *child_id == id)
+            && matches!(child.try_wait(), Ok(None))
+        {
+            // SAFETY: kill(2) with a live child's pid has no memory-safety preconditions.
             unsafe {
                 libc::kill(child.id() as libc::pid_t, signal);
             }
         }
     }
 
+    /// Nodes that have exited on their own (a crash), with their status.
+    pub fn exited(&mut self) -> Vec<(u32, std::process::ExitStatus)> {
+        self.children
+            .iter_mut()
+            .filter_map(|(id, child)| match child.try_wait() {
+                Ok(Some(status)) => Some((*id, status)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Stops every node cleanly.
     pub fn stop(&mut self) {
-        for (_, child) in &self.children {
+        let ids: Vec<u32> = self.children.iter().map(|(id, _)| *id).collect();
+        for id in ids {
             // A paused node cannot stop.
-            // SAFETY: as in `signal`.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGCONT);
-            }
+            self.signal(id, libc::SIGCONT);
         }
         stop_all(&mut self.children);
         self.children.clear();

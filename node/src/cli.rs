@@ -89,6 +89,16 @@ enum Command {
     /// Measure throughput and tail latency: start a local cluster (or use --cluster), create and
     /// fund accounts, run closed-loop clients, and audit at the end (exit 1 if the audit fails).
     Loadgen(loadgen::LoadgenArgs),
+    /// Latency histogram tools.
+    #[command(subcommand)]
+    Hist(HistCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HistCommand {
+    /// Compare percentile distributions (.hgrm files, e.g. two loadgen runs): prints percentiles
+    /// side by side with ratios to the first file, and with --out draws them in one chart.
+    Compare(loadgen::hist::CompareArgs),
 }
 
 #[derive(Debug, Args)]
@@ -346,9 +356,18 @@ fn run(command: Command) -> Result<Exit, Failure> {
         }),
         Command::Status(args) => with_client(args.cluster, move |client| status(client, args.json)),
         Command::Audit(args) => with_client(args.cluster, move |client| audit(client, args.json)),
+        Command::Hist(HistCommand::Compare(args)) => match loadgen::hist::compare(&args) {
+            Ok(table) => {
+                print!("{table}");
+                Ok(Exit::Success)
+            }
+            Err(error) => Err(Failure::error(format!("{error:#}"))),
+        },
         Command::Loadgen(args) => match loadgen::main(args) {
             Ok(true) => Ok(Exit::Success),
-            Ok(false) => Err(Failure::error("the end-of-run audit failed")),
+            Ok(false) => Err(Failure::error(
+                "the end-of-run checks failed (see the report)",
+            )),
             Err(error) => Err(Failure::error(format!("{error:#}"))),
         },
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use engine::model::{AccountId, HistoryKind, NodeId, Outcome, TransferId};
 use engine::tables::RocksTables;
 use engine::wal::FileStorage;
-use engine::{Engine, EngineError, PrepareRequest, ShardAudit, TransferStatus, Vote};
+use engine::{Engine, EngineError, PrepareRequest, ReadLocks, ShardAudit, TransferStatus, Vote};
 use net::{
     AccountCreated, Acks, Audit, AuditReport, Balance, Balances, ClusterStatus, CreateAccount,
     DecisionBatch, DecisionInquiry, Deposit, Deposited, ErrorCode, ErrorResponse, GetBalance,
@@ -51,8 +51,8 @@ pub(crate) struct Node {
 
 /// What a node holds for one snapshot until it is released.
 enum SnapshotHold {
-    /// Shared locks, by lock owner.
-    Locks(u128),
+    /// Shared locks.
+    Locks(ReadLocks),
     /// Prepares are closed.
     Gate,
 }

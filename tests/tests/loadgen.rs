@@ -10,7 +10,12 @@ fn a_short_load_with_a_killed_node_passes_its_checks_and_writes_its_files() {
     let out = tempfile::tempdir().expect("temporary directory");
     let ports = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     // Three consecutive ports from a free one; a clash with another process is unlikely.
-    let base_port = ports.local_addr().expect("address").port().saturating_sub(3).max(1024);
+    let base_port = ports
+        .local_addr()
+        .expect("address")
+        .port()
+        .saturating_sub(3)
+        .max(1024);
     drop(ports);
     let output = Command::new(PROGRAM)
         .args([

@@ -102,6 +102,28 @@ impl Cluster {
         }
     }
 
+    /// Whether node `id`'s process is alive.
+    pub fn is_running(&mut self, id: u32) -> bool {
+        match self.children[id as usize - 1].as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits until node `id` accepts connections or its process has exited (at most 60 s).
+    pub fn wait_up_or_exit(&mut self, id: u32) {
+        let address = self.config.node(id).expect("node").address.clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&address).is_err() && self.is_running(id) {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not come up; its log:\n{}",
+                self.log(id)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Restarts node `id` (after it was killed or crashed) with nothing armed.
     pub fn restart(&mut self, id: u32) {
         self.reap(id);

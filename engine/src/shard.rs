@@ -603,7 +603,6 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         credit: AccountId,
         amount: Amount,
     ) -> Result<Outcome, EngineError> {
-        self.check_writable()?;
         if amount == 0 {
             return Err(EngineError::ZeroAmount);
         }
@@ -617,9 +616,11 @@ impl<T: Tables, S: Storage> Engine<T, S> {
                 Err(EngineError::DuplicateWithDifferentContent(id))
             }
         };
+        // A retry of a recorded transfer is a read: answered even after a storage failure.
         if let Some(record) = self.tables.transfer(id)? {
             return same_request(&record);
         }
+        self.check_writable()?;
         if !lock(&self.local_in_flight).insert(id) {
             return Err(EngineError::InProgress(id));
         }

@@ -1,6 +1,12 @@
 //! Crash points for tests: with the `failpoints` feature, `hit("name")` kills the process with
 //! SIGKILL when `TALLY_FAILPOINTS` (a comma-separated list) names that point, exactly as `kill -9`
 //! would at that protocol step. Without the feature every call compiles to nothing.
+//!
+//! The feature also turns on the engine's injected disk faults (`TALLY_FAIL_WAL_WRITE_AFTER`,
+//! `TALLY_FAIL_WAL_SYNC_AFTER`: see `engine/src/wal/faults.rs`) and lets `TALLY_WAL_SEGMENT_BYTES`
+//! set the WAL's segment size (see [`wal_options`]).
+
+use engine::wal::WalOptions;
 
 /// Every point, so tests and the code agree on the names.
 pub mod points {
@@ -39,3 +45,21 @@ pub fn hit(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn hit(_name: &str) {}
+
+/// The node's WAL options: the defaults. With the `failpoints` feature, `TALLY_WAL_SEGMENT_BYTES`
+/// sets the segment size, so that tests filling a small disk see segments rotate (and a spare
+/// segment fail to be made) after a few hundred records instead of 64 MiB of them.
+pub fn wal_options() -> anyhow::Result<WalOptions> {
+    #[cfg(feature = "failpoints")]
+    if let Ok(value) = std::env::var("TALLY_WAL_SEGMENT_BYTES") {
+        use anyhow::Context;
+        let segment_size_bytes = value.trim().parse().with_context(|| {
+            format!("TALLY_WAL_SEGMENT_BYTES must be a size in bytes, not {value:?}")
+        })?;
+        return Ok(WalOptions {
+            segment_size_bytes,
+            ..WalOptions::default()
+        });
+    }
+    Ok(WalOptions::default())
+}

@@ -79,6 +79,16 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The wire error for an engine failure.
 pub(crate) fn engine_error(error: EngineError) -> ErrorResponse {
+    if let EngineError::Failed(failure) = &error {
+        // Sticky until restart: every write from now on is refused, reads are still answered.
+        return ErrorResponse::new(
+            ErrorCode::Internal,
+            format!(
+                "node stopped accepting writes after a storage failure (reads still work; restart \
+                 it once the disk is fixed): {failure}"
+            ),
+        );
+    }
     let code = match &error {
         EngineError::UnknownAccount(_) => ErrorCode::UnknownAccount,
         EngineError::AccountExists(_) | EngineError::DuplicateWithDifferentContent(_) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use engine::model::NodeId;
 use engine::tables::RocksTables;
-use engine::wal::{Wal, WalOptions};
+use engine::wal::Wal;
 use engine::{Engine, EngineOptions};
 use net::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
@@ -18,6 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::coordinator::{Coordinator, resolve_in_doubt_loop};
+use crate::failpoint;
 use crate::node::{Node, NodeHandler, blocking};
 use client::config::ClusterConfig;
 
@@ -46,7 +47,13 @@ fn init_logging(data_dir: &Path) -> anyhow::Result<()> {
         .create(true)
         .append(true)
         .open(&path)
-        .with_context(|| format!("cannot open the log file {}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot write in the data dir {}: cannot open the log file {}",
+                data_dir.display(),
+                path.display()
+            )
+        })?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(filter)
@@ -78,7 +85,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
     tracing::info!(node = me.id, address = %me.address, data_dir = %data_dir.display(), shards = ?me.shards, "starting");
 
     let wal_dir = data_dir.join("wal");
-    let (wal, wal_report) = Wal::open_directory(&wal_dir, WalOptions::default())
+    let (wal, wal_report) = Wal::open_directory(&wal_dir, failpoint::wal_options()?)
         .with_context(|| format!("cannot open the WAL in {}", wal_dir.display()))?;
     let tables_dir = data_dir.join("tables");
     let tables = RocksTables::open(&tables_dir)

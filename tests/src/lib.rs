@@ -4,7 +4,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use client::config::{ClusterConfig, NodeConfig};
@@ -17,6 +17,9 @@ pub struct Cluster {
     program: PathBuf,
     directory: tempfile::TempDir,
     children: Vec<Option<Child>>,
+    data_dirs: Vec<PathBuf>,
+    /// Extra environment of each node's process, on every start.
+    envs: Vec<Vec<(String, String)>>,
 }
 
 /// Free loopback ports (bound, then released; a race with other processes is unlikely).
@@ -33,6 +36,14 @@ fn free_ports(count: usize) -> Vec<u16> {
 impl Cluster {
     /// Starts `nodes` nodes, each owning one shard, and waits until all answer.
     pub fn start(program: &Path, nodes: u32) -> Cluster {
+        let mut cluster = Cluster::configure(program, nodes);
+        cluster.start_all();
+        cluster
+    }
+
+    /// The cluster file and directory of `nodes` nodes, none started yet: set a node's data dir
+    /// or environment first, then [`Cluster::start_all`].
+    pub fn configure(program: &Path, nodes: u32) -> Cluster {
         let directory = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(nodes as usize);
         let config = ClusterConfig::new(
@@ -48,44 +59,143 @@ impl Cluster {
         .expect("valid cluster");
         let cluster_file = directory.path().join("cluster.toml");
         std::fs::write(&cluster_file, config.to_toml()).expect("write the cluster file");
-        let mut cluster = Cluster {
+        Cluster {
             config,
             cluster_file,
             program: program.to_owned(),
+            data_dirs: (1..=nodes)
+                .map(|id| directory.path().join(format!("node-{id}")))
+                .collect(),
+            envs: (0..nodes).map(|_| Vec::new()).collect(),
             directory,
             children: (0..nodes).map(|_| None).collect(),
-        };
+        }
+    }
+
+    /// Starts every node with nothing armed and waits until all answer.
+    pub fn start_all(&mut self) {
+        let nodes = self.children.len() as u32;
         for id in 1..=nodes {
-            cluster.start_node(id, &[]);
+            self.start_node(id, &[]);
         }
         for id in 1..=nodes {
-            cluster.wait_up(id);
+            self.wait_up(id);
         }
-        cluster
+    }
+
+    /// The temporary directory holding the cluster file, the nodes' stderr files and (unless
+    /// moved) their data dirs.
+    pub fn directory(&self) -> &Path {
+        self.directory.path()
     }
 
     pub fn data_dir(&self, id: u32) -> PathBuf {
-        self.directory.path().join(format!("node-{id}"))
+        self.data_dirs[id as usize - 1].clone()
     }
 
-    /// Starts node `id` with the given crash points armed (`TALLY_FAILPOINTS`).
-    pub fn start_node(&mut self, id: u32, failpoints: &[&str]) {
-        assert!(self.children[id as usize - 1].is_none(), "node {id} runs");
-        let log = std::fs::File::create(self.directory.path().join(format!("node-{id}.stderr")))
-            .expect("stderr file");
-        let child = Command::new(&self.program)
+    /// Node `id` keeps its data in `data_dir` from its next start on.
+    pub fn set_data_dir(&mut self, id: u32, data_dir: impl Into<PathBuf>) {
+        self.data_dirs[id as usize - 1] = data_dir.into();
+    }
+
+    /// Sets `key=value` in node `id`'s environment from its next start on (e.g. an injected disk
+    /// fault, `TALLY_FAIL_WAL_WRITE_AFTER`).
+    pub fn set_env(&mut self, id: u32, key: &str, value: &str) {
+        self.remove_env(id, key);
+        self.envs[id as usize - 1].push((key.to_owned(), value.to_owned()));
+    }
+
+    pub fn remove_env(&mut self, id: u32, key: &str) {
+        self.envs[id as usize - 1].retain(|(existing, _)| existing != key);
+    }
+
+    /// `tally-failpoints start` for node `id`, with its data dir and environment.
+    fn start_command(&self, id: u32, failpoints: &[&str]) -> Command {
+        let mut command = Command::new(&self.program);
+        command
             .args(["start", "--id", &id.to_string(), "--cluster"])
             .arg(&self.cluster_file)
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .env("TALLY_FAILPOINTS", failpoints.join(","))
             .env("RUST_LOG", "info")
+            .envs(self.envs[id as usize - 1].iter().cloned())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        command
+    }
+
+    /// Starts node `id` with the given crash points armed (`TALLY_FAILPOINTS`).
+    pub fn start_node(&mut self, id: u32, failpoints: &[&str]) {
+        assert!(self.children[id as usize - 1].is_none(), "node {id} runs");
+        let log = std::fs::File::create(self.stderr_path(id)).expect("stderr file");
+        let child = self
+            .start_command(id, failpoints)
             .stderr(log)
             .spawn()
             .expect("start a node");
         self.children[id as usize - 1] = Some(child);
+    }
+
+    fn stderr_path(&self, id: u32) -> PathBuf {
+        self.directory.path().join(format!("node-{id}.stderr"))
+    }
+
+    /// What node `id`'s latest process wrote to stderr.
+    pub fn stderr(&self, id: u32) -> String {
+        std::fs::read_to_string(self.stderr_path(id)).unwrap_or_default()
+    }
+
+    /// Runs `start` for node `id` (not running) in the foreground, for a start that must fail:
+    /// waits at most 30 s for it to exit and returns its exit status and stderr. Panics if it is
+    /// still running then (it came up instead of refusing).
+    pub fn run_start_expecting_exit(&mut self, id: u32) -> (ExitStatus, String) {
+        assert!(self.children[id as usize - 1].is_none(), "node {id} runs");
+        let log = std::fs::File::create(self.stderr_path(id)).expect("stderr file");
+        let mut child = self
+            .start_command(id, &[])
+            .stderr(log)
+            .spawn()
+            .expect("start a node");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node {id} was expected to refuse to start but kept running; its stderr:\n{}",
+                    self.stderr(id)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, self.stderr(id))
+    }
+
+    /// Stops node `id` with SIGTERM (a clean shutdown) and waits at most 30 s for it to exit.
+    pub fn stop(&mut self, id: u32) -> ExitStatus {
+        let mut child = self.children[id as usize - 1]
+            .take()
+            .expect("node was started");
+        // SAFETY: kill(2) with a pid of our own child has no memory-safety preconditions.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {id} did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until node `id` accepts connections (at most 60 s).

@@ -7,6 +7,8 @@
 //! second thread keeps one zero-filled segment ready so that rotation never waits on block
 //! allocation. Layout and crash analysis: ARCHITECTURE.md, "The write-ahead log".
 
+#[cfg(feature = "failpoints")]
+mod faults;
 mod format;
 mod memory;
 mod reader;
@@ -77,8 +79,10 @@ impl Default for WalOptions {
 /// Every way a WAL operation fails.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
+    /// The message includes the I/O error, which is therefore not also its `source` (a chain
+    /// printed with `{:#}` would show it twice).
     #[error("WAL I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// A write or sync failed earlier; the log accepts nothing until it is reopened, because what
     /// reached the disk is unknown.
     #[error("WAL stopped after a failed write or sync (reopen to recover): {0}")]
@@ -109,6 +113,12 @@ pub enum WalError {
     InvalidOptions(String),
     #[error("the WAL is closed")]
     Closed,
+}
+
+impl From<io::Error> for WalError {
+    fn from(error: io::Error) -> Self {
+        WalError::Io(error)
+    }
 }
 
 /// Counters since open.

@@ -1,7 +1,8 @@
 //! Opening the log: scan every segment, check every record, decide torn tail versus corruption.
 //!
 //! The rules (ARCHITECTURE.md, "Recovery", has the crash analysis behind them):
-//! - spare files (`*.tmp`) are leftovers of preallocation and are deleted;
+//! - spare files (`*.tmp`) are leftovers of preallocation and are deleted, once the segments
+//!   checked out: a log that is refused (corruption, newer format version) is left unmodified;
 //! - segments must be contiguous: each one's first LSN is the previous one's last LSN + 1;
 //! - records inside a segment have dense LSNs starting at the segment's first LSN;
 //! - a segment with a successor was synced in full before the successor existed, so anything
@@ -55,12 +56,11 @@ pub(crate) fn recover<S: Storage>(
     storage: &S,
     options: &WalOptions,
 ) -> Result<Recovered<S::File>, WalError> {
-    let mut spare_files_removed = 0;
+    let mut spares = Vec::new();
     let mut named = Vec::new();
     for name in storage.list()? {
         if name.ends_with(SPARE_SUFFIX) {
-            storage.remove(&name)?;
-            spare_files_removed += 1;
+            spares.push(name);
         } else if let Some(first_lsn) = parse_segment_name(&name) {
             named.push((first_lsn, name));
         } else {
@@ -70,9 +70,11 @@ pub(crate) fn recover<S: Storage>(
     named.sort();
 
     if named.is_empty() {
+        let spare_files_removed = remove_spares(storage, &spares)?;
         return create_first_segment(storage, options, spare_files_removed);
     }
 
+    let mut spare_files_removed = 0;
     let mut segments = Vec::with_capacity(named.len());
     let mut buffer = Vec::new();
     let mut next_lsn: Option<Lsn> = None;
@@ -168,6 +170,9 @@ pub(crate) fn recover<S: Storage>(
             );
         }
         if is_last {
+            // Every check that could refuse the log has passed (a refused log is left exactly
+            // as found, spare files included): now the spares go.
+            spare_files_removed = remove_spares(storage, &spares)?;
             // After a process crash the tail may be only in the page cache: make it durable
             // before anyone acts on what was read back.
             if options.sync_policy == SyncPolicy::FdatasyncPerGroup {
@@ -236,6 +241,14 @@ fn create_first_segment<S: Storage>(
         write_offset,
         capacity,
     })
+}
+
+/// Deletes the spare files left by preallocation; returns how many.
+fn remove_spares<S: Storage>(storage: &S, spares: &[String]) -> Result<usize, WalError> {
+    for name in spares {
+        storage.remove(name)?;
+    }
+    Ok(spares.len())
 }
 
 /// Offset of a valid record past `offset` whose LSN could belong to this log, if any.

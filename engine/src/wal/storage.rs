@@ -46,6 +46,23 @@ pub trait StorageFile: Send + Sync + 'static {
     fn size_bytes(&self) -> io::Result<u64>;
 }
 
+/// The file type of [`FileStorage`]: a plain `File`; with the `failpoints` feature, a wrapper whose
+/// record writes and syncs can be made to fail (`faults.rs`).
+#[cfg(not(feature = "failpoints"))]
+type SegmentFile = File;
+#[cfg(feature = "failpoints")]
+type SegmentFile = super::faults::FaultyFile;
+
+#[cfg(not(feature = "failpoints"))]
+fn segment_file(file: File) -> Arc<SegmentFile> {
+    Arc::new(file)
+}
+
+#[cfg(feature = "failpoints")]
+fn segment_file(file: File) -> Arc<SegmentFile> {
+    Arc::new(super::faults::FaultyFile::new(file))
+}
+
 /// Segment files in a directory of the real file system.
 #[derive(Debug, Clone)]
 pub struct FileStorage {
@@ -56,6 +73,8 @@ impl FileStorage {
     /// Uses `directory`, creating it (and its parents) if it is missing.
     pub fn open(directory: impl Into<PathBuf>) -> io::Result<Self> {
         let directory = directory.into();
+        #[cfg(feature = "failpoints")]
+        super::faults::check_configuration()?;
         fs::create_dir_all(&directory)?;
         Ok(Self { directory })
     }
@@ -76,7 +95,7 @@ impl FileStorage {
 }
 
 impl Storage for FileStorage {
-    type File = File;
+    type File = SegmentFile;
 
     fn list(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
@@ -91,17 +110,17 @@ impl Storage for FileStorage {
         Ok(names)
     }
 
-    fn create(&self, name: &str) -> io::Result<Arc<File>> {
+    fn create(&self, name: &str) -> io::Result<Arc<SegmentFile>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(self.path(name)?)?;
-        Ok(Arc::new(file))
+        Ok(segment_file(file))
     }
 
-    fn open(&self, name: &str) -> io::Result<Arc<File>> {
-        Ok(Arc::new(
+    fn open(&self, name: &str) -> io::Result<Arc<SegmentFile>> {
+        Ok(segment_file(
             OpenOptions::new()
                 .read(true)
                 .write(true)

@@ -473,13 +473,27 @@ fn a_missing_middle_segment_is_corruption() {
     drop(wal);
     assert!(names.len() >= 3);
     storage.remove(&names[1]).unwrap();
-    match Wal::open(storage, small_options()) {
+    // A leftover spare, as preallocation leaves one: a refused log keeps it too.
+    storage.create("spare-000099.tmp").unwrap();
+    let files = sorted_files(&storage);
+    match Wal::open(storage.clone(), small_options()) {
         Err(WalError::Corrupt {
             segment, offset: 0, ..
         }) => assert_eq!(segment, names[2]),
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("a gap was accepted"),
     }
+    assert_eq!(
+        sorted_files(&storage),
+        files,
+        "a refused log was modified (spare files included)"
+    );
+}
+
+fn sorted_files(storage: &MemoryStorage) -> Vec<String> {
+    let mut names = storage.list().unwrap();
+    names.sort();
+    names
 }
 
 #[test]
@@ -490,6 +504,9 @@ fn a_segment_from_a_newer_format_version_is_refused_and_left_alone() {
     let crc = crc32fast::hash(&image[..24]);
     image[24..28].copy_from_slice(&crc.to_le_bytes());
     storage.set_file_bytes(&name, image.clone());
+    // A leftover spare, as preallocation leaves one: a refused log keeps it too.
+    storage.create("spare-000099.tmp").unwrap();
+    let files = sorted_files(&storage);
     match Wal::open(storage.clone(), small_options()) {
         Err(WalError::UnsupportedVersion { version, .. }) => {
             assert_eq!(version, FORMAT_VERSION + 1)
@@ -502,6 +519,7 @@ fn a_segment_from_a_newer_format_version_is_refused_and_left_alone() {
         image,
         "the segment was modified"
     );
+    assert_eq!(sorted_files(&storage), files, "spare files were deleted");
 }
 
 #[test]

@@ -111,7 +111,11 @@ pub(crate) fn run_preallocator<S: Storage>(shared: &Shared<S>, spare: &SpareSlot
             Ok(None) => return,
             Err(error) => {
                 tracing::error!(%error, "WAL segment preallocation failed");
-                state.error = Some(error);
+                // Reported when the writer needs the segment: say what was being done.
+                state.error = Some(io::Error::new(
+                    error.kind(),
+                    format!("cannot prepare the next WAL segment: {error}"),
+                ));
                 spare.changed.notify_all();
                 return;
             }

@@ -44,9 +44,11 @@ use crate::node::{
 const QUEUE_CAPACITY: usize = 16 * 1024;
 /// Transactions in one batch (and so in one PREPARE frame).
 const BATCH_TRANSFERS_MAX: usize = net::BATCH_ENTRIES_MAX as usize;
-/// Batches between PREPARE and decision at once. More than one lets a batch form and start
-/// while the previous one waits for its group commits.
-const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Batches between PREPARE and decision at once. Two let a batch form and start while the
+/// previous one waits for its group commits; more make every batch smaller. Measured (256
+/// clients, docs/benchmarks.md): 1 slot 9,601/s, 2 slots 9,861/s, 4 slots 8,508/s, 8 slots
+/// 7,764/s.
+const BATCHES_IN_FLIGHT_MAX: usize = 2;
 /// Phase-two deliveries at once; beyond it, decisions wait for the resend loop.
 const DELIVERIES_IN_FLIGHT_MAX: usize = 16;
 /// First resend of an unacknowledged decision; doubles up to `RESEND_INTERVAL_MAX`.

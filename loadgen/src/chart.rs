@@ -127,25 +127,7 @@ fn draw_timeline(svg: &mut Svg, plot: &Plot, rows: &[TimelineRow], faults: &[Fau
     let x = |seconds: f64| plot.left + seconds / x_axis.max * plot.width;
     let y = |rate: f64| plot.bottom() - rate / y_axis.max * plot.height;
 
-    for tick in y_axis.ticks() {
-        svg.line(
-            plot.left,
-            y(tick),
-            plot.right(),
-            y(tick),
-            COLOR_GRID,
-            1.0,
-            None,
-        );
-        svg.text(
-            plot.left - 8.0,
-            y(tick) + 4.0,
-            FONT_SIZE_LABEL,
-            Anchor::End,
-            "normal",
-            &y_axis.label(tick),
-        );
-    }
+    y_grid(svg, plot, &y_axis, y);
     for tick in x_axis.ticks() {
         svg.line(
             x(tick),
@@ -279,25 +261,7 @@ fn draw_percentiles(
     };
     let y = |value: f64| plot.bottom() - value / y_axis.max * plot.height;
 
-    for tick in y_axis.ticks() {
-        svg.line(
-            plot.left,
-            y(tick),
-            plot.right(),
-            y(tick),
-            COLOR_GRID,
-            1.0,
-            None,
-        );
-        svg.text(
-            plot.left - 8.0,
-            y(tick) + 4.0,
-            FONT_SIZE_LABEL,
-            Anchor::End,
-            "normal",
-            &y_axis.label(tick),
-        );
-    }
+    y_grid(svg, plot, &y_axis, y);
     for decade in 0..=decades {
         let at = plot.left + f64::from(decade) / f64::from(decades) * plot.width;
         svg.line(at, plot.top, at, plot.bottom(), COLOR_GRID, 1.0, None);
@@ -357,6 +321,29 @@ fn decade_label(decade: u32) -> String {
 }
 
 /// A linear axis from 0 to a rounded max, with ticks at a 1, 2 or 5 times a power of ten step.
+/// Horizontal grid lines at `axis`'s ticks across `plot`, labelled on the left.
+fn y_grid(svg: &mut Svg, plot: &Plot, axis: &Scale, y: impl Fn(f64) -> f64) {
+    for tick in axis.ticks() {
+        svg.line(
+            plot.left,
+            y(tick),
+            plot.right(),
+            y(tick),
+            COLOR_GRID,
+            1.0,
+            None,
+        );
+        svg.text(
+            plot.left - 8.0,
+            y(tick) + 4.0,
+            FONT_SIZE_LABEL,
+            Anchor::End,
+            "normal",
+            &axis.label(tick),
+        );
+    }
+}
+
 struct Scale {
     max: f64,
     step: f64,

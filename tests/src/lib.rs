@@ -303,3 +303,41 @@ pub fn account_on(config: &ClusterConfig, node: u32, start: u64, n: usize) -> u6
         .nth(n)
         .expect("the hash spreads accounts over every node")
 }
+
+/// Creates `account` and deposits `amount` into it (panics on failure: test set-up).
+pub async fn funded(client: &TallyClient, account: u64, amount: u64) {
+    client
+        .create_account(account, None, 0)
+        .await
+        .expect("create account");
+    if amount > 0 {
+        client
+            .deposit(TallyClient::new_transfer_id(), account, amount)
+            .await
+            .expect("deposit");
+    }
+}
+
+/// The balance of `account` (panics on failure).
+pub async fn balance(client: &TallyClient, account: u64) -> u64 {
+    client.balance(account).await.expect("balance")
+}
+
+/// `per_node` accounts on each node of a 3-node cluster, node 1's first.
+pub fn accounts_on_every_node(config: &ClusterConfig, per_node: usize) -> Vec<u64> {
+    config
+        .nodes
+        .iter()
+        .flat_map(|node| (0..per_node).map(move |n| account_on(config, node.id, 1, n)))
+        .collect()
+}
+
+/// Two different accounts of `accounts`, uniformly.
+pub fn random_pair(rng: &mut impl rand::Rng, accounts: &[u64]) -> (u64, u64) {
+    let debit = accounts[rng.random_range(0..accounts.len())];
+    let mut credit = debit;
+    while credit == debit {
+        credit = accounts[rng.random_range(0..accounts.len())];
+    }
+    (debit, credit)
+}

@@ -12,27 +12,9 @@ use net::{AbortReason, ErrorCode, TransferOutcome, TransferState};
 use node::failpoint::points;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tests::{Cluster, account_on};
+use tests::{Cluster, account_on, accounts_on_every_node, balance, funded, random_pair};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_tally-failpoints");
-
-/// Creates `account` and deposits `amount` into it.
-async fn funded(client: &TallyClient, account: u64, amount: u64) {
-    client
-        .create_account(account, None, 0)
-        .await
-        .expect("create account");
-    if amount > 0 {
-        client
-            .deposit(TallyClient::new_transfer_id(), account, amount)
-            .await
-            .expect("deposit");
-    }
-}
-
-async fn balance(client: &TallyClient, account: u64) -> u64 {
-    client.balance(account).await.expect("balance")
-}
 
 /// A 3-node cluster with account `a` on node 1 holding 100 and `b` on node 2 holding 0, and
 /// node `armed` restarted with crash point `point` armed.
@@ -353,10 +335,7 @@ async fn concurrent_transfers_on_hot_accounts_conserve_money() {
     let cluster = Cluster::start(PROGRAM.as_ref(), 3);
     let client = cluster.client();
     // Two accounts per node: six hot accounts.
-    let accounts: Vec<u64> = (1..=3)
-        .flat_map(|node| (0..2).map(move |n| (node, n)))
-        .map(|(node, n)| account_on(&cluster.config, node, 1, n))
-        .collect();
+    let accounts = accounts_on_every_node(&cluster.config, 2);
     for account in &accounts {
         funded(&client, *account, 1_000).await;
     }
@@ -369,11 +348,7 @@ async fn concurrent_transfers_on_hot_accounts_conserve_money() {
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ worker);
             for _ in 0..60 {
-                let from = accounts[rng.random_range(0..accounts.len())];
-                let mut to = from;
-                while to == from {
-                    to = accounts[rng.random_range(0..accounts.len())];
-                }
+                let (from, to) = random_pair(&mut rng, &accounts);
                 let id = TallyClient::new_transfer_id();
                 let amount = rng.random_range(1..=300);
                 if client
@@ -406,10 +381,7 @@ async fn consistent_reads_during_cross_shard_transfers_always_sum_to_the_total()
     let seed = test_seed("consistent_reads_during_cross_shard_transfers");
     let cluster = Cluster::start(PROGRAM.as_ref(), 3);
     let client = cluster.client();
-    let accounts: Vec<u64> = (1..=3)
-        .flat_map(|node| (0..3).map(move |n| (node, n)))
-        .map(|(node, n)| account_on(&cluster.config, node, 1, n))
-        .collect();
+    let accounts = accounts_on_every_node(&cluster.config, 3);
     for account in &accounts {
         funded(&client, *account, 500).await;
     }
@@ -424,11 +396,7 @@ async fn consistent_reads_during_cross_shard_transfers_always_sum_to_the_total()
             let mut rng = StdRng::seed_from_u64(seed ^ (worker << 32));
             let mut committed = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let from = accounts[rng.random_range(0..accounts.len())];
-                let mut to = from;
-                while to == from {
-                    to = accounts[rng.random_range(0..accounts.len())];
-                }
+                let (from, to) = random_pair(&mut rng, &accounts);
                 let outcome = client
                     .transfer(
                         TallyClient::new_transfer_id(),

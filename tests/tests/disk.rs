@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use client::{ClientError, TallyClient};
 use net::{AbortReason, ErrorCode, TransferOutcome, TransferState};
-use tests::{Cluster, account_on};
+use tests::{Cluster, account_on, balance, funded};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_tally-failpoints");
 /// What a node answers to every write once its storage has failed.
@@ -27,24 +27,6 @@ const FAIL_WRITE_VARIABLE: &str = "TALLY_FAIL_WAL_WRITE_AFTER";
 const FAIL_SYNC_VARIABLE: &str = "TALLY_FAIL_WAL_SYNC_AFTER";
 /// Ids of the test transfers: `TRANSFER_BASE + n`.
 const TRANSFER_BASE: u128 = 1 << 100;
-
-/// Creates `account` and deposits `amount` into it.
-async fn funded(client: &TallyClient, account: u64, amount: u64) {
-    client
-        .create_account(account, None, 0)
-        .await
-        .expect("create account");
-    if amount > 0 {
-        client
-            .deposit(TallyClient::new_transfer_id(), account, amount)
-            .await
-            .expect("deposit");
-    }
-}
-
-async fn balance(client: &TallyClient, account: u64) -> u64 {
-    client.balance(account).await.expect("balance")
-}
 
 /// The write was refused because the node's storage failed earlier, for `cause`.
 #[track_caller]

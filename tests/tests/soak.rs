@@ -18,7 +18,7 @@ use net::{TransferOutcome, TransferState};
 use node::failpoint::points;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tests::{Cluster, account_on};
+use tests::{Cluster, accounts_on_every_node, random_pair};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_tally-failpoints");
 /// Kill cycles of the CI run.
@@ -85,10 +85,7 @@ async fn every_acknowledged_transfer_survives_random_kills() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
     let client = client(&cluster);
-    let accounts: Vec<u64> = (1..=3)
-        .flat_map(|node| (0..ACCOUNTS_PER_NODE).map(move |n| (node, n)))
-        .map(|(node, n)| account_on(&cluster.config, node, 1, n))
-        .collect();
+    let accounts = accounts_on_every_node(&cluster.config, ACCOUNTS_PER_NODE);
     for account in &accounts {
         client.create_account(*account, None, 0).await.unwrap();
         client
@@ -109,11 +106,7 @@ async fn every_acknowledged_transfer_survives_random_kills() {
         let mut rng = StdRng::seed_from_u64(seed ^ (worker + 1) << 40);
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let debit = accounts[rng.random_range(0..accounts.len())];
-                let mut credit = debit;
-                while credit == debit {
-                    credit = accounts[rng.random_range(0..accounts.len())];
-                }
+                let (debit, credit) = random_pair(&mut rng, &accounts);
                 let amount = rng.random_range(1..=700);
                 let id: u128 = rng.random::<u128>() | 1;
                 let outcome = transfer_until_answered(&client, id, debit, credit, amount).await;

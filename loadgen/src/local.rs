@@ -132,6 +132,8 @@ pub struct LocalCluster {
     pub data_dir: PathBuf,
     program: PathBuf,
     children: Vec<(u32, Child)>,
+    /// Nodes found dead that nobody killed, with their exit status.
+    crashed: Vec<(u32, std::process::ExitStatus)>,
     /// The proxy on the link from the first node to the second.
     proxies: BTreeMap<(u32, u32), Proxy>,
     _temporary: Option<tempfile::TempDir>,
@@ -165,6 +167,7 @@ impl LocalCluster {
             data_dir,
             program,
             children: Vec::new(),
+            crashed: Vec::new(),
             proxies: BTreeMap::new(),
             _temporary: temporary,
         };
@@ -238,7 +241,7 @@ impl LocalCluster {
         {
             return Ok(());
         }
-        self.children.retain(|(child_id, _)| *child_id != id);
+        self.forget(id);
         let file = self.node_cluster_file(id);
         let child = spawn_node(&self.program, &file, &self.data_dir, id)?;
         self.children.push((id, child));
@@ -247,12 +250,21 @@ impl LocalCluster {
 
     /// SIGKILLs node `id`.
     pub fn kill(&mut self, id: u32) {
+        self.forget(id);
+    }
+
+    /// Removes node `id`'s process (killing it if it runs), remembering how it ended if it died
+    /// on its own.
+    fn forget(&mut self, id: u32) {
         if let Some(position) = self
             .children
             .iter()
             .position(|(child_id, _)| *child_id == id)
         {
             let (_, mut child) = self.children.remove(position);
+            if let Ok(Some(status)) = child.try_wait() {
+                self.crashed.push((id, status));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -273,15 +285,18 @@ impl LocalCluster {
         }
     }
 
-    /// Nodes that have exited on their own (a crash), with their status.
+    /// Nodes that have exited on their own (a crash) during the run, with their status.
     pub fn exited(&mut self) -> Vec<(u32, std::process::ExitStatus)> {
-        self.children
-            .iter_mut()
-            .filter_map(|(id, child)| match child.try_wait() {
-                Ok(Some(status)) => Some((*id, status)),
-                _ => None,
-            })
-            .collect()
+        let mut exited = self.crashed.clone();
+        exited.extend(
+            self.children
+                .iter_mut()
+                .filter_map(|(id, child)| match child.try_wait() {
+                    Ok(Some(status)) => Some((*id, status)),
+                    _ => None,
+                }),
+        );
+        exited
     }
 
     /// Stops every node cleanly.

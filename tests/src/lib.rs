@@ -212,6 +212,13 @@ impl Cluster {
         }
     }
 
+    /// How node `id`'s process ended, if it has (without reaping it for good).
+    pub fn exit_status(&mut self, id: u32) -> Option<ExitStatus> {
+        self.children[id as usize - 1]
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// Whether node `id`'s process is alive.
     pub fn is_running(&mut self, id: u32) -> bool {
         match self.children[id as usize - 1].as_mut() {

@@ -125,6 +125,8 @@ async fn every_acknowledged_transfer_survives_random_kills() {
 
     // The chaos.
     let mut kills = 0u32;
+    // Nodes that died other than by SIGKILL (ours, or an armed crash point's).
+    let mut crashes: Vec<String> = Vec::new();
     let mut last_victim = 1u32;
     let points_to_arm = [
         points::COORDINATOR_AFTER_VOTES,
@@ -141,6 +143,9 @@ async fn every_acknowledged_transfer_survives_random_kills() {
             15..30 => vec![last_victim],
             _ => vec![rng.random_range(1..=3)],
         };
+        for node in 1..=3 {
+            crashes.extend(unexpected_exit(&mut cluster, node));
+        }
         for victim in &victims {
             cluster.kill(*victim);
             kills += 1;
@@ -165,6 +170,7 @@ async fn every_acknowledged_transfer_survives_random_kills() {
         // with the whole cluster running (an armed node still alive dies later, under load).
         for node in 1..=3 {
             if !cluster.is_running(node) {
+                crashes.extend(unexpected_exit(&mut cluster, node));
                 cluster.restart(node);
             }
         }
@@ -175,6 +181,9 @@ async fn every_acknowledged_transfer_survives_random_kills() {
     }
     // Every node up, nothing armed.
     for node in 1..=3 {
+        crashes.extend(unexpected_exit(&mut cluster, node));
+    }
+    for node in 1..=3 {
         cluster.kill(node);
         cluster.start_node(node, &[]);
     }
@@ -182,7 +191,8 @@ async fn every_acknowledged_transfer_survives_random_kills() {
         cluster.wait_up(node);
     }
     let heard = heard.lock().unwrap().clone();
-    let violations = check(&cluster, &client, &accounts, &heard).await;
+    let mut violations = check(&cluster, &client, &accounts, &heard).await;
+    violations.extend(crashes);
     let committed = heard
         .values()
         .filter(|heard| heard.outcome == Some(TransferOutcome::Committed))
@@ -204,6 +214,18 @@ async fn every_acknowledged_transfer_survives_random_kills() {
         violations.join("\n")
     );
     assert!(committed > 0, "seed {seed}: nothing committed");
+}
+
+/// A node that died by anything but SIGKILL (a panic, an error exit) is a violation.
+fn unexpected_exit(cluster: &mut Cluster, node: u32) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let status = cluster.exit_status(node)?;
+    (status.signal() != Some(libc::SIGKILL)).then(|| {
+        format!(
+            "node {node} died on its own ({status}); its log:\n{}",
+            cluster.log(node)
+        )
+    })
 }
 
 /// Everything the cluster must agree with, once settled; returns the violations found.

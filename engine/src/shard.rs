@@ -969,7 +969,14 @@ impl<T: Tables, S: Storage> Engine<T, S> {
                 }
                 continue;
             }
-            match self.tables.transfer(id)? {
+            let recorded = match self.tables.transfer(id) {
+                Ok(recorded) => recorded,
+                Err(error) => {
+                    undo_decisions(&mut participant, &decided_here);
+                    return Err(error.into());
+                }
+            };
+            match recorded {
                 Some(record) => {
                     let existing = match record.outcome {
                         Outcome::Committed => Decision::Commit,
@@ -1011,14 +1018,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             let last = match self.log(records) {
                 Ok(last) => last,
                 Err(error) => {
-                    for id in &decided_here {
-                        let entry = participant.get_mut(id).expect("present");
-                        if entry.transaction.operations.is_empty() {
-                            participant.remove(id);
-                        } else {
-                            entry.decision = None;
-                        }
-                    }
+                    undo_decisions(&mut participant, &decided_here);
                     return Err(error);
                 }
             };
@@ -1209,6 +1209,22 @@ fn apply_records<T: Tables>(
     tables.write(&batch)?;
     records.clear();
     Ok(batch.applied_lsn)
+}
+
+/// Forgets decisions taken in memory whose records were never logged: placeholders go, prepared
+/// transactions are undecided again (still in doubt, locks held).
+fn undo_decisions(
+    participant: &mut HashMap<TransferId, PreparedEntry>,
+    decided_here: &[TransferId],
+) {
+    for id in decided_here {
+        let entry = participant.get_mut(id).expect("present");
+        if entry.transaction.operations.is_empty() {
+            participant.remove(id);
+        } else {
+            entry.decision = None;
+        }
+    }
 }
 
 fn decision_of(outcome: Outcome) -> Decision {

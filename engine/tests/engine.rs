@@ -972,3 +972,20 @@ fn a_decision_from_another_coordinator_never_touches_this_coordinators_transacti
     assert_eq!(engine.balance(1).unwrap(), 70);
     assert!(engine.in_doubt().is_empty());
 }
+
+#[test]
+fn a_read_failure_mid_decision_leaves_earlier_transactions_of_the_batch_in_doubt() {
+    let (_storage, tables, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    engine.deposit(1, 100).unwrap();
+    assert_eq!(prepare_one(&engine, 10, debit(1, 30)), Vote::Yes);
+    // 10 is decided in memory first; 99 needs a table lookup, which fails: nothing is logged,
+    // so 10 must be undecided again rather than look decided and never be applied.
+    tables.fail_transfer_reads(true);
+    assert!(engine.commit(&[10, 99]).is_err());
+    tables.fail_transfer_reads(false);
+    assert_eq!(engine.in_doubt().len(), 1);
+    assert!(engine.commit(&[10]).unwrap()[0].is_ok());
+    assert_eq!(engine.balance(1).unwrap(), 70);
+    assert!(engine.in_doubt().is_empty());
+}

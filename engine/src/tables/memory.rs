@@ -28,6 +28,8 @@ struct Inner {
     flushed: State,
     /// When set, every later write fails (an injected storage failure).
     fail_writes: bool,
+    /// When set, transfer lookups fail (an injected read failure).
+    fail_transfer_reads: bool,
 }
 
 /// See the module documentation. Clones share the same tables.
@@ -49,6 +51,7 @@ impl MemoryTables {
                 written: flushed.clone(),
                 flushed,
                 fail_writes: false,
+                fail_transfer_reads: false,
             })),
         }
     }
@@ -56,6 +59,11 @@ impl MemoryTables {
     /// Makes every later write fail.
     pub fn fail_writes(&self) {
         self.lock().fail_writes = true;
+    }
+
+    /// Makes transfer lookups fail (`true`) or work again (`false`).
+    pub fn fail_transfer_reads(&self, fail: bool) {
+        self.lock().fail_transfer_reads = fail;
     }
 
     /// True when both tables hold the same visible state (for replay-equivalence tests).
@@ -84,7 +92,11 @@ impl Tables for MemoryTables {
     }
 
     fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, TablesError> {
-        Ok(self.lock().written.transfers.get(&id).cloned())
+        let inner = self.lock();
+        if inner.fail_transfer_reads {
+            return Err(TablesError("injected read failure".into()));
+        }
+        Ok(inner.written.transfers.get(&id).cloned())
     }
 
     fn prepared(&self, id: TransferId) -> Result<Option<PreparedTransaction>, TablesError> {

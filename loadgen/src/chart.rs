@@ -147,19 +147,10 @@ fn draw_timeline(svg: &mut Svg, plot: &Plot, rows: &[TimelineRow], faults: &[Fau
             &x_axis.label(tick),
         );
     }
-    svg.axes(plot);
-    svg.text(
-        plot.left + plot.width / 2.0,
-        plot.bottom() + 42.0,
-        FONT_SIZE_LABEL,
-        Anchor::Middle,
-        "normal",
+    axes_with_titles(
+        svg,
+        plot,
         "seconds since the start of the run",
-    );
-    svg.vertical_text(
-        24.0,
-        plot.top + plot.height / 2.0,
-        FONT_SIZE_LABEL,
         "transfers per second",
     );
 
@@ -274,21 +265,7 @@ fn draw_percentiles(
             &decade_label(decade),
         );
     }
-    svg.axes(plot);
-    svg.text(
-        plot.left + plot.width / 2.0,
-        plot.bottom() + 42.0,
-        FONT_SIZE_LABEL,
-        Anchor::Middle,
-        "normal",
-        "percentile",
-    );
-    svg.vertical_text(
-        24.0,
-        plot.top + plot.height / 2.0,
-        FONT_SIZE_LABEL,
-        "latency (ms)",
-    );
+    axes_with_titles(svg, plot, "percentile", "latency (ms)");
 
     let mut legend = Vec::with_capacity(series.len());
     for (index, (name, points)) in series.iter().enumerate() {
@@ -321,6 +298,20 @@ fn decade_label(decade: u32) -> String {
 }
 
 /// A linear axis from 0 to a rounded max, with ticks at a 1, 2 or 5 times a power of ten step.
+/// The plot's axes, the x axis title below them and the y axis title along the left.
+fn axes_with_titles(svg: &mut Svg, plot: &Plot, x_title: &str, y_title: &str) {
+    svg.axes(plot);
+    svg.text(
+        plot.left + plot.width / 2.0,
+        plot.bottom() + 42.0,
+        FONT_SIZE_LABEL,
+        Anchor::Middle,
+        "normal",
+        x_title,
+    );
+    svg.vertical_text(24.0, plot.top + plot.height / 2.0, FONT_SIZE_LABEL, y_title);
+}
+
 /// Horizontal grid lines at `axis`'s ticks across `plot`, labelled on the left.
 fn y_grid(svg: &mut Svg, plot: &Plot, axis: &Scale, y: impl Fn(f64) -> f64) {
     for tick in axis.ticks() {

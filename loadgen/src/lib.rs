@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use client::config::ClusterConfig;
 use client::{ClientError, ClientOptions, TallyClient};
+use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use net::{AccountId, TransferId, TransferOutcome, TransferState};
 use rand::rngs::StdRng;
@@ -664,7 +665,9 @@ impl Worker {
             let batch: Vec<Request> = (0..self.args.client_batch)
                 .map(|_| self.next_request(&mut rng, &mut ring))
                 .collect();
-            let answers = futures_join(batch.into_iter().map(|request| async {
+            // Requests of one client share its connection: awaiting them together pipelines
+            // them.
+            let answers = join_all(batch.into_iter().map(|request| async {
                 let answer = self.send(request).await;
                 (answer, Instant::now())
             }))
@@ -865,41 +868,6 @@ fn sample(sample: &mut Vec<TransferId>, id: TransferId, seen: u64) {
         let slot = (seen / 17) as usize % STATUS_SAMPLE_PER_CLIENT;
         sample[slot] = id;
     }
-}
-
-/// Awaits every future, concurrently, in order.
-async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let futures: Vec<_> = futures.map(Box::pin).collect();
-    let mut outputs = Vec::with_capacity(futures.len());
-    // Requests of one client share its connection: polling them in turn pipelines them.
-    let mut pending: Vec<_> = futures.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|context| {
-        let mut done = true;
-        for (slot, future) in pending.iter_mut().enumerate() {
-            if let Some(inner) = future {
-                match inner.as_mut().poll(context) {
-                    std::task::Poll::Ready(output) => {
-                        results[slot] = Some(output);
-                        *future = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.extend(
-        results
-            .into_iter()
-            .map(|output| output.expect("every future finished")),
-    );
-    outputs
 }
 
 /// Applies each fault at its time and reverts it after its duration; records both.

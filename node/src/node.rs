@@ -57,6 +57,13 @@ enum SnapshotHold {
     Gate,
 }
 
+/// Which way money moves across the system's edge.
+#[derive(Clone, Copy)]
+enum Direction {
+    In,
+    Out,
+}
+
 /// A snapshot's hold and the task that ends it when its lease runs out.
 struct Held {
     hold: SnapshotHold,
@@ -149,10 +156,14 @@ impl Node {
         }))
     }
 
-    /// `Some(redirect)` when `account` belongs to another node.
-    fn not_mine(&self, account: AccountId) -> Option<ErrorResponse> {
+    /// A `WrongNode` redirect when `account` belongs to another node.
+    fn owned(&self, account: AccountId) -> Result<(), ErrorResponse> {
         let owner = self.config.owner_of(account);
-        (owner != self.id).then(|| ErrorResponse::wrong_node(owner))
+        if owner == self.id {
+            Ok(())
+        } else {
+            Err(ErrorResponse::wrong_node(owner))
+        }
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -218,9 +229,7 @@ impl Node {
     }
 
     async fn create_account(&self, request: CreateAccount) -> Result<Message, ErrorResponse> {
-        if let Some(redirect) = self.not_mine(request.account) {
-            return Err(redirect);
-        }
+        self.owned(request.account)?;
         let engine = self.engine.clone();
         let account = blocking(move || {
             engine.create_account(
@@ -241,16 +250,9 @@ impl Node {
     }
 
     async fn deposit(&self, request: Deposit) -> Result<Message, ErrorResponse> {
-        if let Some(redirect) = self.not_mine(request.account) {
-            return Err(redirect);
-        }
-        let engine = self.engine.clone();
-        let (balance_after, lsn) = blocking(move || {
-            let balance = engine.deposit(request.account, request.amount)?;
-            Ok::<_, EngineError>((balance, engine.wal().durable_lsn()))
-        })
-        .await
-        .map_err(engine_error)?;
+        let (balance_after, lsn) = self
+            .move_money(request.account, request.amount, Direction::In)
+            .await?;
         Ok(Deposited {
             id: request.id,
             balance_after,
@@ -260,16 +262,9 @@ impl Node {
     }
 
     async fn withdraw(&self, request: Withdraw) -> Result<Message, ErrorResponse> {
-        if let Some(redirect) = self.not_mine(request.account) {
-            return Err(redirect);
-        }
-        let engine = self.engine.clone();
-        let (balance_after, lsn) = blocking(move || {
-            let balance = engine.withdraw(request.account, request.amount)?;
-            Ok::<_, EngineError>((balance, engine.wal().durable_lsn()))
-        })
-        .await
-        .map_err(engine_error)?;
+        let (balance_after, lsn) = self
+            .move_money(request.account, request.amount, Direction::Out)
+            .await?;
         Ok(Withdrawn {
             id: request.id,
             balance_after,
@@ -278,10 +273,29 @@ impl Node {
         .into())
     }
 
+    /// A deposit or a withdrawal: the balance after it, and the durable LSN once it is applied
+    /// (at or past its record).
+    async fn move_money(
+        &self,
+        account: AccountId,
+        amount: u64,
+        direction: Direction,
+    ) -> Result<(u64, u64), ErrorResponse> {
+        self.owned(account)?;
+        let engine = self.engine.clone();
+        blocking(move || {
+            let balance = match direction {
+                Direction::In => engine.deposit(account, amount)?,
+                Direction::Out => engine.withdraw(account, amount)?,
+            };
+            Ok::<_, EngineError>((balance, engine.wal().durable_lsn()))
+        })
+        .await
+        .map_err(engine_error)
+    }
+
     async fn balance(&self, account: AccountId) -> Result<Message, ErrorResponse> {
-        if let Some(redirect) = self.not_mine(account) {
-            return Err(redirect);
-        }
+        self.owned(account)?;
         // Under a shared lock: a transfer whose outcome a client has heard may still be applying
         // here (a credit waits for its COMMIT); the read waits for it rather than miss it.
         let engine = self.engine.clone();
@@ -296,9 +310,7 @@ impl Node {
     }
 
     async fn history(&self, request: GetHistory) -> Result<Message, ErrorResponse> {
-        if let Some(redirect) = self.not_mine(request.account) {
-            return Err(redirect);
-        }
+        self.owned(request.account)?;
         let limit = request.limit.clamp(1, net::HISTORY_PAGE_ENTRIES_MAX);
         let cursor = (request.cursor != 0).then_some(request.cursor);
         let engine = self.engine.clone();
@@ -425,9 +437,7 @@ impl Node {
     /// One node's part of a snapshot (see `SnapshotLock` in docs/protocol.md).
     async fn snapshot_lock(&self, request: SnapshotLock) -> Result<Message, ErrorResponse> {
         for account in &request.accounts {
-            if let Some(redirect) = self.not_mine(*account) {
-                return Err(redirect);
-            }
+            self.owned(*account)?;
         }
         let lease = Duration::from_millis(u64::from(request.lease_ms)).min(SNAPSHOT_LEASE);
         let id = request.snapshot_id;

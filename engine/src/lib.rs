@@ -3,6 +3,7 @@
 //! two-phase locking and takes part in two-phase commit. The engine never touches a socket.
 
 mod apply;
+pub mod coordinator;
 pub mod lock;
 pub mod model;
 pub mod record;

@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::apply::{ApplyError, plan_batch, transfer_record};
+use crate::coordinator::Known;
 use crate::lock::{
     LOCK_REQUEST_ACCOUNTS_MAX, LOCK_STRIPE_COUNT_DEFAULT, LockError, LockManager, LockMode,
     LockPolicy,
@@ -145,6 +146,10 @@ pub struct ShardAudit {
     pub balance_sum: u128,
     pub totals: Totals,
     pub in_doubt: u64,
+    /// Balances that can only be a negative number wrapped around: more than all the money that
+    /// ever entered the shard (deposits and 2PC credits). Balances are unsigned and every debit
+    /// is validated under its lock, so this is 0 unless an arithmetic or apply bug wrapped one.
+    pub negative_balance_count: u64,
 }
 
 impl ShardAudit {
@@ -1056,13 +1061,18 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// A consistent cut of this shard: taken while no batch is being applied.
     pub fn audit(&self) -> Result<ShardAudit, EngineError> {
         let applied = lock(&self.applied);
+        let totals = self.tables.totals()?;
+        let entered = totals.deposited + totals.credited_by_transactions;
         let mut accounts = 0u64;
         let mut balance_sum = 0u128;
+        let mut negative_balance_count = 0u64;
         self.tables.scan_accounts(&mut |account| {
             accounts += 1;
             balance_sum += u128::from(account.balance);
+            if u128::from(account.balance) > entered {
+                negative_balance_count += 1;
+            }
         })?;
-        let totals = self.tables.totals()?;
         // From the tables, so that the count belongs to the same cut as the balances.
         let in_doubt = self.tables.all_prepared()?.len() as u64;
         Ok(ShardAudit {
@@ -1071,6 +1081,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             balance_sum,
             totals,
             in_doubt,
+            negative_balance_count,
         })
     }
 
@@ -1102,6 +1113,20 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// Coordinator: the logged decision on `id`, ended or not.
     pub fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, EngineError> {
         Ok(self.tables.decision(id)?)
+    }
+
+    /// Coordinator: what the tables know of transfer `id` before it runs (the answer to the
+    /// core's `Effect::LookUp`): a logged decision, or a one-phase record. A PREPARE of an
+    /// earlier attempt whose decision was never logged counts as nothing: running the transfer
+    /// again re-uses it.
+    pub fn look_up(&self, id: TransferId) -> Result<Known, EngineError> {
+        if let Some(decision) = self.decision(id)? {
+            return Ok(Known::Decided(decision));
+        }
+        Ok(match self.transfer_status(id)? {
+            TransferStatus::Decided(record) => Known::Recorded(record),
+            TransferStatus::Prepared(_) | TransferStatus::Unknown => Known::Nothing,
+        })
     }
 
     /// Coordinator: decisions some participant has not acknowledged yet (to resend).

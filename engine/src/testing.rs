@@ -16,3 +16,22 @@ pub fn test_seed(test: &str) -> u64 {
     println!("{test}: seed {seed} (replay with TALLY_SEED={seed})");
     seed
 }
+
+/// Engine options for a single-threaded driver (the simulator, the power-loss test): local
+/// operations never wait for a lock, since nothing else would release it and a wait would read
+/// the real clock.
+pub fn single_threaded_engine_options() -> crate::EngineOptions {
+    crate::EngineOptions {
+        lock_wait: std::time::Duration::ZERO,
+        ..crate::EngineOptions::default()
+    }
+}
+
+/// WAL options with small segments, so that groups cross segment boundaries, checkpoints delete
+/// segments and recovery meets rotations often.
+pub fn small_segment_wal_options(segment_size_bytes: u64) -> crate::wal::WalOptions {
+    crate::wal::WalOptions {
+        segment_size_bytes,
+        ..crate::wal::WalOptions::default()
+    }
+}

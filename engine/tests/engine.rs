@@ -989,3 +989,30 @@ fn a_read_failure_mid_decision_leaves_earlier_transactions_of_the_batch_in_doubt
     assert_eq!(engine.balance(1).unwrap(), 70);
     assert!(engine.in_doubt().is_empty());
 }
+
+/// The audit's negative-balance count is not a constant: a balance wrapped below zero (here
+/// written straight into the tables, as an apply bug would) is counted, and the books no longer
+/// balance.
+#[test]
+fn the_audit_counts_a_wrapped_balance_as_negative() {
+    let (_storage, tables, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    engine.create_account(2, None, 0, 0).unwrap();
+    engine.deposit(1, 100).unwrap();
+    let audit = engine.audit().unwrap();
+    assert_eq!(audit.negative_balance_count, 0);
+    assert!(audit.is_balanced());
+
+    let mut wrapped = engine.account(2).unwrap();
+    wrapped.balance = 0u64.wrapping_sub(30);
+    let batch = engine::tables::TableBatch {
+        applied_lsn: tables.applied_lsn().unwrap(),
+        accounts: vec![wrapped],
+        totals: tables.totals().unwrap(),
+        ..Default::default()
+    };
+    tables.write(&batch).unwrap();
+    let audit = engine.audit().unwrap();
+    assert_eq!(audit.negative_balance_count, 1, "{audit:?}");
+    assert!(!audit.is_balanced());
+}

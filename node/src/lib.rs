@@ -6,6 +6,7 @@ pub mod cli;
 pub use loadgen::local as cluster;
 mod convert;
 mod coordinator;
+mod engine_calls;
 pub mod failpoint;
 mod node;
 mod peers;

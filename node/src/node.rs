@@ -6,10 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use engine::coordinator::{Refusal, Transfer, TransferRequest};
 use engine::model::{AccountId, HistoryKind, NodeId, Outcome, TransferId};
-use engine::tables::RocksTables;
-use engine::wal::FileStorage;
-use engine::{Engine, EngineError, PrepareRequest, ReadLocks, ShardAudit, TransferStatus, Vote};
+use engine::{EngineError, PrepareRequest, ReadLocks, ShardAudit, TransferStatus, Vote};
 use net::{
     AccountCreated, Acks, Audit, AuditReport, Balance, Balances, ClusterStatus, CreateAccount,
     DecisionBatch, DecisionInquiry, Deposit, Deposited, ErrorCode, ErrorResponse, GetBalance,
@@ -19,12 +18,13 @@ use net::{
 };
 
 use crate::convert::{op_from_wire, outcome_from_wire, outcome_to_wire, reason_to_wire};
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Driver, Unavailable};
+use crate::engine_calls::{
+    NodeEngine, apply_decisions, blocking, engine_error, engine_error_of, lock,
+};
 use crate::failpoint::{self, points};
 use crate::peers::{PeerError, Peers};
 use client::config::ClusterConfig;
-
-pub(crate) type NodeEngine = Engine<RocksTables, FileStorage>;
 
 /// How long a multi-account read waits for the shared locks of one node's accounts.
 const READ_LOCK_WAIT: Duration = Duration::from_millis(50);
@@ -42,7 +42,7 @@ pub(crate) struct Node {
     pub id: NodeId,
     pub config: ClusterConfig,
     pub engine: Arc<NodeEngine>,
-    pub peers: Peers,
+    pub peers: Arc<Peers>,
     pub started: Instant,
     pub coordinator: Coordinator,
     /// Shared with the lease tasks that drop a snapshot whose release never came.
@@ -70,58 +70,14 @@ struct Held {
     lease: Option<tokio::task::AbortHandle>,
 }
 
-/// Runs blocking engine work off the async threads.
-pub(crate) async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> R {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
+fn unavailable(error: Unavailable) -> ErrorResponse {
+    match error {
+        Unavailable::Overloaded => ErrorResponse::new(
+            ErrorCode::Overloaded,
+            "the coordinator's request queue is full",
+        ),
+        Unavailable::Stopped => ErrorResponse::new(ErrorCode::ShuttingDown, "the node is stopping"),
     }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The wire error for an engine failure.
-pub(crate) fn engine_error(error: EngineError) -> ErrorResponse {
-    if let EngineError::Failed(failure) = &error {
-        // Sticky until restart: every write from now on is refused, reads are still answered.
-        return ErrorResponse::new(
-            ErrorCode::Internal,
-            format!(
-                "node stopped accepting writes after a storage failure (reads still work; restart \
-                 it once the disk is fixed): {failure}"
-            ),
-        );
-    }
-    let code = match &error {
-        EngineError::UnknownAccount(_) => ErrorCode::UnknownAccount,
-        EngineError::AccountExists(_) | EngineError::DuplicateWithDifferentContent(_) => {
-            ErrorCode::DuplicateWithDifferentContent
-        }
-        EngineError::ZeroAmount
-        | EngineError::SameAccount(_)
-        | EngineError::OwnerNameTooLong
-        | EngineError::InvalidPageSize => ErrorCode::InvalidArgument,
-        EngineError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
-        EngineError::Overflow(_) => ErrorCode::Overflow,
-        EngineError::LockConflict { .. } => ErrorCode::LockConflict,
-        // Another request with this id is running: retrying later returns its outcome.
-        EngineError::InProgress(_) => ErrorCode::Overloaded,
-        EngineError::UnknownTransaction(_)
-        | EngineError::AlreadyAborted(_)
-        | EngineError::Wal(_)
-        | EngineError::Tables(_)
-        | EngineError::Record { .. }
-        | EngineError::Inconsistent(_)
-        | EngineError::Failed(_) => {
-            tracing::error!(%error, "request failed");
-            ErrorCode::Internal
-        }
-    };
-    ErrorResponse::new(code, error.to_string())
 }
 
 fn peer_error(error: &PeerError) -> ErrorResponse {
@@ -138,22 +94,25 @@ fn now_unix_ms() -> u64 {
 }
 
 impl Node {
+    /// The node and its coordinator's driver, to run beside it.
     pub fn new(
         id: NodeId,
         config: ClusterConfig,
         engine: Arc<NodeEngine>,
         peer_timeout: Duration,
-    ) -> Result<Arc<Node>, EngineError> {
-        let coordinator = Coordinator::new(&engine)?;
-        Ok(Arc::new(Node {
+    ) -> Result<(Arc<Node>, Driver), EngineError> {
+        let peers = Arc::new(Peers::new(config.clone(), peer_timeout));
+        let (coordinator, driver) = Coordinator::new(id, engine.clone(), peers.clone())?;
+        let node = Arc::new(Node {
             id,
-            peers: Peers::new(config.clone(), peer_timeout),
+            peers,
             config,
             engine,
             started: Instant::now(),
             coordinator,
             snapshots: Arc::new(Mutex::new(HashMap::new())),
-        }))
+        });
+        Ok((node, driver))
     }
 
     /// A `WrongNode` redirect when `account` belongs to another node.
@@ -189,7 +148,7 @@ impl Node {
             Message::GetBalance(GetBalance { account }) => self.balance(account).await,
             Message::GetBalances(GetBalances { accounts }) => self.balances(accounts).await,
             Message::GetHistory(request) => self.history(request).await,
-            Message::Transfer(request) => self.coordinator.transfer(&self, request).await,
+            Message::Transfer(request) => self.transfer(request).await,
             Message::GetTransferStatus(GetTransferStatus { id }) => self.transfer_status(id).await,
             Message::Audit(Audit {}) => self.audit().await,
             Message::GetClusterStatus(_) => Ok(ClusterStatus {
@@ -201,9 +160,21 @@ impl Node {
             Message::DecisionInquiry(DecisionInquiry { participant, txids }) => {
                 tracing::info!(participant, count = txids.len(), "decision inquiry");
                 self.coordinator
-                    .answer_inquiry(&self, txids)
+                    .inquiry(txids)
                     .await
-                    .map(|decisions| InquiryAnswer { decisions }.into())
+                    .map_err(unavailable)
+                    .map(|decisions| {
+                        InquiryAnswer {
+                            decisions: decisions
+                                .into_iter()
+                                .map(|(txid, outcome)| net::DecisionEntry {
+                                    txid,
+                                    outcome: outcome_to_wire(outcome),
+                                })
+                                .collect(),
+                        }
+                        .into()
+                    })
             }
             Message::Heartbeat(Heartbeat { .. }) => {
                 let status = self.status();
@@ -226,6 +197,59 @@ impl Node {
             )),
         };
         answer.unwrap_or_else(Message::ErrorResponse)
+    }
+
+    /// A transfer: validated and routed here, run by the coordinator.
+    async fn transfer(&self, request: net::Transfer) -> Result<Message, ErrorResponse> {
+        let net::Transfer {
+            id,
+            debit,
+            credit,
+            amount,
+        } = request;
+        if amount == 0 {
+            return Err(ErrorResponse::new(
+                ErrorCode::InvalidArgument,
+                "amount must be positive",
+            ));
+        }
+        if debit == credit {
+            return Err(ErrorResponse::new(
+                ErrorCode::InvalidArgument,
+                format!("a transfer cannot debit and credit the same account ({debit})"),
+            ));
+        }
+        self.owned(debit)?;
+        let request = TransferRequest {
+            id,
+            transfer: Transfer {
+                debit,
+                credit,
+                amount,
+            },
+            credit_node: self.config.owner_of(credit),
+        };
+        let answer = self
+            .coordinator
+            .transfer(request)
+            .await
+            .map_err(unavailable)?;
+        match answer {
+            Ok(outcome) => Ok(outcome_message(id, outcome)),
+            Err(Refusal::DuplicateWithDifferentContent) => Err(ErrorResponse::new(
+                ErrorCode::DuplicateWithDifferentContent,
+                format!("transfer {id} exists with different accounts or amount"),
+            )),
+            Err(Refusal::Overloaded) => Err(ErrorResponse::new(
+                ErrorCode::Overloaded,
+                "too many transfers in flight at this coordinator",
+            )),
+            Err(Refusal::ParticipantBacklog(node)) => Err(ErrorResponse::new(
+                ErrorCode::ParticipantUnavailable,
+                format!("node {node} has not acknowledged many decisions (it is likely down)"),
+            )),
+            Err(Refusal::Engine(error)) => Err(engine_error_of(&error)),
+        }
     }
 
     async fn create_account(&self, request: CreateAccount) -> Result<Message, ErrorResponse> {
@@ -345,7 +369,12 @@ impl Node {
     /// What this node knows of a transfer: its coordinator decision first (exact, and the only
     /// record of an abort decided before any participant prepared), then its participant state.
     async fn transfer_status(self: &Arc<Self>, id: TransferId) -> Result<Message, ErrorResponse> {
-        if self.coordinator.is_in_flight(id) {
+        if self
+            .coordinator
+            .is_in_flight(id)
+            .await
+            .map_err(unavailable)?
+        {
             return Ok(net::TransferStatus {
                 id,
                 state: TransferState::InProgress,
@@ -677,9 +706,7 @@ fn node_audit(node: NodeId, audit: &ShardAudit) -> NodeAudit {
         deposits_sum: audit.totals.deposited,
         withdrawals_sum: audit.totals.withdrawn,
         account_count: audit.accounts,
-        // Balances are unsigned and every debit is validated under its lock: a negative
-        // balance cannot be represented, let alone stored.
-        negative_balance_count: 0,
+        negative_balance_count: audit.negative_balance_count,
         in_doubt_count: audit.in_doubt,
     }
 }
@@ -693,24 +720,6 @@ fn release_hold(engine: &NodeEngine, hold: SnapshotHold) {
 
 /// Applies `coordinator`'s decisions at this participant; returns the ids now applied (to
 /// acknowledge).
-pub(crate) fn apply_decisions(
-    engine: &NodeEngine,
-    coordinator: NodeId,
-    decisions: &[(TransferId, Outcome)],
-) -> Result<Vec<TransferId>, EngineError> {
-    let results = engine.decide_from(coordinator, decisions)?;
-    let mut applied = Vec::with_capacity(decisions.len());
-    for ((id, _), result) in decisions.iter().zip(results) {
-        match result {
-            Ok(()) => applied.push(*id),
-            Err(error) => {
-                tracing::error!(transaction = %id, coordinator, %error, "decision not applied")
-            }
-        }
-    }
-    Ok(applied)
-}
-
 /// The `net::Handler` of a node.
 #[derive(Clone)]
 pub(crate) struct NodeHandler(pub Arc<Node>);

@@ -62,6 +62,11 @@ impl Peers {
         }
     }
 
+    /// The bound on one call, connecting included.
+    pub fn timeout(&self) -> Duration {
+        self.client_config.request_timeout
+    }
+
     fn cached(&self, node: NodeId) -> Option<Client> {
         lock(&self.connections).get(&node).cloned()
     }

@@ -17,9 +17,10 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::coordinator::{Coordinator, resolve_in_doubt_loop};
+use crate::coordinator::resolve_in_doubt_loop;
+use crate::engine_calls::blocking;
 use crate::failpoint;
-use crate::node::{Node, NodeHandler, blocking};
+use crate::node::{Node, NodeHandler};
 use client::config::ClusterConfig;
 
 /// A peer that does not answer within this long counts as unavailable: the transfers waiting on
@@ -105,11 +106,11 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         tracing::info!(transaction = %transaction.id, coordinator = transaction.coordinator, "in doubt after restart");
     }
     let engine = Arc::new(engine);
-    let node = Node::new(me.id, config, engine.clone(), PEER_TIMEOUT)
+    let (node, driver) = Node::new(me.id, config, engine.clone(), PEER_TIMEOUT)
         .context("cannot load the coordinator's decisions")?;
-    if node.coordinator.unended_count() > 0 {
+    if driver.unended_count() > 0 {
         tracing::info!(
-            count = node.coordinator.unended_count(),
+            count = driver.unended_count(),
             "decisions to resend after restart"
         );
     }
@@ -138,10 +139,12 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", me.address))?;
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(Coordinator::run(node.clone()));
-        tasks.spawn(Coordinator::resend_loop(node.clone()));
+        tasks.spawn(driver.run());
         tasks.spawn(resolve_in_doubt_loop(
-            node.clone(),
+            node.id,
+            node.engine.clone(),
+            node.peers.clone(),
+            node.coordinator.clone(),
             recovered,
             IN_DOUBT_GRACE,
         ));

@@ -35,20 +35,23 @@
 //! replays a failing run exactly: the driver is single-threaded, local operations never wait for
 //! locks, and a fault is armed only for the one engine call it is meant to cut.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use engine::coordinator::{
+    Answer, ClientToken, Coordinator, CoordinatorLimits, Effect, InquiryToken, Refusal, Time,
+    Transfer, TransferRequest, VoteFailure,
+};
 use engine::model::{
     AbortReason, AccountId, Amount, CoordinatorDecision, NodeId, Operation, OperationKind, Outcome,
     TransferId,
 };
 use engine::tables::MemoryTables;
-use engine::testing::test_seed;
+use engine::testing::{single_threaded_engine_options, small_segment_wal_options, test_seed};
 use engine::wal::{CrashMode, MemoryStorage, Wal, WalOptions};
-use engine::{
-    Engine, EngineError, EngineOptions, PrepareRequest, ShardAudit, TransferStatus, Vote,
-};
+use engine::{Engine, EngineError, PrepareRequest, ShardAudit, TransferStatus, Vote};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -86,18 +89,7 @@ fn accounts_of(shard: usize) -> Vec<AccountId> {
 fn wal_options() -> WalOptions {
     // The smallest segments: groups cross segment boundaries and checkpoints delete segments
     // often, so crashes also land around rotation and truncation.
-    WalOptions {
-        segment_size_bytes: 4096,
-        ..WalOptions::default()
-    }
-}
-
-fn engine_options() -> EngineOptions {
-    // Never wait for a lock: a single-threaded driver must not depend on a clock.
-    EngineOptions {
-        lock_wait: Duration::ZERO,
-        ..EngineOptions::default()
-    }
+    small_segment_wal_options(4096)
 }
 
 /// How power loss strikes the shard running one engine call. The call's answer is lost in
@@ -141,6 +133,14 @@ impl TransferEntry {
 
     fn coordinator(&self) -> usize {
         shard_of(self.debit)
+    }
+
+    fn transfer(&self) -> Transfer {
+        Transfer {
+            debit: self.debit,
+            credit: self.credit,
+            amount: self.amount,
+        }
     }
 }
 
@@ -475,6 +475,8 @@ struct Shard {
     storage: MemoryStorage,
     tables: MemoryTables,
     engine: Option<ShardEngine>,
+    /// The shard's coordinator core while powered.
+    core: Option<Coordinator>,
 }
 
 type Checked<T> = Result<T, String>;
@@ -493,6 +495,13 @@ struct Cluster {
     /// Crashes the current operation or recovery may still suffer.
     crash_budget: u32,
     trace: VecDeque<String>,
+    /// The cores' clock: one second per operation and per recovery round, so that every
+    /// unacknowledged decision is due for a resend at the next one.
+    clock: Time,
+    next_token: u64,
+    /// Answers the cores released: to clients, and to inquiries.
+    answers: BTreeMap<ClientToken, Answer>,
+    inquiry_answers: BTreeMap<InquiryToken, Vec<(TransferId, Outcome)>>,
 }
 
 impl Cluster {
@@ -506,12 +515,17 @@ impl Cluster {
             crash_probability,
             crash_budget: 0,
             trace: VecDeque::new(),
+            clock: Time::ZERO,
+            next_token: 0,
+            answers: BTreeMap::new(),
+            inquiry_answers: BTreeMap::new(),
         };
         for shard in 0..SHARDS {
             cluster.shards.push(Shard {
                 storage: MemoryStorage::new(),
                 tables: MemoryTables::new(),
                 engine: None,
+                core: None,
             });
             cluster.power_on(shard)?;
         }
@@ -557,9 +571,21 @@ impl Cluster {
                 format!("shard {shard}: WAL does not open after the crash: {error}")
             })?;
         let (engine, report) =
-            Engine::open(wal, node.tables.clone(), engine_options()).map_err(|error| {
-                format!("shard {shard}: engine does not open after the crash: {error}")
-            })?;
+            Engine::open(wal, node.tables.clone(), single_threaded_engine_options()).map_err(
+                |error| format!("shard {shard}: engine does not open after the crash: {error}"),
+            )?;
+        let unended = ok(engine.unended_decisions(), "unended decisions")?;
+        self.stats.decisions_resent += unended.len() as u64;
+        let limits = CoordinatorLimits {
+            batch_transfers_max: BATCH_TRANSFERS_MAX,
+            ..CoordinatorLimits::default()
+        };
+        self.shards[shard].core = Some(Coordinator::new(
+            shard as NodeId,
+            limits,
+            unended,
+            self.clock,
+        ));
         self.shards[shard].engine = Some(engine);
         if wal_report.torn_bytes_dropped > 0 {
             self.stats.torn_tails_dropped += 1;
@@ -595,6 +621,7 @@ impl Cluster {
         let storage = node.storage.crash(mode);
         let tables = node.tables.crash();
         node.engine = None;
+        node.core = None;
         node.storage = storage;
         node.tables = tables;
         self.stats.shard_power_losses += 1;
@@ -682,6 +709,7 @@ impl Cluster {
 
     fn random_operation(&mut self) -> Checked<()> {
         self.crash_budget = CRASHES_PER_OPERATION_MAX;
+        self.clock = self.clock + Duration::from_secs(1);
         match self.random.random_range(0..100) {
             0..35 => self.local_transfer(),
             35..80 => self.random_cross_shard_batch(),
@@ -744,19 +772,18 @@ impl Cluster {
             entry.credit,
             entry.amount
         ));
-        // The coordinator looks for a logged 2PC decision on the id first (a reused id).
-        if let Some(decision) = ok(self.engine(shard).decision(id), "decision")? {
-            return Err(format!(
-                "local transfer {id}: the shard has a 2PC decision for it: {decision:?}"
-            ));
+        let answer = self
+            .run_transfers(shard, &[(id, entry.transfer())])?
+            .remove(&id);
+        match answer {
+            Some(Ok(outcome)) => self.hear(id, outcome),
+            Some(Err(Refusal::DuplicateWithDifferentContent)) => Err(format!(
+                "local transfer {id}: a retry with the same content is refused as a duplicate"
+            )),
+            Some(Err(refusal)) => Err(format!("local transfer {id}: refused: {refusal:?}")),
+            // The shard lost power: the client heard nothing.
+            None => Ok(()),
         }
-        let result = self.call(shard, "local transfer", |engine| {
-            engine.local_transfer(id, entry.debit, entry.credit, entry.amount)
-        });
-        if let Some(result) = result {
-            self.hear(id, ok(result, "local transfer")?)?;
-        }
-        Ok(())
     }
 
     /// An earlier transfer of the given kind to resend, sometimes.
@@ -802,224 +829,229 @@ impl Cluster {
         self.cross_shard_batch(coordinator, &batch)
     }
 
-    /// What the coordinator knows of an id before running it (`known_outcome` in the node): a
-    /// logged decision, or an engine record of it.
-    fn known_outcome(&self, coordinator: usize, id: TransferId) -> Checked<Option<Outcome>> {
-        let entry = &self.ledger.transfers[&id];
-        let engine = self.engine(coordinator);
-        if let Some(decision) = ok(engine.decision(id), "decision")? {
-            let presumed = decision.amount == 0;
-            if !presumed
-                && (decision.debit, decision.credit, decision.amount)
-                    != (entry.debit, entry.credit, entry.amount)
-            {
-                return Err(format!(
-                    "transfer {id}: the coordinator's decision has other content: {decision:?}"
-                ));
-            }
-            return Ok(Some(decision.outcome));
+    /// Sends transfers (all debiting accounts of `coordinator`) to its core and carries out
+    /// whatever it releases until it is idle; returns the answers the clients got (none for a
+    /// transfer whose coordinator lost power first).
+    fn run_transfers(
+        &mut self,
+        coordinator: usize,
+        transfers: &[(TransferId, Transfer)],
+    ) -> Checked<BTreeMap<TransferId, Answer>> {
+        let mut tokens = Vec::new();
+        for &(id, transfer) in transfers {
+            let request = TransferRequest {
+                id,
+                transfer,
+                credit_node: shard_of(transfer.credit) as NodeId,
+            };
+            self.next_token += 1;
+            let token = ClientToken(self.next_token);
+            tokens.push((id, token));
+            let Some(core) = self.shards[coordinator].core.as_mut() else {
+                return Ok(BTreeMap::new());
+            };
+            core.transfer(token, request);
         }
-        Ok(match ok(engine.transfer_status(id), "transfer status")? {
-            TransferStatus::Decided(record) => Some(record.outcome),
-            TransferStatus::Prepared(_) | TransferStatus::Unknown => None,
-        })
+        self.drive(coordinator, false)?;
+        Ok(tokens
+            .into_iter()
+            .filter_map(|(id, token)| self.answers.remove(&token).map(|answer| (id, answer)))
+            .collect())
     }
 
-    /// A batch of cross-shard transfers, all debiting accounts of `coordinator`: dedupe,
-    /// prepare at every credit shard and locally, log every decision with the coordinator's own
-    /// part, answer the clients, deliver phase two, end what was acknowledged. Every engine call
-    /// may be cut by power loss; a participant that loses power counts as a missing vote, the
-    /// coordinator losing power abandons the batch (its clients hear nothing).
+    /// A batch of cross-shard transfers, all debiting accounts of `coordinator`, through the
+    /// real coordinator core: dedupe, prepare at every credit shard and locally, log every
+    /// decision with the coordinator's own part, answer the clients, deliver phase two, end what
+    /// was acknowledged. Every engine call may be cut by power loss; a participant that loses
+    /// power counts as a missing vote, the coordinator losing power abandons the batch (its
+    /// clients hear nothing).
     fn cross_shard_batch(&mut self, coordinator: usize, batch: &[TransferId]) -> Checked<()> {
-        let me = coordinator as NodeId;
         self.note(format!(
             "cross-shard batch at shard {coordinator}: {batch:?}"
         ));
-        // 1. Dedupe: a retry of a decided id is answered from the decision.
-        let mut queued = Vec::new();
-        for &id in batch {
-            match self.known_outcome(coordinator, id)? {
-                Some(outcome) => self.hear(id, outcome)?,
-                None => queued.push((id, self.ledger.transfers[&id].clone())),
-            }
-        }
-        if queued.is_empty() {
-            return Ok(());
-        }
-
-        // 2. Phase one: one PREPARE batch per credit shard, then the debits here.
-        let mut by_participant: BTreeMap<usize, Vec<PrepareRequest>> = BTreeMap::new();
-        for (id, entry) in &queued {
-            by_participant
-                .entry(shard_of(entry.credit))
-                .or_default()
-                .push(PrepareRequest {
-                    id: *id,
-                    coordinator: me,
-                    operations: vec![Operation {
-                        account: entry.credit,
-                        kind: OperationKind::Credit,
-                        amount: entry.amount,
-                        counterparty: entry.debit,
-                    }],
-                });
-        }
-        // `None`: no answer (the participant may hold a PREPARE).
-        let mut remote_votes: BTreeMap<TransferId, Option<Vote>> = BTreeMap::new();
-        for (participant, requests) in by_participant {
-            let answer = self.call(participant, "participant: prepare", |engine| {
-                engine.prepare(&requests)
-            });
-            let votes = match answer {
-                Some(result) => ok(result, "participant prepare")?
-                    .into_iter()
-                    .map(Some)
-                    .collect(),
-                None => vec![None; requests.len()],
-            };
-            for (request, vote) in requests.iter().zip(votes) {
-                remote_votes.insert(request.id, vote);
-            }
-        }
-        let local: Vec<PrepareRequest> = queued
+        let transfers: Vec<(TransferId, Transfer)> = batch
             .iter()
-            .map(|(id, entry)| PrepareRequest {
-                id: *id,
-                coordinator: me,
-                operations: vec![Operation {
-                    account: entry.debit,
-                    kind: OperationKind::Debit,
-                    amount: entry.amount,
-                    counterparty: entry.credit,
-                }],
-            })
+            .map(|id| (*id, self.ledger.transfers[id].transfer()))
             .collect();
-        let Some(local_votes) = self.call(coordinator, "coordinator: prepare", |engine| {
-            engine.prepare(&local)
-        }) else {
-            self.note("  batch abandoned: the coordinator is down".into());
-            return Ok(());
-        };
-        let local_votes = ok(local_votes, "coordinator prepare")?;
-
-        // 3. Decide: commit iff both voted yes; aborts name who may hold a PREPARE.
-        let mut decisions = Vec::new();
-        let mut local_part = Vec::new();
-        for ((id, entry), local_vote) in queued.iter().zip(local_votes) {
-            let remote_vote = remote_votes[id];
-            let participant = shard_of(entry.credit) as NodeId;
-            let refusal = match (local_vote, remote_vote) {
-                (Vote::No(reason), _) | (Vote::Yes, Some(Vote::No(reason))) => Some(reason),
-                (Vote::Yes, None) => Some(AbortReason::ParticipantUnavailable),
-                (Vote::Yes, Some(Vote::Yes)) => None,
-            };
-            let (outcome, participants) = match refusal {
-                None => (Outcome::Committed, vec![me, participant]),
-                Some(reason) => {
-                    let mut participants = Vec::new();
-                    if local_vote == Vote::Yes {
-                        participants.push(me);
-                    }
-                    if !matches!(remote_vote, Some(Vote::No(_))) {
-                        participants.push(participant);
-                    }
-                    (Outcome::Aborted(reason), participants)
+        for (id, answer) in self.run_transfers(coordinator, &transfers)? {
+            match answer {
+                Ok(outcome) => self.hear(id, outcome)?,
+                Err(Refusal::DuplicateWithDifferentContent) => {
+                    return Err(format!(
+                        "transfer {id}: a retry with the same content is refused as a duplicate"
+                    ));
                 }
-            };
-            // This shard's own part is applied with the decisions, not delivered.
-            let participants: Vec<NodeId> = participants
-                .into_iter()
-                .filter(|node| {
-                    if *node == me {
-                        local_part.push((*id, outcome));
-                        false
-                    } else {
-                        true
-                    }
-                })
-                .collect();
-            decisions.push(CoordinatorDecision {
-                id: *id,
-                debit: entry.debit,
-                credit: entry.credit,
-                amount: entry.amount,
-                outcome,
-                participants,
-                ended: false,
-            });
+                Err(refusal) => return Err(format!("transfer {id}: refused: {refusal:?}")),
+            }
         }
-        let Some(results) = self.call(coordinator, "coordinator: log decisions", |engine| {
-            engine.log_decisions_and_decide(me, decisions.clone(), &local_part)
-        }) else {
-            self.note("  batch abandoned: the coordinator is down".into());
-            return Ok(());
-        };
-        for ((id, _), result) in local_part.iter().zip(ok(results, "log decisions")?) {
-            ok(result, &format!("transfer {id}: coordinator's own part"))?;
-        }
-
-        // 4. The clients hear, only now that the decisions are durable.
-        for decision in &decisions {
-            self.hear(decision.id, decision.outcome)?;
-        }
-
-        // 5. Phase two.
-        let to_deliver: Vec<CoordinatorDecision> = decisions
-            .into_iter()
-            .filter(|decision| !decision.participants.is_empty())
-            .collect();
-        self.deliver(coordinator, &to_deliver, "participant: apply decisions")
+        Ok(())
     }
 
-    /// Sends decisions to their participants (one batch each), then ends those every
-    /// participant acknowledged. Participants that are down, or lose power, do not acknowledge.
-    fn deliver(
-        &mut self,
-        coordinator: usize,
-        decisions: &[CoordinatorDecision],
-        step: &'static str,
-    ) -> Checked<()> {
-        let mut per_participant: BTreeMap<usize, Vec<(TransferId, Outcome)>> = BTreeMap::new();
-        for decision in decisions {
-            for participant in &decision.participants {
-                per_participant
-                    .entry(*participant as usize)
-                    .or_default()
-                    .push((decision.id, decision.outcome));
-            }
-        }
-        let mut acknowledged: BTreeSet<(TransferId, NodeId)> = BTreeSet::new();
-        for (participant, entries) in per_participant {
-            let me = coordinator as NodeId;
-            let Some(results) =
-                self.call(participant, step, |engine| engine.decide_from(me, &entries))
-            else {
-                continue;
+    /// Carries out the effects `coordinator`'s core releases, each at once as one engine call
+    /// (at the shard it concerns), feeding the results back, until the core is idle or the
+    /// coordinator loses power.
+    fn drive(&mut self, coordinator: usize, recovery: bool) -> Checked<()> {
+        let me = coordinator as NodeId;
+        for _ in 0..1_000 {
+            let clock = self.clock;
+            let Some(core) = self.shards[coordinator].core.as_mut() else {
+                return Ok(());
             };
-            for ((id, outcome), result) in entries.iter().zip(ok(results, step)?) {
-                ok(
-                    result,
-                    &format!("transfer {id}: shard {participant} refuses {outcome:?}"),
-                )?;
-                acknowledged.insert((*id, participant as NodeId));
+            let effects = core.take_ready(clock);
+            if effects.is_empty() {
+                return Ok(());
+            }
+            for effect in effects {
+                if self.shards[coordinator].core.is_none() {
+                    self.note(format!(
+                        "  shard {coordinator}: the rest is lost with its power"
+                    ));
+                    return Ok(());
+                }
+                self.carry_out(me, effect, recovery)?;
             }
         }
-        let ended: Vec<TransferId> = decisions
-            .iter()
-            .filter(|decision| {
-                decision
-                    .participants
+        Err(format!(
+            "shard {coordinator}: the coordinator core never goes idle"
+        ))
+    }
+
+    /// The shard's core; `None` when it lost power (with the whole cluster, perhaps while
+    /// another shard's engine call was struck): the rest of its work is lost with it.
+    fn core(&mut self, shard: usize) -> Option<&mut Coordinator> {
+        self.shards[shard].core.as_mut()
+    }
+
+    fn carry_out(&mut self, me: NodeId, effect: Effect, recovery: bool) -> Checked<()> {
+        let coordinator = me as usize;
+        match effect {
+            Effect::LookUp { ids } => {
+                for id in ids {
+                    let known = self.engine(coordinator).look_up(id).map_err(Arc::new);
+                    let Some(core) = self.core(coordinator) else {
+                        return Ok(());
+                    };
+                    core.looked_up(id, known);
+                }
+            }
+            Effect::RunLocal { id, transfer } => {
+                let Some(result) = self.call(coordinator, "local transfer", |engine| {
+                    engine.local_transfer(id, transfer.debit, transfer.credit, transfer.amount)
+                }) else {
+                    return Ok(());
+                };
+                let answer = match result {
+                    Err(EngineError::DuplicateWithDifferentContent(_)) => {
+                        Err(Refusal::DuplicateWithDifferentContent)
+                    }
+                    other => Ok(ok(other, "local transfer")?),
+                };
+                if let Some(core) = self.core(coordinator) {
+                    core.local_done(id, answer);
+                }
+            }
+            Effect::Prepare {
+                batch,
+                participant,
+                entries,
+            } => {
+                let requests: Vec<PrepareRequest> =
+                    entries.iter().map(|entry| entry.request(me)).collect();
+                let step = if participant == me {
+                    "coordinator: prepare"
+                } else {
+                    "participant: prepare"
+                };
+                let answer = self.call(participant as usize, step, |engine| {
+                    engine.prepare(&requests)
+                });
+                let votes = match answer {
+                    Some(result) => Ok(requests
+                        .iter()
+                        .map(|request| request.id)
+                        .zip(ok(result, step)?)
+                        .collect()),
+                    None => Err(VoteFailure::Unreachable {
+                        surely_not_applied: false,
+                    }),
+                };
+                if let Some(core) = self.core(coordinator) {
+                    core.votes(batch, participant, votes);
+                }
+            }
+            Effect::LogDecisions {
+                log,
+                decisions,
+                local,
+            } => {
+                let presumed = decisions
                     .iter()
-                    .all(|participant| acknowledged.contains(&(decision.id, *participant)))
-            })
-            .map(|decision| decision.id)
-            .collect();
-        if !ended.is_empty()
-            && let Some(result) = self.call(coordinator, "coordinator: end decisions", |engine| {
-                engine.end_decisions(&ended)
-            })
-        {
-            ok(result, "end decisions")?;
+                    .filter(|decision| {
+                        decision.outcome == Outcome::Aborted(AbortReason::PresumedAbort)
+                    })
+                    .count();
+                let step = if presumed > 0 {
+                    "recovery: log presumed abort"
+                } else {
+                    "coordinator: log decisions"
+                };
+                let Some(results) = self.call(coordinator, step, |engine| {
+                    engine.log_decisions_and_decide(me, decisions, &local)
+                }) else {
+                    self.note("  decisions lost: the coordinator is down".into());
+                    return Ok(());
+                };
+                for ((id, _), result) in local.iter().zip(ok(results, step)?) {
+                    ok(result, &format!("transfer {id}: coordinator's own part"))?;
+                }
+                self.stats.presumed_aborts += presumed as u64;
+                let clock = self.clock;
+                if let Some(core) = self.core(coordinator) {
+                    core.decisions_logged(log, clock, Ok(()));
+                }
+            }
+            Effect::Answer { client, answer, .. } => {
+                self.answers.insert(client, answer);
+            }
+            Effect::AnswerInquiry { inquiry, decisions } => {
+                self.inquiry_answers.insert(inquiry, decisions);
+            }
+            Effect::SendDecisions {
+                delivery,
+                participant,
+                decisions,
+            } => {
+                let step = if recovery {
+                    "recovery: participant applies resent"
+                } else {
+                    "participant: apply decisions"
+                };
+                let results = self.call(participant as usize, step, |engine| {
+                    engine.decide_from(me, &decisions)
+                });
+                let mut acknowledged = Vec::new();
+                if let Some(results) = results {
+                    for ((id, outcome), result) in decisions.iter().zip(ok(results, step)?) {
+                        ok(
+                            result,
+                            &format!("transfer {id}: shard {participant} refuses {outcome:?}"),
+                        )?;
+                        acknowledged.push(*id);
+                    }
+                }
+                if let Some(core) = self.core(coordinator) {
+                    core.delivered(delivery, acknowledged);
+                }
+            }
+            Effect::LogEnded { ids } => {
+                if let Some(result) =
+                    self.call(coordinator, "coordinator: end decisions", |engine| {
+                        engine.end_decisions(&ids)
+                    })
+                {
+                    ok(result, "end decisions")?;
+                }
+            }
         }
         Ok(())
     }
@@ -1077,20 +1109,10 @@ impl Cluster {
                     self.power_on(shard)?;
                 }
             }
+            // Coordinators resend their unacknowledged decisions (all due: the clock moved on).
+            self.clock = self.clock + Duration::from_secs(10);
             for coordinator in 0..SHARDS {
-                if !self.is_up(coordinator) {
-                    continue;
-                }
-                let unended = ok(
-                    self.engine(coordinator).unended_decisions(),
-                    "unended decisions",
-                )?;
-                self.stats.decisions_resent += unended.len() as u64;
-                self.deliver(
-                    coordinator,
-                    &unended,
-                    "recovery: participant applies resent",
-                )?;
+                self.drive(coordinator, true)?;
             }
             for participant in 0..SHARDS {
                 if !self.is_up(participant) {
@@ -1135,8 +1157,11 @@ impl Cluster {
     fn settled(&self) -> Checked<bool> {
         for shard in 0..SHARDS {
             let engine = self.engine(shard);
+            let core = self.shards[shard].core.as_ref().expect("powered");
             if !engine.in_doubt().is_empty()
                 || !ok(engine.unended_decisions(), "unended decisions")?.is_empty()
+                || core.in_flight_count() > 0
+                || core.unended_count() > 0
             {
                 return Ok(false);
             }
@@ -1144,54 +1169,22 @@ impl Cluster {
         Ok(true)
     }
 
-    /// The coordinator's answer to an inquiry (`answer_inquiry` in the node): the logged
-    /// decision, or a presumed abort logged first (nothing is in flight here: the batch that
-    /// prepared these was cut). `None` when the coordinator is down or loses power.
+    /// The coordinator core's answer to an inquiry: the logged decisions, and presumed aborts
+    /// logged first for what it never decided. `None` when the coordinator is down or loses
+    /// power before answering.
     fn answer_inquiry(
         &mut self,
         coordinator: usize,
         ids: &[TransferId],
     ) -> Checked<Option<Vec<(TransferId, Outcome)>>> {
-        if !self.is_up(coordinator) {
-            return Ok(None);
-        }
-        let mut answers = Vec::new();
-        let mut presumed = Vec::new();
-        for id in ids {
-            match ok(self.engine(coordinator).decision(*id), "decision")? {
-                Some(decision) => answers.push((*id, decision.outcome)),
-                None => presumed.push(*id),
-            }
-        }
-        if presumed.is_empty() {
-            return Ok(Some(answers));
-        }
-        let outcome = Outcome::Aborted(AbortReason::PresumedAbort);
-        let decisions: Vec<CoordinatorDecision> = presumed
-            .iter()
-            .map(|id| CoordinatorDecision {
-                id: *id,
-                debit: 0,
-                credit: 0,
-                amount: 0,
-                outcome,
-                participants: Vec::new(),
-                ended: true,
-            })
-            .collect();
-        self.note(format!(
-            "  shard {coordinator}: presumed abort of {presumed:?}"
-        ));
-        let result = self.call(coordinator, "recovery: log presumed abort", |engine| {
-            engine.log_decisions(decisions)
-        });
-        let Some(result) = result else {
+        let Some(core) = self.shards[coordinator].core.as_mut() else {
             return Ok(None);
         };
-        ok(result, "log presumed abort")?;
-        self.stats.presumed_aborts += presumed.len() as u64;
-        answers.extend(presumed.into_iter().map(|id| (id, outcome)));
-        Ok(Some(answers))
+        self.next_token += 1;
+        let inquiry = InquiryToken(self.next_token);
+        core.inquiry(inquiry, ids.to_vec());
+        self.drive(coordinator, true)?;
+        Ok(self.inquiry_answers.remove(&inquiry))
     }
 
     // ---- Checks. ----
@@ -1293,24 +1286,26 @@ impl Cluster {
             .collect();
         for (id, entry, outcome) in heard {
             let shard = entry.coordinator();
-            let again = if entry.is_cross_shard() {
-                self.known_outcome(shard, id)?
-            } else {
-                let engine = self.engine(shard);
-                let different =
-                    engine.local_transfer(id, entry.debit, entry.credit, entry.amount + 1);
-                if !matches!(
-                    different,
-                    Err(EngineError::DuplicateWithDifferentContent(_))
-                ) {
-                    return Err(format!(
-                        "transfer {id}: reused with other content, answered {different:?}"
-                    ));
-                }
-                Some(ok(
-                    engine.local_transfer(id, entry.debit, entry.credit, entry.amount),
-                    "retry",
-                )?)
+            // Reusing the id for other content is refused, by the core or the engine.
+            let other = Transfer {
+                amount: entry.amount + 1,
+                ..entry.transfer()
+            };
+            let different = self.run_transfers(shard, &[(id, other)])?.remove(&id);
+            // A presumed abort never knew the content: any reuse of its id hears the abort.
+            let expected_refusal = outcome != Outcome::Aborted(AbortReason::PresumedAbort);
+            let refused = matches!(different, Some(Err(Refusal::DuplicateWithDifferentContent)));
+            if refused != expected_refusal {
+                return Err(format!(
+                    "transfer {id}: reused with other content, answered {different:?}"
+                ));
+            }
+            let again = match self
+                .run_transfers(shard, &[(id, entry.transfer())])?
+                .remove(&id)
+            {
+                Some(Ok(outcome)) => Some(outcome),
+                _ => None,
             };
             if again != Some(outcome) {
                 return Err(format!(

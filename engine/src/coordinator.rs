@@ -143,6 +143,18 @@ impl PartialEq for Refusal {
 /// What a client hears.
 pub type Answer = Result<Outcome, Refusal>;
 
+/// Who asks about in-doubt transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    /// Another node, which holds a PREPARE of ours: a transfer still collecting votes is forced
+    /// to abort, since that node may be asking because it restarted and our vote round may
+    /// never end for it.
+    OtherNode,
+    /// This node's own participant part: it is in doubt only because the decision is not made
+    /// yet, and the decision is applied with its record; nothing is forced.
+    ThisNode,
+}
+
 /// Why a participant's votes did not arrive.
 #[derive(Debug, Clone)]
 pub enum VoteFailure {
@@ -701,7 +713,7 @@ impl Coordinator {
     }
 
     /// A participant asks about transactions it holds prepared.
-    pub fn inquiry(&mut self, inquiry: InquiryToken, mut ids: Vec<TransferId>) {
+    pub fn inquiry(&mut self, inquiry: InquiryToken, mut ids: Vec<TransferId>, asker: Asker) {
         ids.sort_unstable();
         ids.dedup();
         assert!(
@@ -716,9 +728,13 @@ impl Coordinator {
                         entry.inquiries.push(inquiry);
                         waiting += 1;
                     }
-                    // Still collecting votes (or not even asked yet): the decision will be abort,
-                    // and answers the next inquiry.
-                    Phase::Queued | Phase::Preparing(_) => entry.force_abort = true,
+                    // Still collecting votes (or not even asked yet): for another node, the
+                    // decision will be abort, and answers its next inquiry.
+                    Phase::Queued | Phase::Preparing(_) => {
+                        if asker == Asker::OtherNode {
+                            entry.force_abort = true;
+                        }
+                    }
                     Phase::Local => {}
                 }
                 continue;

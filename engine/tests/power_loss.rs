@@ -41,8 +41,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::coordinator::{
-    Answer, ClientToken, Coordinator, CoordinatorLimits, Effect, InquiryToken, Refusal, Time,
-    Transfer, TransferRequest, VoteFailure,
+    Answer, Asker, ClientToken, Coordinator, CoordinatorLimits, Effect, InquiryToken, Refusal,
+    Time, Transfer, TransferRequest, VoteFailure,
 };
 use engine::model::{
     AbortReason, AccountId, Amount, CoordinatorDecision, NodeId, Operation, OperationKind, Outcome,
@@ -1126,7 +1126,12 @@ impl Cluster {
                         .push(transaction.id);
                 }
                 for (coordinator, ids) in by_coordinator {
-                    let Some(answers) = self.answer_inquiry(coordinator, &ids)? else {
+                    let asker = if coordinator == participant {
+                        Asker::ThisNode
+                    } else {
+                        Asker::OtherNode
+                    };
+                    let Some(answers) = self.answer_inquiry(coordinator, &ids, asker)? else {
                         continue;
                     };
                     let from = coordinator as NodeId;
@@ -1176,13 +1181,14 @@ impl Cluster {
         &mut self,
         coordinator: usize,
         ids: &[TransferId],
+        asker: Asker,
     ) -> Checked<Option<Vec<(TransferId, Outcome)>>> {
         let Some(core) = self.shards[coordinator].core.as_mut() else {
             return Ok(None);
         };
         self.next_token += 1;
         let inquiry = InquiryToken(self.next_token);
-        core.inquiry(inquiry, ids.to_vec());
+        core.inquiry(inquiry, ids.to_vec(), asker);
         self.drive(coordinator, true)?;
         Ok(self.inquiry_answers.remove(&inquiry))
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use engine::EngineError;
 use engine::coordinator::{
-    Answer, ClientToken, Coordinator as Core, CoordinatorLimits, Effect, InquiryToken, Known,
+    Answer, Asker, ClientToken, Coordinator as Core, CoordinatorLimits, Effect, InquiryToken,
     TransferRequest, VoteFailure,
 };
 use engine::model::{NodeId, Outcome, TransferId};
@@ -36,6 +36,7 @@ enum Request {
     },
     Inquiry {
         ids: Vec<TransferId>,
+        asker: Asker,
         reply: oneshot::Sender<Vec<(TransferId, Outcome)>>,
     },
     InFlight {
@@ -46,7 +47,6 @@ enum Request {
 
 /// The result of an effect, fed back to the core.
 enum Completion {
-    LookedUp(Vec<(TransferId, Result<Known, Arc<EngineError>>)>),
     LocalDone(TransferId, Answer),
     Votes {
         batch: engine::coordinator::BatchId,
@@ -68,8 +68,11 @@ enum Completion {
 pub(crate) enum Unavailable {
     /// Its request queue is full.
     Overloaded,
-    /// The driver stopped (the node is shutting down).
+    /// The driver stopped before taking the request (the node is shutting down): nothing was
+    /// done.
     Stopped,
+    /// The driver took the request and stopped before answering: it may have been applied.
+    Dropped,
 }
 
 /// The handle connections use to reach the coordinator.
@@ -139,24 +142,25 @@ impl Coordinator {
     pub async fn transfer(&self, request: TransferRequest) -> Result<Answer, Unavailable> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Transfer { request, reply })?;
-        answer.await.map_err(|_| Unavailable::Stopped)
+        answer.await.map_err(|_| Unavailable::Dropped)
     }
 
     /// A participant's inquiry: the decided ones among `ids` (the others are asked again).
     pub async fn inquiry(
         &self,
         ids: Vec<TransferId>,
+        asker: Asker,
     ) -> Result<Vec<(TransferId, Outcome)>, Unavailable> {
         let (reply, answer) = oneshot::channel();
-        self.send(Request::Inquiry { ids, reply })?;
-        answer.await.map_err(|_| Unavailable::Stopped)
+        self.send(Request::Inquiry { ids, asker, reply })?;
+        answer.await.map_err(|_| Unavailable::Dropped)
     }
 
     /// Whether `id` is between its request and its durable decision here.
     pub async fn is_in_flight(&self, id: TransferId) -> Result<bool, Unavailable> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::InFlight { id, reply })?;
-        answer.await.map_err(|_| Unavailable::Stopped)
+        answer.await.map_err(|_| Unavailable::Dropped)
     }
 
     fn send(&self, request: Request) -> Result<(), Unavailable> {
@@ -182,14 +186,22 @@ impl Driver {
     /// Feeds the core until the node stops. Everything ready is taken in one go before the
     /// effects run, so requests that queued meanwhile form one batch.
     pub async fn run(mut self) {
+        // One timer, moved only when the core's next deadline comes earlier (or the timer
+        // fired): re-arming it on every turn would cost a timer update per turn.
+        let timer = tokio::time::sleep(IDLE_TICK);
+        tokio::pin!(timer);
         loop {
-            let sleep = match self.core.next_deadline() {
+            let wanted = match self.core.next_deadline() {
                 Some(deadline) => deadline
                     .elapsed()
                     .saturating_sub(self.epoch.elapsed())
                     .min(IDLE_TICK),
                 None => IDLE_TICK,
             };
+            let wanted = tokio::time::Instant::now() + wanted;
+            if wanted < timer.deadline() || timer.is_elapsed() {
+                timer.as_mut().reset(wanted);
+            }
             tokio::select! {
                 biased;
                 completion = self.completions.recv() => {
@@ -200,7 +212,7 @@ impl Driver {
                     let Some(request) = request else { return };
                     self.request(request);
                 }
-                () = tokio::time::sleep(sleep) => {}
+                () = &mut timer => {}
             }
             while let Ok(completion) = self.completions.try_recv() {
                 self.complete(completion);
@@ -210,8 +222,15 @@ impl Driver {
             }
             let now = self.now();
             self.core.tick(now);
-            for effect in self.core.take_ready(now) {
-                self.carry_out(effect);
+            // Look-ups are answered in place, so their effects come out of the next round.
+            loop {
+                let effects = self.core.take_ready(now);
+                if effects.is_empty() {
+                    break;
+                }
+                for effect in effects {
+                    self.carry_out(effect);
+                }
             }
         }
     }
@@ -228,10 +247,10 @@ impl Driver {
                 self.clients.insert(client, reply);
                 self.core.transfer(client, request);
             }
-            Request::Inquiry { ids, reply } => {
+            Request::Inquiry { ids, asker, reply } => {
                 let inquiry = InquiryToken(self.token());
                 self.inquiries.insert(inquiry, reply);
-                self.core.inquiry(inquiry, ids);
+                self.core.inquiry(inquiry, ids, asker);
             }
             Request::InFlight { id, reply } => {
                 let _ = reply.send(self.core.is_in_flight(id));
@@ -241,11 +260,6 @@ impl Driver {
 
     fn complete(&mut self, completion: Completion) {
         match completion {
-            Completion::LookedUp(results) => {
-                for (id, known) in results {
-                    self.core.looked_up(id, known);
-                }
-            }
             Completion::LocalDone(id, answer) => self.core.local_done(id, answer),
             Completion::Votes {
                 batch,
@@ -272,15 +286,13 @@ impl Driver {
         let me = self.core.node();
         match effect {
             Effect::LookUp { ids } => {
-                tokio::spawn(async move {
-                    let results = blocking(move || {
-                        ids.into_iter()
-                            .map(|id| (id, engine.look_up(id).map_err(Arc::new)))
-                            .collect()
-                    })
-                    .await;
-                    let _ = completions.send(Completion::LookedUp(results));
-                });
+                // In place: two point reads per id, both usually answered by RocksDB's bloom
+                // filters and block cache in microseconds, cheaper than a hop to the blocking
+                // pool and back (measured: the hop cost about a tenth of the throughput).
+                for id in ids {
+                    let known = self.engine.look_up(id).map_err(Arc::new);
+                    self.core.looked_up(id, known);
+                }
             }
             Effect::RunLocal { id, transfer } => {
                 tokio::spawn(async move {
@@ -506,7 +518,10 @@ pub(crate) async fn resolve_in_doubt_loop(
         for (asked, ids) in due {
             for chunk in ids.chunks(net::BATCH_ENTRIES_MAX as usize) {
                 let answers = if asked == me {
-                    coordinator.inquiry(chunk.to_vec()).await.ok()
+                    coordinator
+                        .inquiry(chunk.to_vec(), Asker::ThisNode)
+                        .await
+                        .ok()
                 } else {
                     ask(&peers, me, asked, chunk.to_vec()).await
                 };

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use engine::coordinator::{Refusal, Transfer, TransferRequest};
+use engine::coordinator::{Asker, Refusal, Transfer, TransferRequest};
 use engine::model::{AccountId, HistoryKind, NodeId, Outcome, TransferId};
 use engine::{EngineError, PrepareRequest, ReadLocks, ShardAudit, TransferStatus, Vote};
 use net::{
@@ -77,6 +77,11 @@ fn unavailable(error: Unavailable) -> ErrorResponse {
             "the coordinator's request queue is full",
         ),
         Unavailable::Stopped => ErrorResponse::new(ErrorCode::ShuttingDown, "the node is stopping"),
+        // Not ShuttingDown, which promises nothing was done: the request may have been applied.
+        Unavailable::Dropped => ErrorResponse::new(
+            ErrorCode::Internal,
+            "the node stopped while running the request; its outcome is unknown",
+        ),
     }
 }
 
@@ -160,7 +165,7 @@ impl Node {
             Message::DecisionInquiry(DecisionInquiry { participant, txids }) => {
                 tracing::info!(participant, count = txids.len(), "decision inquiry");
                 self.coordinator
-                    .inquiry(txids)
+                    .inquiry(txids, Asker::OtherNode)
                     .await
                     .map_err(unavailable)
                     .map(|decisions| {

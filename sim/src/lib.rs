@@ -29,8 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::coordinator::{
-    Answer, BatchId, ClientToken, Coordinator, CoordinatorLimits, DeliveryId, Effect, InquiryToken,
-    Known, LogId, PrepareEntry, Refusal, Time, Transfer, TransferRequest, VoteFailure,
+    Answer, Asker, BatchId, ClientToken, Coordinator, CoordinatorLimits, DeliveryId, Effect,
+    InquiryToken, Known, LogId, PrepareEntry, Refusal, Time, Transfer, TransferRequest,
+    VoteFailure,
 };
 use engine::model::{AccountId, Amount, NodeId, Outcome, TransferId};
 use engine::tables::MemoryTables;
@@ -756,7 +757,7 @@ impl Simulation {
                 running.next_token += 1;
                 let token = InquiryToken(running.next_token);
                 running.inquiries.insert(token, asker);
-                running.core.inquiry(token, ids);
+                running.core.inquiry(token, ids, Asker::OtherNode);
             }
             Message::InquiryAnswer {
                 from: coordinator,
@@ -1064,7 +1065,7 @@ impl Simulation {
                 running.next_token += 1;
                 let token = InquiryToken(running.next_token);
                 running.inquiries.insert(token, node);
-                running.core.inquiry(token, ids);
+                running.core.inquiry(token, ids, Asker::ThisNode);
             } else {
                 let to = self.node_address(coordinator);
                 self.send(me, to, Message::Inquiry { from: node, ids });

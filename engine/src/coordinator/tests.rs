@@ -450,7 +450,9 @@ fn a_same_shard_transfer_runs_in_one_phase_and_blocks_its_id_meanwhile() {
 #[test]
 fn an_inquiry_about_an_unknown_id_logs_a_presumed_abort_before_answering() {
     let mut check = Check::new();
-    check.core.inquiry(InquiryToken(1), vec![5, 5]);
+    check
+        .core
+        .inquiry(InquiryToken(1), vec![5, 5], Asker::OtherNode);
     assert_eq!(check.ready(), vec![Effect::LookUp { ids: vec![5] }]);
     // A retry of the transfer arrives meanwhile, then the tables know nothing.
     check.core.looked_up(5, Ok(Known::Nothing));
@@ -483,7 +485,9 @@ fn an_inquiry_about_an_unknown_id_logs_a_presumed_abort_before_answering() {
 #[test]
 fn an_inquiry_is_answered_from_a_logged_decision() {
     let mut check = Check::new();
-    check.core.inquiry(InquiryToken(1), vec![5, 6]);
+    check
+        .core
+        .inquiry(InquiryToken(1), vec![5, 6], Asker::OtherNode);
     check.ready();
     check
         .core
@@ -504,7 +508,9 @@ fn an_inquiry_is_answered_from_a_logged_decision() {
 fn an_inquiry_while_votes_are_collected_forces_an_abort_and_is_answered_later() {
     let mut check = Check::new();
     check.start(7, request(1, TWO), Known::Nothing);
-    check.core.inquiry(InquiryToken(1), vec![1]);
+    check
+        .core
+        .inquiry(InquiryToken(1), vec![1], Asker::OtherNode);
     assert_eq!(
         check.ready(),
         vec![Effect::AnswerInquiry {
@@ -519,7 +525,9 @@ fn an_inquiry_while_votes_are_collected_forces_an_abort_and_is_answered_later() 
     assert_eq!(decisions, vec![decision(1, outcome, vec![TWO])]);
 
     // Asked again while the abort is being logged: answered once it is durable.
-    check.core.inquiry(InquiryToken(2), vec![1]);
+    check
+        .core
+        .inquiry(InquiryToken(2), vec![1], Asker::OtherNode);
     assert_eq!(check.ready(), vec![]);
     let effects = check.logged(log);
     assert_eq!(effects[0], answer(7, 1, outcome));
@@ -533,10 +541,32 @@ fn an_inquiry_while_votes_are_collected_forces_an_abort_and_is_answered_later() 
 }
 
 #[test]
+fn this_nodes_own_inquiry_never_forces_an_abort() {
+    let mut check = Check::new();
+    check.start(7, request(1, TWO), Known::Nothing);
+    check
+        .core
+        .inquiry(InquiryToken(1), vec![1], Asker::ThisNode);
+    assert_eq!(
+        check.ready(),
+        vec![Effect::AnswerInquiry {
+            inquiry: InquiryToken(1),
+            decisions: vec![]
+        }]
+    );
+    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
+    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    let (_, decisions, _) = log_of(&check.ready());
+    assert_eq!(decisions[0].outcome, COMMITTED);
+}
+
+#[test]
 fn an_inquiry_joining_a_look_up_makes_the_retried_transfer_abort() {
     let mut check = Check::new();
     check.core.transfer(ClientToken(7), request(1, TWO));
-    check.core.inquiry(InquiryToken(1), vec![1]);
+    check
+        .core
+        .inquiry(InquiryToken(1), vec![1], Asker::OtherNode);
     assert_eq!(check.ready(), vec![Effect::LookUp { ids: vec![1] }]);
     check.core.looked_up(1, Ok(Known::Nothing));
     let effects = check.ready();
@@ -732,7 +762,9 @@ fn in_flight_transfers_are_bounded() {
     let effects = check.ready();
     assert_eq!(refusal(&effects), vec![(3, "Overloaded".into())]);
     // An inquiry past the bound leaves its ids out, to be asked again.
-    check.core.inquiry(InquiryToken(1), vec![9]);
+    check
+        .core
+        .inquiry(InquiryToken(1), vec![9], Asker::OtherNode);
     assert_eq!(
         check.ready(),
         vec![Effect::AnswerInquiry {

@@ -661,11 +661,17 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             return Err(EngineError::InvalidPageSize);
         }
         self.existing_account(id)?;
-        let entries = self
+        // One entry more than asked tells whether an older page exists, so that a page ending
+        // with the oldest entry says so even when it is exactly full.
+        let mut entries = self
             .tables
-            .history(id, before_lsn.unwrap_or(Lsn::MAX), limit)?;
-        let next_cursor =
-            (entries.len() == limit as usize).then(|| entries.last().expect("non-empty").lsn);
+            .history(id, before_lsn.unwrap_or(Lsn::MAX), limit + 1)?;
+        let next_cursor = if entries.len() > limit as usize {
+            entries.truncate(limit as usize);
+            Some(entries.last().expect("limit is at least 1").lsn)
+        } else {
+            None
+        };
         Ok(HistoryPage {
             entries,
             next_cursor,

@@ -1384,3 +1384,30 @@ fn concurrent_requests_with_one_id_apply_it_once() {
         u128::from(engine.balance(1).unwrap())
     );
 }
+
+#[test]
+fn a_history_page_holding_the_oldest_entry_has_no_next_cursor() {
+    let (_, _, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    let pages = |limit: u32| {
+        let mut sizes = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = engine.history(1, cursor, limit).unwrap();
+            sizes.push(page.entries.len());
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return sizes,
+            }
+        }
+    };
+    for _ in 0..10 {
+        fund(&engine, 1, 1);
+    }
+    // Exactly full pages: the last one says there is no older page, and no empty page follows.
+    assert_eq!(pages(10), vec![10]);
+    assert_eq!(pages(5), vec![5, 5]);
+    assert_eq!(pages(1), vec![1; 10]);
+    assert_eq!(pages(3), vec![3, 3, 3, 1]);
+    assert_eq!(pages(11), vec![10]);
+}

@@ -131,15 +131,28 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
     /// Records a movement's permanent outcome. A movement id is logged at most once (the engine
     /// looks it up under its in-flight slot before logging): a second record would change the
     /// answer of an id whose first answer was given, so it stops the applier instead.
-    fn record_movement(&mut self, lsn: Lsn, movement: MovementRecord) -> Result<(), ApplyError> {
-        let id = movement.id;
+    fn record_movement(
+        &mut self,
+        lsn: Lsn,
+        id: MovementId,
+        account: AccountId,
+        kind: MovementKind,
+        amount: Amount,
+        outcome: MovementOutcome,
+    ) -> Result<(), ApplyError> {
         if !self.movement_ids.insert(id) || self.tables.movement(id)?.is_some() {
             return Err(ApplyError::Inconsistent {
                 lsn,
                 reason: format!("deposit or withdrawal {id} is logged twice"),
             });
         }
-        self.movements.push(movement);
+        self.movements.push(MovementRecord {
+            id,
+            account,
+            kind,
+            amount,
+            outcome,
+        });
         Ok(())
     }
 
@@ -181,13 +194,11 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
                 let balance_after = self.move_money(lsn, *account, *kind, *amount, *id)?;
                 self.record_movement(
                     lsn,
-                    MovementRecord {
-                        id: *id,
-                        account: *account,
-                        kind: *kind,
-                        amount: *amount,
-                        outcome: MovementOutcome::Applied { balance_after, lsn },
-                    },
+                    *id,
+                    *account,
+                    *kind,
+                    *amount,
+                    MovementOutcome::Applied { balance_after, lsn },
                 )?;
             }
             Record::MovementRefused {
@@ -199,13 +210,11 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
             } => {
                 self.record_movement(
                     lsn,
-                    MovementRecord {
-                        id: *id,
-                        account: *account,
-                        kind: *kind,
-                        amount: *amount,
-                        outcome: MovementOutcome::Refused(*reason),
-                    },
+                    *id,
+                    *account,
+                    *kind,
+                    *amount,
+                    MovementOutcome::Refused(*reason),
                 )?;
             }
             Record::LocalTransfer {

@@ -163,38 +163,43 @@ impl std::fmt::Display for MovementKind {
 }
 
 /// Why a movement was refused: the refusals that depend on state, logged so that a retry of the
-/// id is refused again even once the state changed. The codes are stable (logged) and are those
-/// of [`AbortReason`] for the same meaning.
+/// id is refused again even once the state changed. A subset of [`AbortReason`], whose stable
+/// codes and names it uses, so that one reason has one code in every record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
 pub enum RefusalReason {
-    InsufficientFunds = 1,
-    UnknownAccount = 2,
-    Overflow = 5,
+    InsufficientFunds,
+    UnknownAccount,
+    Overflow,
 }
 
 impl RefusalReason {
     pub fn code(self) -> u8 {
-        self as u8
+        AbortReason::from(self).code()
     }
 
     pub fn from_code(code: u8) -> Option<Self> {
-        Some(match code {
-            1 => Self::InsufficientFunds,
-            2 => Self::UnknownAccount,
-            5 => Self::Overflow,
-            _ => return None,
-        })
+        match AbortReason::from_code(code)? {
+            AbortReason::InsufficientFunds => Some(Self::InsufficientFunds),
+            AbortReason::UnknownAccount => Some(Self::UnknownAccount),
+            AbortReason::Overflow => Some(Self::Overflow),
+            _ => None,
+        }
+    }
+}
+
+impl From<RefusalReason> for AbortReason {
+    fn from(reason: RefusalReason) -> Self {
+        match reason {
+            RefusalReason::InsufficientFunds => Self::InsufficientFunds,
+            RefusalReason::UnknownAccount => Self::UnknownAccount,
+            RefusalReason::Overflow => Self::Overflow,
+        }
     }
 }
 
 impl std::fmt::Display for RefusalReason {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(match self {
-            Self::InsufficientFunds => "insufficient funds",
-            Self::UnknownAccount => "unknown account",
-            Self::Overflow => "the balance would overflow",
-        })
+        AbortReason::from(*self).fmt(formatter)
     }
 }
 

@@ -36,7 +36,8 @@
 //! An account lives in shard [`shard_of`] `= splitmix64(account) % shard_count`, and the shard is
 //! owned by the node that lists it. Every client and every node computes this independently, so
 //! the function must never change: a different hash would send requests for existing accounts to
-//! nodes that do not hold them.
+//! nodes that do not hold them. `docs/protocol.md` (section 12) defines it for clients in other
+//! languages, with test vectors that a test here reads from the document and checks.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -655,6 +656,105 @@ shards = [2]
         }
         let config = ClusterConfig::local(3, 7101);
         assert_eq!(config.owner_of(42), config.owner_of_shard(shard_of(42, 3)));
+    }
+
+    /// One row of the shard test vectors in docs/protocol.md.
+    struct ShardVector {
+        account: AccountId,
+        hash: u64,
+        /// One shard per shard count of the table's header, in order.
+        shards: Vec<u32>,
+    }
+
+    /// The test-vector table of docs/protocol.md ("The shard function"): the shard counts named
+    /// in its header, and its rows. Read from the document itself, so that a client written from
+    /// the document is checked against the same numbers the code produces.
+    fn documented_shard_vectors() -> (Vec<u32>, Vec<ShardVector>) {
+        const PROTOCOL_DOC: &str =
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"));
+        const MARKER: &str = "<!-- check: shard-vectors -->";
+        let start = PROTOCOL_DOC
+            .find(MARKER)
+            .unwrap_or_else(|| panic!("docs/protocol.md lacks {MARKER}"));
+        let cells = |line: &str| -> Vec<String> {
+            line.trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|cell| cell.trim().trim_matches('`').to_string())
+                .collect()
+        };
+        let mut lines = PROTOCOL_DOC[start + MARKER.len()..]
+            .lines()
+            .skip_while(|line| line.trim().is_empty())
+            .take_while(|line| line.trim_start().starts_with('|'));
+        let header = cells(lines.next().expect("a header row"));
+        // "shard, 3 shards" -> 3.
+        let shard_counts: Vec<u32> = header[2..]
+            .iter()
+            .map(|cell| {
+                cell.split_whitespace()
+                    .find_map(|word| word.parse().ok())
+                    .unwrap_or_else(|| panic!("header cell {cell:?} names no shard count"))
+            })
+            .collect();
+        let rows = lines
+            .skip(1) // the |---| separator row
+            .map(|line| {
+                let row = cells(line);
+                assert_eq!(row.len(), 2 + shard_counts.len(), "row {line:?}");
+                let account = row[0]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("account {:?} is not a u64", row[0]));
+                let hash = u64::from_str_radix(row[1].trim_start_matches("0x"), 16)
+                    .unwrap_or_else(|_| panic!("hash {:?} is not hex", row[1]));
+                let shards = row[2..]
+                    .iter()
+                    .map(|cell| cell.parse().expect("a shard number"))
+                    .collect();
+                ShardVector {
+                    account,
+                    hash,
+                    shards,
+                }
+            })
+            .collect();
+        (shard_counts, rows)
+    }
+
+    /// A client in another language is written from the document's vectors; they must be the
+    /// code's, or that client would send requests for existing accounts to the wrong nodes.
+    #[test]
+    fn shard_vectors_in_the_protocol_doc_hold() {
+        let (shard_counts, rows) = documented_shard_vectors();
+        // The edge cases a reimplementation gets wrong first (wrapping add, unsigned
+        // remainder), and the shard counts the document promises: a table that lost them would
+        // otherwise pass by checking less.
+        for account in [0, 1, u64::MAX] {
+            assert!(
+                rows.iter().any(|row| row.account == account),
+                "docs/protocol.md has no shard vector for account {account}"
+            );
+        }
+        assert_eq!(shard_counts, [3, 7], "shard counts of the vector table");
+        for ShardVector {
+            account,
+            hash,
+            shards,
+        } in &rows
+        {
+            assert_eq!(
+                format!("{:#018x}", splitmix64(*account)),
+                format!("{hash:#018x}"),
+                "docs/protocol.md: splitmix64({account})"
+            );
+            for (shard_count, shard) in shard_counts.iter().zip(shards) {
+                assert_eq!(
+                    shard_of(*account, *shard_count),
+                    *shard,
+                    "docs/protocol.md: shard of account {account} among {shard_count} shards"
+                );
+            }
+        }
     }
 
     #[test]

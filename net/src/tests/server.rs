@@ -264,6 +264,53 @@ async fn malformed_input_gets_an_error_frame_then_close_and_others_are_unaffecte
     server.stop().await;
 }
 
+/// docs/protocol.md section 3: the error frame for a malformed frame is sent at once, so it can
+/// overtake the answer to an earlier request still being handled, which still comes; nothing
+/// sent behind the malformed frame is read, so a client knows those requests were not applied.
+#[tokio::test]
+async fn the_error_frame_may_overtake_earlier_answers_and_later_requests_are_not_handled() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    // The test handler answers this transfer after 300 ms.
+    let slow = Transfer {
+        amount: 300,
+        ..transfer(1)
+    };
+    let mut unknown_kind = encode(&Frame::new(2, transfer(2))).to_vec();
+    unknown_kind[6..8].copy_from_slice(&0x0999_u16.to_le_bytes());
+    reseal(&mut unknown_kind);
+    let mut bytes = encode(&Frame::new(1, slow)).to_vec();
+    bytes.extend_from_slice(&unknown_kind);
+    // Answered at once if it were handled.
+    bytes.extend_from_slice(&encode(&Frame::new(3, GetBalance { account: 3 })));
+    let frames = raw_exchange(server.address, &bytes).await;
+    let request_ids: Vec<u64> = frames.iter().map(|frame| frame.request_id).collect();
+    assert_eq!(request_ids, [2, 1], "{frames:?}");
+    assert_eq!(error_code(&frames[0]), ErrorCode::MalformedFrame);
+    server.stop().await;
+}
+
+/// docs/protocol.md section 3 tells clients never to use request id 0, because the server does
+/// not refuse it: it serves the request and echoes id 0, which a client cannot tell from an error
+/// about the whole connection.
+#[tokio::test]
+async fn a_request_with_id_0_is_served_and_answered_with_id_0() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    let mut buf = BytesMut::new();
+    for request_id in [0, 1] {
+        let request = encode(&Frame::new(request_id, GetBalance { account: 3 }));
+        stream.write_all(&request).await.unwrap();
+        let answer = read_frame(&mut stream, &mut buf).await;
+        let balance = Balance {
+            account: 3,
+            balance: 6,
+        };
+        // The connection stays open after id 0: it was served, not refused.
+        assert_eq!(answer, Frame::new(request_id, balance));
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn requests_beyond_the_in_flight_bound_are_answered_overloaded() {
     let config = ServerConfig {

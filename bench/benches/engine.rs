@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bench::bench_directory;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use engine::model::{AccountId, Operation, OperationKind};
+use engine::model::{AccountId, MovementKind, Operation, OperationKind};
 use engine::record::Record;
 use engine::tables::{MemoryTables, RocksTables, Tables};
 use engine::wal::{Wal, WalOptions};
@@ -40,8 +40,10 @@ fn fill_accounts<T: Tables>(tables: &T) {
             lsn += 1;
             records.push((
                 lsn,
-                Record::Deposited {
+                Record::Movement {
+                    id: u128::from(account),
                     account,
+                    kind: MovementKind::Deposit,
                     amount: INITIAL_BALANCE,
                 },
             ));

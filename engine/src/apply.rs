@@ -1,11 +1,12 @@
 //! Turning logged records into table changes: a pure function of the tables' state and the
 //! records, used alike by the live path and by replay, so replay rebuilds exactly the live state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::model::{
-    Account, AccountId, CoordinatorDecision, HistoryEntry, HistoryKind, Operation, OperationKind,
-    Outcome, PreparedTransaction, Totals, TransferId, TransferRecord,
+    Account, AccountId, Amount, CoordinatorDecision, HistoryEntry, HistoryKind, MovementId,
+    MovementKind, MovementOutcome, MovementRecord, Operation, OperationKind, Outcome,
+    PreparedTransaction, Totals, TransferId, TransferRecord,
 };
 use crate::record::Record;
 use crate::tables::{TableBatch, Tables, TablesError};
@@ -27,6 +28,9 @@ struct Overlay<'a, T: Tables + ?Sized> {
     accounts: HashMap<AccountId, Account>,
     account_order: Vec<AccountId>,
     transfers: Vec<TransferRecord>,
+    movements: Vec<MovementRecord>,
+    /// Ids of `movements`, to check that no id is logged twice within the group either.
+    movement_ids: HashSet<MovementId>,
     history: Vec<HistoryEntry>,
     prepared: HashMap<TransferId, Option<PreparedTransaction>>,
     prepared_order: Vec<TransferId>,
@@ -67,7 +71,7 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
         self.decisions.insert(decision.id, decision);
     }
 
-    /// Adds (or subtracts) `amount` and records the history entry.
+    /// Adds (or subtracts) `amount` and records the history entry; returns the new balance.
     fn change_balance(
         &mut self,
         lsn: Lsn,
@@ -76,7 +80,7 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
         amount: u64,
         counterparty: AccountId,
         transfer: TransferId,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<Amount, ApplyError> {
         let inconsistent = |reason: String| ApplyError::Inconsistent { lsn, reason };
         let account = self
             .account(id)?
@@ -101,6 +105,53 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
             counterparty,
             transfer,
             balance_after: balance,
+        });
+        Ok(balance)
+    }
+
+    /// Money entering or leaving through `account`; returns its new balance. `id` is 0 for the
+    /// records that did not keep it.
+    fn move_money(
+        &mut self,
+        lsn: Lsn,
+        account: AccountId,
+        kind: MovementKind,
+        amount: Amount,
+        id: MovementId,
+    ) -> Result<Amount, ApplyError> {
+        let balance_after =
+            self.change_balance(lsn, account, kind.history_kind(), amount, 0, id)?;
+        match kind {
+            MovementKind::Deposit => self.totals.deposited += u128::from(amount),
+            MovementKind::Withdrawal => self.totals.withdrawn += u128::from(amount),
+        }
+        Ok(balance_after)
+    }
+
+    /// Records a movement's permanent outcome. A movement id is logged at most once (the engine
+    /// looks it up under its in-flight slot before logging): a second record would change the
+    /// answer of an id whose first answer was given, so it stops the applier instead.
+    fn record_movement(
+        &mut self,
+        lsn: Lsn,
+        id: MovementId,
+        account: AccountId,
+        kind: MovementKind,
+        amount: Amount,
+        outcome: MovementOutcome,
+    ) -> Result<(), ApplyError> {
+        if !self.movement_ids.insert(id) || self.tables.movement(id)?.is_some() {
+            return Err(ApplyError::Inconsistent {
+                lsn,
+                reason: format!("deposit or withdrawal {id} is logged twice"),
+            });
+        }
+        self.movements.push(MovementRecord {
+            id,
+            account,
+            kind,
+            amount,
+            outcome,
         });
         Ok(())
     }
@@ -127,13 +178,44 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
                     self.account_order.push(*account);
                 }
             }
-            Record::Deposited { account, amount } => {
-                self.change_balance(lsn, *account, HistoryKind::Deposit, *amount, 0, 0)?;
-                self.totals.deposited += u128::from(*amount);
+            Record::MovementWithoutId {
+                account,
+                kind,
+                amount,
+            } => {
+                self.move_money(lsn, *account, *kind, *amount, 0)?;
             }
-            Record::Withdrawn { account, amount } => {
-                self.change_balance(lsn, *account, HistoryKind::Withdrawal, *amount, 0, 0)?;
-                self.totals.withdrawn += u128::from(*amount);
+            Record::Movement {
+                id,
+                account,
+                kind,
+                amount,
+            } => {
+                let balance_after = self.move_money(lsn, *account, *kind, *amount, *id)?;
+                self.record_movement(
+                    lsn,
+                    *id,
+                    *account,
+                    *kind,
+                    *amount,
+                    MovementOutcome::Applied { balance_after, lsn },
+                )?;
+            }
+            Record::MovementRefused {
+                id,
+                account,
+                kind,
+                amount,
+                reason,
+            } => {
+                self.record_movement(
+                    lsn,
+                    *id,
+                    *account,
+                    *kind,
+                    *amount,
+                    MovementOutcome::Refused(*reason),
+                )?;
             }
             Record::LocalTransfer {
                 id,
@@ -296,6 +378,8 @@ pub fn plan_batch<T: Tables + ?Sized>(
         accounts: HashMap::new(),
         account_order: Vec::new(),
         transfers: Vec::new(),
+        movements: Vec::new(),
+        movement_ids: HashSet::new(),
         history: Vec::new(),
         prepared: HashMap::new(),
         prepared_order: Vec::new(),
@@ -310,6 +394,7 @@ pub fn plan_batch<T: Tables + ?Sized>(
         mut accounts,
         account_order,
         transfers,
+        movements,
         history,
         mut prepared,
         prepared_order,
@@ -325,6 +410,7 @@ pub fn plan_batch<T: Tables + ?Sized>(
             .filter_map(|id| accounts.remove(id))
             .collect(),
         transfers,
+        movements,
         history,
         prepared: prepared_order
             .iter()

@@ -4,6 +4,10 @@
 pub type AccountId = u64;
 /// Transfer identifier, chosen by the client: the idempotency key, and the 2PC transaction id.
 pub type TransferId = u128;
+/// Deposit or withdrawal identifier, chosen by the client: its idempotency key. One node keeps
+/// one namespace for these and for the transfer ids it knows (ARCHITECTURE.md, "Outcomes and
+/// idempotency").
+pub type MovementId = u128;
 /// Node identifier in the cluster file.
 pub type NodeId = u32;
 /// Amounts and balances, in minor units.
@@ -119,6 +123,108 @@ impl HistoryKind {
     }
 }
 
+/// Which way a movement takes money across the system's edge. A *movement* is a deposit or a
+/// withdrawal; a transfer moves money between accounts and is never called one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MovementKind {
+    Deposit = 1,
+    Withdrawal = 2,
+}
+
+impl MovementKind {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::Deposit,
+            2 => Self::Withdrawal,
+            _ => return None,
+        })
+    }
+
+    pub fn history_kind(self) -> HistoryKind {
+        match self {
+            Self::Deposit => HistoryKind::Deposit,
+            Self::Withdrawal => HistoryKind::Withdrawal,
+        }
+    }
+}
+
+impl std::fmt::Display for MovementKind {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Self::Deposit => "deposit",
+            Self::Withdrawal => "withdrawal",
+        })
+    }
+}
+
+/// Why a movement was refused: the refusals that depend on state, logged so that a retry of the
+/// id is refused again even once the state changed. A subset of [`AbortReason`], whose stable
+/// codes and names it uses, so that one reason has one code in every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    InsufficientFunds,
+    UnknownAccount,
+    Overflow,
+}
+
+impl RefusalReason {
+    pub fn code(self) -> u8 {
+        AbortReason::from(self).code()
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match AbortReason::from_code(code)? {
+            AbortReason::InsufficientFunds => Some(Self::InsufficientFunds),
+            AbortReason::UnknownAccount => Some(Self::UnknownAccount),
+            AbortReason::Overflow => Some(Self::Overflow),
+            _ => None,
+        }
+    }
+}
+
+impl From<RefusalReason> for AbortReason {
+    fn from(reason: RefusalReason) -> Self {
+        match reason {
+            RefusalReason::InsufficientFunds => Self::InsufficientFunds,
+            RefusalReason::UnknownAccount => Self::UnknownAccount,
+            RefusalReason::Overflow => Self::Overflow,
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        AbortReason::from(*self).fmt(formatter)
+    }
+}
+
+/// The permanent answer to a movement id: what its first request was told, and every retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MovementOutcome {
+    /// Applied once, by the record at `lsn` (also the sequence of its history entry).
+    Applied {
+        balance_after: Amount,
+        lsn: u64,
+    },
+    Refused(RefusalReason),
+}
+
+/// What a shard knows of a movement id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovementRecord {
+    pub id: MovementId,
+    /// Account, kind and amount, to tell a retry from a different request that reuses the id.
+    pub account: AccountId,
+    pub kind: MovementKind,
+    pub amount: Amount,
+    pub outcome: MovementOutcome,
+}
+
 /// One change of one account. Entries of an account are ordered by LSN; the LSN is the cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -128,7 +234,8 @@ pub struct HistoryEntry {
     pub amount: Amount,
     /// The other account of a transfer; 0 otherwise.
     pub counterparty: AccountId,
-    /// The transfer's id; 0 otherwise.
+    /// The id of the transfer, deposit or withdrawal; 0 for a deposit or withdrawal logged
+    /// before their ids were kept (record kinds 2 and 3).
     pub transfer: TransferId,
     pub balance_after: Amount,
 }

@@ -1,11 +1,15 @@
 //! The engine's WAL records: one kind per state change, each carrying everything needed to redo
 //! it. Payloads are fixed-width little-endian fields; the layouts are listed in ARCHITECTURE.md
 //! ("Log records") and encoded only here.
+//!
+//! A record's layout never changes once written: a change is a new kind, and the old kind keeps
+//! decoding so that logs written before replay (kinds 2 and 3, deposits and withdrawals without
+//! their ids, are decoded but no longer written).
 
 use crate::model::{
-    AbortReason, AccountId, Amount, CoordinatorDecision, DECISION_PARTICIPANTS_MAX, NodeId,
-    OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome, TRANSACTION_OPERATIONS_MAX,
-    TransferId,
+    AbortReason, AccountId, Amount, CoordinatorDecision, DECISION_PARTICIPANTS_MAX, MovementId,
+    MovementKind, NodeId, OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome, RefusalReason,
+    TRANSACTION_OPERATIONS_MAX, TransferId,
 };
 
 /// Most transaction ids one ENDED record carries.
@@ -14,8 +18,10 @@ pub const ENDED_IDS_MAX: usize = 4096;
 /// WAL record kinds (the byte the WAL stores with each record). Never reuse a number.
 pub mod kind {
     pub const ACCOUNT_CREATED: u8 = 1;
-    pub const DEPOSITED: u8 = 2;
-    pub const WITHDRAWN: u8 = 3;
+    /// Written before deposits kept their ids; decoded, never written.
+    pub const DEPOSITED_WITHOUT_ID: u8 = 2;
+    /// Written before withdrawals kept their ids; decoded, never written.
+    pub const WITHDRAWN_WITHOUT_ID: u8 = 3;
     pub const LOCAL_TRANSFER: u8 = 4;
     pub const TRANSFER_ABORTED: u8 = 5;
     pub const PREPARED: u8 = 6;
@@ -23,6 +29,9 @@ pub mod kind {
     pub const ABORTED: u8 = 8;
     pub const DECIDED: u8 = 9;
     pub const ENDED: u8 = 10;
+    pub const DEPOSITED: u8 = 11;
+    pub const WITHDRAWN: u8 = 12;
+    pub const MOVEMENT_REFUSED: u8 = 13;
 }
 
 /// A state change, as logged.
@@ -34,13 +43,28 @@ pub enum Record {
         flags: u32,
         created_at_ms: u64,
     },
-    Deposited {
+    /// A deposit or withdrawal logged before ids were kept (kinds 2 and 3): replayed like a
+    /// movement with id 0 that leaves no trace in the movement table. Never written any more.
+    MovementWithoutId {
         account: AccountId,
+        kind: MovementKind,
         amount: Amount,
     },
-    Withdrawn {
+    /// A deposit (kind 11) or withdrawal (kind 12), validated under the account's lock.
+    Movement {
+        id: MovementId,
         account: AccountId,
+        kind: MovementKind,
         amount: Amount,
+    },
+    /// A deposit or withdrawal refused for a reason that depends on state (unknown account,
+    /// funds, overflow): recorded so that a retry of the id is refused again.
+    MovementRefused {
+        id: MovementId,
+        account: AccountId,
+        kind: MovementKind,
+        amount: Amount,
+        reason: RefusalReason,
     },
     /// A one-phase transfer between two accounts of this shard, committed.
     LocalTransfer {
@@ -65,21 +89,14 @@ pub enum Record {
         operations: Vec<Operation>,
     },
     /// Participant: the coordinator decided commit; apply the prepared operations.
-    Committed {
-        id: TransferId,
-    },
+    Committed { id: TransferId },
     /// Participant: the coordinator decided abort (or aborted a transaction this shard never
     /// prepared, recorded so that a late prepare is refused).
-    Aborted {
-        id: TransferId,
-        reason: AbortReason,
-    },
+    Aborted { id: TransferId, reason: AbortReason },
     /// Coordinator: the decision on a distributed transfer it coordinates (its `ended` is false).
     Decided(CoordinatorDecision),
     /// Coordinator: every participant acknowledged these decisions; stop resending them.
-    Ended {
-        ids: Vec<TransferId>,
-    },
+    Ended { ids: Vec<TransferId> },
 }
 
 /// A payload that does not decode: the log passed its CRC, so this is a bug or a format mismatch.
@@ -94,8 +111,15 @@ impl Record {
     pub fn kind(&self) -> u8 {
         match self {
             Record::AccountCreated { .. } => kind::ACCOUNT_CREATED,
-            Record::Deposited { .. } => kind::DEPOSITED,
-            Record::Withdrawn { .. } => kind::WITHDRAWN,
+            Record::MovementWithoutId { kind, .. } => match kind {
+                MovementKind::Deposit => kind::DEPOSITED_WITHOUT_ID,
+                MovementKind::Withdrawal => kind::WITHDRAWN_WITHOUT_ID,
+            },
+            Record::Movement { kind, .. } => match kind {
+                MovementKind::Deposit => kind::DEPOSITED,
+                MovementKind::Withdrawal => kind::WITHDRAWN,
+            },
+            Record::MovementRefused { .. } => kind::MOVEMENT_REFUSED,
             Record::LocalTransfer { .. } => kind::LOCAL_TRANSFER,
             Record::TransferAborted { .. } => kind::TRANSFER_ABORTED,
             Record::Prepared { .. } => kind::PREPARED,
@@ -126,9 +150,35 @@ impl Record {
                 out.push(owner.len() as u8);
                 out.extend_from_slice(owner);
             }
-            Record::Deposited { account, amount } | Record::Withdrawn { account, amount } => {
+            Record::MovementWithoutId {
+                account, amount, ..
+            } => {
                 out.extend_from_slice(&account.to_le_bytes());
                 out.extend_from_slice(&amount.to_le_bytes());
+            }
+            // The kind is in the record kind.
+            Record::Movement {
+                id,
+                account,
+                amount,
+                ..
+            } => {
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&account.to_le_bytes());
+                out.extend_from_slice(&amount.to_le_bytes());
+            }
+            Record::MovementRefused {
+                id,
+                account,
+                kind,
+                amount,
+                reason,
+            } => {
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&account.to_le_bytes());
+                out.push(kind.code());
+                out.extend_from_slice(&amount.to_le_bytes());
+                out.push(reason.code());
             }
             Record::LocalTransfer {
                 id,
@@ -204,8 +254,8 @@ impl Record {
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, RecordDecodeError> {
         let kind_name = match kind {
             kind::ACCOUNT_CREATED => "account-created",
-            kind::DEPOSITED => "deposited",
-            kind::WITHDRAWN => "withdrawn",
+            kind::DEPOSITED_WITHOUT_ID => "deposited-without-id",
+            kind::WITHDRAWN_WITHOUT_ID => "withdrawn-without-id",
             kind::LOCAL_TRANSFER => "local-transfer",
             kind::TRANSFER_ABORTED => "transfer-aborted",
             kind::PREPARED => "prepared",
@@ -213,6 +263,9 @@ impl Record {
             kind::ABORTED => "aborted",
             kind::DECIDED => "decided",
             kind::ENDED => "ended",
+            kind::DEPOSITED => "deposited",
+            kind::WITHDRAWN => "withdrawn",
+            kind::MOVEMENT_REFUSED => "movement-refused",
             _ => {
                 return Err(RecordDecodeError {
                     kind_name: "unknown",
@@ -244,13 +297,25 @@ impl Record {
                     created_at_ms,
                 }
             }
-            kind::DEPOSITED => Record::Deposited {
+            kind::DEPOSITED_WITHOUT_ID | kind::WITHDRAWN_WITHOUT_ID => Record::MovementWithoutId {
                 account: reader.u64()?,
+                kind: movement_kind_of(kind),
                 amount: reader.u64()?,
             },
-            kind::WITHDRAWN => Record::Withdrawn {
+            kind::DEPOSITED | kind::WITHDRAWN => Record::Movement {
+                id: reader.u128()?,
                 account: reader.u64()?,
+                kind: movement_kind_of(kind),
                 amount: reader.u64()?,
+            },
+            kind::MOVEMENT_REFUSED => Record::MovementRefused {
+                id: reader.u128()?,
+                account: reader.u64()?,
+                kind: MovementKind::from_code(reader.u8()?)
+                    .ok_or_else(|| reader.error("unknown movement kind"))?,
+                amount: reader.u64()?,
+                reason: RefusalReason::from_code(reader.u8()?)
+                    .ok_or_else(|| reader.error("unknown refusal reason"))?,
             },
             kind::LOCAL_TRANSFER => Record::LocalTransfer {
                 id: reader.u128()?,
@@ -353,6 +418,15 @@ impl Record {
     }
 }
 
+/// The movement kind a deposited or withdrawn record kind stands for.
+fn movement_kind_of(record_kind: u8) -> MovementKind {
+    match record_kind {
+        kind::DEPOSITED | kind::DEPOSITED_WITHOUT_ID => MovementKind::Deposit,
+        kind::WITHDRAWN | kind::WITHDRAWN_WITHOUT_ID => MovementKind::Withdrawal,
+        _ => unreachable!("only called for deposit and withdrawal record kinds"),
+    }
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     kind_name: &'static str,
@@ -423,13 +497,41 @@ mod tests {
                 flags: 0,
                 created_at_ms: 1,
             },
-            Record::Deposited {
+            Record::MovementWithoutId {
                 account: 7,
+                kind: MovementKind::Deposit,
                 amount: 500,
             },
-            Record::Withdrawn {
+            Record::MovementWithoutId {
                 account: 7,
+                kind: MovementKind::Withdrawal,
                 amount: 20,
+            },
+            Record::Movement {
+                id: u128::MAX - 1,
+                account: 7,
+                kind: MovementKind::Deposit,
+                amount: 500,
+            },
+            Record::Movement {
+                id: 3,
+                account: 7,
+                kind: MovementKind::Withdrawal,
+                amount: 20,
+            },
+            Record::MovementRefused {
+                id: 4,
+                account: 7,
+                kind: MovementKind::Withdrawal,
+                amount: 21,
+                reason: RefusalReason::InsufficientFunds,
+            },
+            Record::MovementRefused {
+                id: 5,
+                account: 1 << 60,
+                kind: MovementKind::Deposit,
+                amount: u64::MAX,
+                reason: RefusalReason::UnknownAccount,
             },
             Record::LocalTransfer {
                 id: u128::MAX - 3,
@@ -494,5 +596,44 @@ mod tests {
             assert!(Record::decode(record.kind(), &longer).is_err());
         }
         assert!(Record::decode(0, &[]).is_err());
+    }
+
+    /// Kinds 2 and 3 were written before deposits and withdrawals kept their ids: logs holding
+    /// them must still replay, byte for byte as they were written.
+    #[test]
+    fn deposits_and_withdrawals_without_ids_still_decode() {
+        let mut payload = 7u64.to_le_bytes().to_vec();
+        payload.extend_from_slice(&500u64.to_le_bytes());
+        for (kind, movement) in [(2, MovementKind::Deposit), (3, MovementKind::Withdrawal)] {
+            let record = Record::decode(kind, &payload).unwrap();
+            assert_eq!(
+                record,
+                Record::MovementWithoutId {
+                    account: 7,
+                    kind: movement,
+                    amount: 500
+                }
+            );
+            assert_eq!((record.kind(), record.encode()), (kind, payload.clone()));
+        }
+    }
+
+    #[test]
+    fn a_refusal_with_an_unknown_kind_or_reason_does_not_decode() {
+        let refused = Record::MovementRefused {
+            id: 1,
+            account: 2,
+            kind: MovementKind::Deposit,
+            amount: 3,
+            reason: RefusalReason::Overflow,
+        };
+        let payload = refused.encode();
+        let kind_offset = 16 + 8;
+        let reason_offset = payload.len() - 1;
+        for (offset, bad) in [(kind_offset, 0), (kind_offset, 3), (reason_offset, 3)] {
+            let mut broken = payload.clone();
+            broken[offset] = bad;
+            assert!(Record::decode(kind::MOVEMENT_REFUSED, &broken).is_err());
+        }
     }
 }

@@ -19,8 +19,9 @@ use crate::lock::{
 };
 use crate::model::{
     AbortReason, Account, AccountId, Amount, CoordinatorDecision, HISTORY_PAGE_MAX_ENTRIES,
-    HistoryPage, NodeId, OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome,
-    PreparedTransaction, TRANSACTION_OPERATIONS_MAX, Totals, TransferId, TransferRecord,
+    HistoryPage, MovementId, MovementKind, MovementOutcome, MovementRecord, NodeId,
+    OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome, PreparedTransaction, RefusalReason,
+    TRANSACTION_OPERATIONS_MAX, Totals, TransferId, TransferRecord,
 };
 use crate::record::{ENDED_IDS_MAX, Record, RecordDecodeError};
 use crate::tables::{Tables, TablesError};
@@ -77,10 +78,12 @@ pub enum EngineError {
     InvalidPageSize,
     #[error("lock conflict on account {account}")]
     LockConflict { account: AccountId },
-    #[error("transfer {0} exists with different content")]
-    DuplicateWithDifferentContent(TransferId),
-    #[error("transfer {0} is already in progress")]
-    InProgress(TransferId),
+    /// The id names another transfer, deposit or withdrawal on this shard.
+    #[error("id {0} was already used here with different content")]
+    DuplicateWithDifferentContent(u128),
+    /// Another request with this id is running.
+    #[error("a request with id {0} is already in progress")]
+    InProgress(u128),
     #[error("transaction {0} is not prepared here and was never committed")]
     UnknownTransaction(TransferId),
     #[error("transaction {0} was already aborted")]
@@ -202,10 +205,10 @@ impl Drop for HeldLocks<'_> {
     }
 }
 
-/// Removes a transfer id from the in-flight set when dropped.
+/// Removes an id from the in-flight set when dropped.
 struct InFlight<'a> {
-    set: &'a Mutex<HashSet<TransferId>>,
-    id: TransferId,
+    set: &'a Mutex<HashSet<u128>>,
+    id: u128,
 }
 
 impl Drop for InFlight<'_> {
@@ -233,7 +236,10 @@ pub struct Engine<T: Tables, S: Storage = FileStorage> {
     /// LSN up to which the tables reflect the log; held while applying.
     applied: Mutex<Lsn>,
     failure: OnceLock<String>,
-    local_in_flight: Mutex<HashSet<TransferId>>,
+    /// Ids of the one-phase requests running (local transfers, deposits, withdrawals), which
+    /// share one namespace: a second request with a running id is refused `InProgress`, and a
+    /// prepare of it votes no.
+    local_in_flight: Mutex<HashSet<u128>>,
     participant: Mutex<HashMap<TransferId, PreparedEntry>>,
     /// While non-zero, prepares of new transactions are refused (a cluster-wide cut is being
     /// taken; see `close_prepares`).
@@ -499,47 +505,144 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         })
     }
 
-    /// Adds money to an account; returns the new balance.
-    pub fn deposit(&self, id: AccountId, amount: Amount) -> Result<Amount, EngineError> {
-        self.check_writable()?;
-        if amount == 0 {
-            return Err(EngineError::ZeroAmount);
-        }
-        let _locks = self.take_locks(&[(id, LockMode::Exclusive)], self.lock_policy())?;
-        let account = self.existing_account(id)?;
-        let balance = account
-            .balance
-            .checked_add(amount)
-            .ok_or(EngineError::Overflow(id))?;
-        self.log_and_apply(Record::Deposited {
-            account: id,
-            amount,
-        })?;
-        Ok(balance)
+    /// Adds money to an account from outside, at most once per `id`: see [`Engine::move_money`].
+    pub fn deposit(
+        &self,
+        id: MovementId,
+        account: AccountId,
+        amount: Amount,
+    ) -> Result<MovementOutcome, EngineError> {
+        self.move_money(id, account, MovementKind::Deposit, amount)
     }
 
-    /// Takes money out of an account; returns the new balance.
-    pub fn withdraw(&self, id: AccountId, amount: Amount) -> Result<Amount, EngineError> {
-        self.check_writable()?;
+    /// Takes money out of an account, at most once per `id`: see [`Engine::move_money`].
+    pub fn withdraw(
+        &self,
+        id: MovementId,
+        account: AccountId,
+        amount: Amount,
+    ) -> Result<MovementOutcome, EngineError> {
+        self.move_money(id, account, MovementKind::Withdrawal, amount)
+    }
+
+    /// A deposit or withdrawal, idempotent by `id`. Its first outcome is logged, applied or
+    /// refused (unknown account, insufficient funds, overflow: refusals that depend on state), and
+    /// is the answer to every request with this id from then on, across restarts: a retry applies
+    /// nothing, and a refused id stays refused even once the state would allow it. The same id with
+    /// another account, kind or amount, or an id this shard knows as a transfer, is
+    /// `DuplicateWithDifferentContent`. Errors log nothing: a zero amount (malformed), a lock
+    /// conflict or `InProgress` (transient: retry with the same id), storage failures.
+    pub fn move_money(
+        &self,
+        id: MovementId,
+        account: AccountId,
+        kind: MovementKind,
+        amount: Amount,
+    ) -> Result<MovementOutcome, EngineError> {
         if amount == 0 {
             return Err(EngineError::ZeroAmount);
         }
-        let _locks = self.take_locks(&[(id, LockMode::Exclusive)], self.lock_policy())?;
-        let account = self.existing_account(id)?;
-        let balance =
-            account
-                .balance
-                .checked_sub(amount)
-                .ok_or(EngineError::InsufficientFunds {
-                    account: id,
-                    balance: account.balance,
-                    needed: amount,
-                })?;
-        self.log_and_apply(Record::Withdrawn {
-            account: id,
-            amount,
+        let same_request = |record: &MovementRecord| {
+            if (record.account, record.kind, record.amount) == (account, kind, amount) {
+                Ok(record.outcome)
+            } else {
+                Err(EngineError::DuplicateWithDifferentContent(id))
+            }
+        };
+        // A retry of a recorded movement is a read: answered even after a storage failure.
+        if let Some(record) = self.tables.movement(id)? {
+            return same_request(&record);
+        }
+        self.check_writable()?;
+        let _in_flight = self.enter_local_in_flight(id)?;
+        // Checked again: a request with this id may have finished between the first look and
+        // taking the in-flight slot.
+        if let Some(record) = self.tables.movement(id)? {
+            return same_request(&record);
+        }
+        self.refuse_transfer_id(id)?;
+        let _locks = self.take_locks(&[(account, LockMode::Exclusive)], self.lock_policy())?;
+        let refusal = match self.tables.account(account)? {
+            None => Some(RefusalReason::UnknownAccount),
+            Some(existing) => match kind {
+                MovementKind::Deposit => existing
+                    .balance
+                    .checked_add(amount)
+                    .is_none()
+                    .then_some(RefusalReason::Overflow),
+                MovementKind::Withdrawal => {
+                    (existing.balance < amount).then_some(RefusalReason::InsufficientFunds)
+                }
+            },
+        };
+        self.log_and_apply(match refusal {
+            None => Record::Movement {
+                id,
+                account,
+                kind,
+                amount,
+            },
+            Some(reason) => Record::MovementRefused {
+                id,
+                account,
+                kind,
+                amount,
+                reason,
+            },
         })?;
-        Ok(balance)
+        // The answer is read back from the tables: the very value every retry will be given.
+        let record = self.tables.movement(id)?.ok_or_else(|| {
+            self.fail(format!(
+                "{kind} {id} was logged and applied but is not in the tables"
+            ))
+        })?;
+        assert_eq!(
+            (record.account, record.kind, record.amount),
+            (account, kind, amount),
+            "movement {id} read back with other content"
+        );
+        assert_eq!(
+            matches!(record.outcome, MovementOutcome::Refused(_)),
+            refusal.is_some(),
+            "movement {id} read back with another outcome"
+        );
+        Ok(record.outcome)
+    }
+
+    /// Takes `id`'s slot among the one-phase requests running, or refuses `InProgress`.
+    fn enter_local_in_flight(&self, id: u128) -> Result<InFlight<'_>, EngineError> {
+        if !lock(&self.local_in_flight).insert(id) {
+            return Err(EngineError::InProgress(id));
+        }
+        Ok(InFlight {
+            set: &self.local_in_flight,
+            id,
+        })
+    }
+
+    /// Refuses a deposit or withdrawal whose id this shard knows as a transfer (one-phase, 2PC
+    /// participant or coordinator decision): one node, one meaning per id. A transfer being
+    /// prepared that is not durable yet may still vanish, so it is `InProgress`, not a duplicate.
+    /// Called holding the id's in-flight slot, which a new prepare of the id checks, so no
+    /// transfer can take the id between these looks and the movement's record.
+    fn refuse_transfer_id(&self, id: u128) -> Result<(), EngineError> {
+        if let Some(entry) = lock(&self.participant).get(&id) {
+            let durable = entry.prepared_durable
+                || entry
+                    .decision
+                    .is_some_and(|(decision_lsn, _)| decision_lsn > 0);
+            return Err(if durable {
+                EngineError::DuplicateWithDifferentContent(id)
+            } else {
+                EngineError::InProgress(id)
+            });
+        }
+        // Looked up after the participant map: a decided transaction is in the tables before it
+        // leaves the map.
+        if self.tables.transfer(id)?.is_some() || self.tables.decision(id)?.is_some() {
+            return Err(EngineError::DuplicateWithDifferentContent(id));
+        }
+        Ok(())
     }
 
     /// The committed balance.
@@ -563,11 +666,17 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             return Err(EngineError::InvalidPageSize);
         }
         self.existing_account(id)?;
-        let entries = self
+        // One entry more than asked tells whether an older page exists, so that a page ending
+        // with the oldest entry says so even when it is exactly full.
+        let mut entries = self
             .tables
-            .history(id, before_lsn.unwrap_or(Lsn::MAX), limit)?;
-        let next_cursor =
-            (entries.len() == limit as usize).then(|| entries.last().expect("non-empty").lsn);
+            .history(id, before_lsn.unwrap_or(Lsn::MAX), limit + 1)?;
+        let next_cursor = if entries.len() > limit as usize {
+            entries.truncate(limit as usize);
+            Some(entries.last().expect("limit is at least 1").lsn)
+        } else {
+            None
+        };
         Ok(HistoryPage {
             entries,
             next_cursor,
@@ -626,13 +735,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             return same_request(&record);
         }
         self.check_writable()?;
-        if !lock(&self.local_in_flight).insert(id) {
-            return Err(EngineError::InProgress(id));
-        }
-        let _in_flight = InFlight {
-            set: &self.local_in_flight,
-            id,
-        };
+        let _in_flight = self.enter_local_in_flight(id)?;
         if lock(&self.participant).contains_key(&id) {
             return Err(EngineError::InProgress(id));
         }
@@ -640,6 +743,11 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         // taking the in-flight slot.
         if let Some(record) = self.tables.transfer(id)? {
             return same_request(&record);
+        }
+        // A deposit's or withdrawal's id is not reused for a transfer (one node, one meaning per
+        // id); movements take the same in-flight slot, so none can be logged after this look.
+        if self.tables.movement(id)?.is_some() {
+            return Err(EngineError::DuplicateWithDifferentContent(id));
         }
         let request = [(debit, LockMode::Exclusive), (credit, LockMode::Exclusive)];
         let refusal = match self.take_locks(&request, self.lock_policy()) {
@@ -799,7 +907,12 @@ impl<T: Tables, S: Storage> Engine<T, S> {
                 Outcome::Committed => Vote::No(AbortReason::InvalidRequest),
             });
         }
-        if lock(&self.local_in_flight).contains(&request.id) || !well_formed(&request.operations) {
+        // An id in use by a one-phase request, or recorded as a deposit or withdrawal here, is
+        // another request's: refused like any id reused with other content.
+        if lock(&self.local_in_flight).contains(&request.id)
+            || !well_formed(&request.operations)
+            || self.tables.movement(request.id)?.is_some()
+        {
             return Ok(Vote::No(AbortReason::InvalidRequest));
         }
         if self.prepares_closed.load(Ordering::Acquire) > 0 {

@@ -14,7 +14,8 @@
 //! Crash points (each engine call below may be struck as [`Strike`] describes; a fifth of the
 //! strikes take the whole cluster down with the shard):
 //! - local transfer, deposit, withdrawal: the client hears nothing; after recovery the record is
-//!   there or not (`transfer_status`, the shard's totals), never half.
+//!   there or not (`transfer_status`, the shard's totals), never half. The client then resends
+//!   the deposit or withdrawal with its id, which must not apply it a second time.
 //! - participant prepare: the vote is lost, so the coordinator aborts (participant unavailable)
 //!   and keeps the participant listed; the PREPARE comes back in doubt, or not at all.
 //! - coordinator prepare: the batch is abandoned; the participants' PREPAREs are in doubt and
@@ -45,8 +46,8 @@ use engine::coordinator::{
     Time, Transfer, TransferRequest, VoteFailure,
 };
 use engine::model::{
-    AbortReason, AccountId, Amount, CoordinatorDecision, NodeId, Operation, OperationKind, Outcome,
-    TransferId,
+    AbortReason, AccountId, Amount, CoordinatorDecision, MovementId, MovementKind, MovementOutcome,
+    NodeId, Operation, OperationKind, Outcome, RefusalReason, TransferId,
 };
 use engine::tables::MemoryTables;
 use engine::testing::{single_threaded_engine_options, small_segment_wal_options, test_seed};
@@ -144,12 +145,23 @@ impl TransferEntry {
     }
 }
 
-/// A deposit or withdrawal whose answer was lost in a crash.
+/// A deposit or withdrawal a client sent.
 #[derive(Debug, Clone, Copy)]
-struct UnknownCash {
+struct Cash {
+    id: MovementId,
     account: AccountId,
     amount: Amount,
     deposit: bool,
+}
+
+impl Cash {
+    fn kind(&self) -> MovementKind {
+        if self.deposit {
+            MovementKind::Deposit
+        } else {
+            MovementKind::Withdrawal
+        }
+    }
 }
 
 /// What the clients know: the test's model of the acknowledged state.
@@ -158,12 +170,21 @@ struct Ledger {
     deposited: BTreeMap<AccountId, u128>,
     withdrawn: BTreeMap<AccountId, u128>,
     /// At most one at a time: the operation that was cut, until the next check resolves it.
-    unknown_cash: Vec<UnknownCash>,
+    unknown_cash: Vec<Cash>,
+    /// Deposits and withdrawals whose answer a client heard (or learned by resending them).
+    heard_cash: Vec<(Cash, MovementOutcome)>,
     transfers: BTreeMap<TransferId, TransferEntry>,
     next_id: TransferId,
 }
 
 impl Ledger {
+    /// A fresh id; deposits, withdrawals and transfers share the counter, as they share one
+    /// namespace per shard.
+    fn new_id(&mut self) -> u128 {
+        self.next_id += 1;
+        self.next_id
+    }
+
     fn new_transfer(&mut self, debit: AccountId, credit: AccountId, amount: Amount) -> TransferId {
         self.next_id += 1;
         let id = self.next_id;
@@ -530,9 +551,10 @@ impl Cluster {
             cluster.power_on(shard)?;
         }
         for account in 1..=ACCOUNTS {
+            let id = cluster.ledger.new_id();
             let engine = cluster.engine(shard_of(account));
             ok(engine.create_account(account, None, 0, 0), "create account")?;
-            ok(engine.deposit(account, INITIAL_DEPOSIT), "deposit")?;
+            ok(engine.deposit(id, account, INITIAL_DEPOSIT), "deposit")?;
             cluster
                 .ledger
                 .deposited
@@ -1058,39 +1080,53 @@ impl Cluster {
 
     /// A deposit or withdrawal on a random account.
     fn cash(&mut self) -> Checked<()> {
-        let account = self.random.random_range(1..=ACCOUNTS);
-        let amount = self.random.random_range(1..300);
-        let deposit = self.random.random_bool(0.5);
+        let cash = Cash {
+            id: self.ledger.new_id(),
+            account: self.random.random_range(1..=ACCOUNTS),
+            amount: self.random.random_range(1..300),
+            deposit: self.random.random_bool(0.5),
+        };
         self.note(format!(
-            "{} {amount} on account {account}",
-            if deposit { "deposit" } else { "withdraw" }
+            "{} {} {} on account {}",
+            cash.kind(),
+            cash.id,
+            cash.amount,
+            cash.account
         ));
-        let (step, result) = if deposit {
-            let result = self.call(shard_of(account), "deposit", |engine| {
-                engine.deposit(account, amount)
-            });
-            ("deposit", result)
+        let step = if cash.deposit {
+            "deposit"
         } else {
-            let result = self.call(shard_of(account), "withdrawal", |engine| {
-                engine.withdraw(account, amount)
-            });
-            ("withdrawal", result)
+            "withdrawal"
         };
-        let map = if deposit {
-            &mut self.ledger.deposited
-        } else {
-            &mut self.ledger.withdrawn
-        };
+        let result = self.call(shard_of(cash.account), step, |engine| {
+            engine.move_money(cash.id, cash.account, cash.kind(), cash.amount)
+        });
         match result {
-            None => self.ledger.unknown_cash.push(UnknownCash {
-                account,
-                amount,
-                deposit,
-            }),
-            Some(Ok(_)) => *map.entry(account).or_default() += u128::from(amount),
-            Some(Err(EngineError::InsufficientFunds { .. })) if !deposit => {}
+            None => self.ledger.unknown_cash.push(cash),
+            Some(Ok(outcome)) => self.hear_cash(cash, outcome)?,
             Some(Err(error)) => return Err(format!("{step}: unexpected engine error: {error}")),
         }
+        Ok(())
+    }
+
+    /// Books the answer a client heard for a deposit or withdrawal. Only a withdrawal may be
+    /// refused, and only for want of funds.
+    fn hear_cash(&mut self, cash: Cash, outcome: MovementOutcome) -> Checked<()> {
+        match outcome {
+            MovementOutcome::Applied { .. } => {
+                let map = if cash.deposit {
+                    &mut self.ledger.deposited
+                } else {
+                    &mut self.ledger.withdrawn
+                };
+                *map.entry(cash.account).or_default() += u128::from(cash.amount);
+            }
+            MovementOutcome::Refused(RefusalReason::InsufficientFunds) if !cash.deposit => {}
+            MovementOutcome::Refused(reason) => {
+                return Err(format!("{cash:?}: unexpected refusal: {reason}"));
+            }
+        }
+        self.ledger.heard_cash.push((cash, outcome));
         Ok(())
     }
 
@@ -1258,18 +1294,25 @@ impl Cluster {
                 violations.join("\n  ")
             ));
         }
+        // A client that heard nothing resends with the same id. One the shard applied must be
+        // answered as applied, and not applied again (the next check's totals would show it);
+        // one that never became durable is done now, for the first time.
         for (cash, applied) in std::mem::take(&mut self.ledger.unknown_cash)
             .into_iter()
             .zip(resolution.cash_applied)
         {
-            if applied {
-                let map = if cash.deposit {
-                    &mut self.ledger.deposited
-                } else {
-                    &mut self.ledger.withdrawn
-                };
-                *map.entry(cash.account).or_default() += u128::from(cash.amount);
+            let engine = self.engine(shard_of(cash.account));
+            let answer = ok(
+                engine.move_money(cash.id, cash.account, cash.kind(), cash.amount),
+                "resent deposit or withdrawal",
+            )?;
+            let answered_applied = matches!(answer, MovementOutcome::Applied { .. });
+            if applied && !answered_applied {
+                return Err(format!(
+                    "{cash:?}: applied before the crash, but its resend is answered {answer:?}"
+                ));
             }
+            self.hear_cash(cash, answer)?;
         }
         for (id, resolved) in resolution.outcomes {
             let entry = self.ledger.transfers.get_mut(&id).expect("from the ledger");
@@ -1281,9 +1324,34 @@ impl Cluster {
         self.check_retries()
     }
 
-    /// A retry of a transfer whose outcome a client heard gets the same outcome and changes
-    /// nothing; reusing a local transfer's id for other content is refused.
+    /// A retry of a transfer, deposit or withdrawal whose outcome a client heard gets the same
+    /// outcome and changes nothing; reusing an id for other content is refused.
     fn check_retries(&mut self) -> Checked<()> {
+        for (cash, outcome) in self.ledger.heard_cash.clone() {
+            let engine = self.engine(shard_of(cash.account));
+            let next_lsn = engine.wal().next_lsn();
+            let different = engine.move_money(cash.id, cash.account, cash.kind(), cash.amount + 1);
+            if !matches!(
+                different,
+                Err(EngineError::DuplicateWithDifferentContent(_))
+            ) {
+                return Err(format!(
+                    "{cash:?}: reused with other content, answered {different:?}"
+                ));
+            }
+            let again = ok(
+                engine.move_money(cash.id, cash.account, cash.kind(), cash.amount),
+                "retry",
+            )?;
+            if again != outcome || engine.wal().next_lsn() != next_lsn {
+                return Err(format!(
+                    "{cash:?}: the client heard {outcome:?}, a retry is answered {again:?} \
+                     (log {next_lsn} -> {})",
+                    engine.wal().next_lsn()
+                ));
+            }
+            self.stats.retries_checked += 1;
+        }
         let heard: Vec<(TransferId, TransferEntry, Outcome)> = self
             .ledger
             .transfers

@@ -4,13 +4,28 @@
 
 use std::process::Command;
 
-use engine::model::Outcome;
+use engine::model::{MovementId, MovementOutcome, Outcome, RefusalReason};
 use engine::tables::{RocksTables, Tables};
 use engine::wal::{Wal, WalOptions};
 use engine::{Engine, EngineOptions};
 
 const CHILD_DIRECTORY: &str = "TALLY_ROCKS_CHILD_DIRECTORY";
 const ACCOUNTS: u64 = 20;
+
+/// The id of the child's deposit into `account` (before the checkpoint: in the flushed tables).
+fn deposit_id(account: u64) -> MovementId {
+    1_000_000 + u128::from(account)
+}
+
+/// The id of the child's withdrawal from `account` (after the checkpoint: only in the WAL).
+fn withdrawal_id(account: u64) -> MovementId {
+    2_000_000 + u128::from(account)
+}
+
+/// The id of the child's refused withdrawal from `account` (only in the WAL).
+fn refused_id(account: u64) -> MovementId {
+    3_000_000 + u128::from(account)
+}
 
 fn open(directory: &std::path::Path) -> (Engine<RocksTables>, engine::OpenReport) {
     let (wal, _) = Wal::open_directory(
@@ -25,13 +40,14 @@ fn open(directory: &std::path::Path) -> (Engine<RocksTables>, engine::OpenReport
     Engine::open(wal, tables, EngineOptions::default()).expect("open engine")
 }
 
-/// What the child does: accounts with deposits, a checkpoint, then transfers that live only in
-/// the WAL and in RocksDB's memtable when it aborts.
+/// What the child does: accounts with deposits, a checkpoint, then transfers and withdrawals (one
+/// applied, one refused per account) that live only in the WAL and in RocksDB's memtable when it
+/// aborts.
 fn child(directory: &std::path::Path) -> ! {
     let (engine, _) = open(directory);
     for account in 1..=ACCOUNTS {
         engine.create_account(account, Some("child"), 0, 0).unwrap();
-        engine.deposit(account, 1_000).unwrap();
+        engine.deposit(deposit_id(account), account, 1_000).unwrap();
     }
     engine.checkpoint().unwrap();
     for id in 1..=200u128 {
@@ -43,6 +59,12 @@ fn child(directory: &std::path::Path) -> ! {
                 Outcome::Committed
             );
         }
+    }
+    for account in 1..=ACCOUNTS {
+        engine.withdraw(withdrawal_id(account), account, 1).unwrap();
+        engine
+            .withdraw(refused_id(account), account, 1_000_000)
+            .unwrap();
     }
     println!(
         "child applied up to LSN {}",
@@ -88,10 +110,10 @@ fn tables_recover_from_the_wal_after_losing_unflushed_memtables() {
         report.records_replayed
     );
     let audit = engine.audit().unwrap();
-    assert_eq!(audit.balance_sum, u128::from(ACCOUNTS) * 1_000);
+    assert_eq!(audit.balance_sum, u128::from(ACCOUNTS) * 999);
     assert!(audit.is_balanced());
-    // Every transfer is there exactly once.
-    let mut expected = vec![1_000i64; ACCOUNTS as usize + 1];
+    // Every transfer and withdrawal is there exactly once.
+    let mut expected = vec![999i64; ACCOUNTS as usize + 1];
     for id in 1..=200u64 {
         let (debit, credit) = ((id % ACCOUNTS) + 1, ((id * 7) % ACCOUNTS) + 1);
         if debit != credit {
@@ -110,6 +132,9 @@ fn tables_recover_from_the_wal_after_losing_unflushed_memtables() {
             "account {account}"
         );
     }
+    // Resent deposits and withdrawals get their first answers, rebuilt by replay or read from
+    // the flushed tables, and apply nothing.
+    check_resent_movements(&engine);
     // A checkpoint truncates the WAL, and the state survives another reopen.
     engine.checkpoint().unwrap();
     drop(engine);
@@ -117,6 +142,39 @@ fn tables_recover_from_the_wal_after_losing_unflushed_memtables() {
     assert_eq!(report.records_replayed, 0);
     assert_eq!(
         engine.audit().unwrap().balance_sum,
-        u128::from(ACCOUNTS) * 1_000
+        u128::from(ACCOUNTS) * 999
+    );
+    check_resent_movements(&engine);
+}
+
+fn check_resent_movements(engine: &Engine<RocksTables>) {
+    let next_lsn = engine.wal().next_lsn();
+    for account in 1..=ACCOUNTS {
+        // Account k was created at LSN 2k - 1 and funded at LSN 2k.
+        assert_eq!(
+            engine.deposit(deposit_id(account), account, 1_000).unwrap(),
+            MovementOutcome::Applied {
+                balance_after: 1_000,
+                lsn: 2 * account
+            }
+        );
+        let MovementOutcome::Applied { lsn, .. } =
+            engine.withdraw(withdrawal_id(account), account, 1).unwrap()
+        else {
+            panic!("withdrawal from account {account} not applied");
+        };
+        let history = engine.history(account, Some(lsn + 1), 1).unwrap();
+        assert_eq!(history.entries[0].transfer, withdrawal_id(account));
+        assert_eq!(
+            engine
+                .withdraw(refused_id(account), account, 1_000_000)
+                .unwrap(),
+            MovementOutcome::Refused(RefusalReason::InsufficientFunds)
+        );
+    }
+    assert_eq!(
+        engine.wal().next_lsn(),
+        next_lsn,
+        "a resend logged something"
     );
 }

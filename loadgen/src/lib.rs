@@ -202,10 +202,12 @@ pub struct Checks {
     /// Unknown-outcome transfers, resolved by status afterwards.
     pub unknown_resolved_committed: u64,
     pub unknown_resolved_aborted: u64,
+    /// Unknown-outcome deposits and withdrawals, resolved by resending them with their ids
+    /// afterwards: applied (earlier, or by the resend), or refused.
+    pub unknown_movements_resolved_applied: u64,
+    pub unknown_movements_resolved_refused: u64,
     /// Accounts whose balance differs from what the acknowledged outcomes imply.
     pub balance_mismatches: u64,
-    /// Why the per-account check could not run, if it could not.
-    pub balance_check_skipped: Option<String>,
     /// Sampled transfers whose status contradicts what the client heard.
     pub status_mismatches: u64,
     pub statuses_checked: u64,
@@ -288,16 +290,15 @@ impl Report {
             checks.negative
         ));
         out.push_str(&format!(
-            "exactly once: {} accounts off; {} of {} sampled statuses contradict their answer; unknown outcomes resolved: {} committed, {} aborted",
+            "exactly once: {} accounts off; {} of {} sampled statuses contradict their answer; unknown outcomes resolved: {} committed, {} aborted; deposits and withdrawals {} applied, {} refused",
             checks.balance_mismatches,
             checks.status_mismatches,
             checks.statuses_checked,
             checks.unknown_resolved_committed,
-            checks.unknown_resolved_aborted
+            checks.unknown_resolved_aborted,
+            checks.unknown_movements_resolved_applied,
+            checks.unknown_movements_resolved_refused
         ));
-        if let Some(reason) = &checks.balance_check_skipped {
-            out.push_str(&format!(" (per-account check skipped: {reason})"));
-        }
         out.push('\n');
         for problem in &checks.problems {
             out.push_str(&format!("problem: {problem}\n"));
@@ -407,9 +408,39 @@ struct Ledger {
     aborted_sample: Vec<TransferId>,
     /// Transfers whose outcome the client never heard: (id, debit, credit, amount).
     unknown_transfers: Vec<(TransferId, AccountId, AccountId, u64)>,
-    /// Accounts touched by a deposit or withdrawal whose outcome the client never heard (not
-    /// idempotent yet, so they cannot be resolved): their balances are not checked.
-    unknown_money_accounts: std::collections::HashSet<AccountId>,
+    /// Deposits and withdrawals whose outcome the client never heard, resent with their ids at
+    /// the end.
+    unknown_movements: Vec<Movement>,
+}
+
+/// A deposit (positive `change`) or withdrawal (negative) of `change.unsigned_abs()`.
+#[derive(Debug, Clone, Copy)]
+struct Movement {
+    id: TransferId,
+    account: AccountId,
+    change: i128,
+}
+
+impl Movement {
+    fn new(account: AccountId, amount: u64, deposit: bool) -> Movement {
+        let amount = i128::from(amount);
+        Movement {
+            id: TallyClient::new_transfer_id(),
+            account,
+            change: if deposit { amount } else { -amount },
+        }
+    }
+
+    /// Sends it (again: the node applies an id at most once and answers with its first answer).
+    async fn send(&self, client: &TallyClient) -> Result<(), ClientError> {
+        let amount = u64::try_from(self.change.unsigned_abs()).expect("made from a u64");
+        if self.change > 0 {
+            client.deposit(self.id, self.account, amount).await?;
+        } else {
+            client.withdraw(self.id, self.account, amount).await?;
+        }
+        Ok(())
+    }
 }
 
 /// One request a client sends.
@@ -520,9 +551,7 @@ pub async fn run(
         ledger.committed_sample.extend(part.committed_sample);
         ledger.aborted_sample.extend(part.aborted_sample);
         ledger.unknown_transfers.extend(part.unknown_transfers);
-        ledger
-            .unknown_money_accounts
-            .extend(part.unknown_money_accounts);
+        ledger.unknown_movements.extend(part.unknown_movements);
     }
     let recorder = Arc::try_unwrap(recorder)
         .map_err(|_| anyhow::anyhow!("recorder still shared"))?
@@ -732,7 +761,7 @@ impl Worker {
                 }
             }
             Request::SmallBank(SmallBank::Balance { checking, savings }) => Answer::Other {
-                change: None,
+                movement: None,
                 result: client.balances(&[checking, savings]).await.map(|_| ()),
             },
             Request::SmallBank(
@@ -742,13 +771,7 @@ impl Worker {
                     amount,
                     withdraw: false,
                 },
-            ) => Answer::Other {
-                change: Some((account, i128::from(amount))),
-                result: client
-                    .deposit(TallyClient::new_transfer_id(), account, amount)
-                    .await
-                    .map(|_| ()),
-            },
+            ) => Self::send_movement(client, Movement::new(account, amount, true)).await,
             Request::SmallBank(
                 SmallBank::WriteCheck { account, amount }
                 | SmallBank::TransactSavings {
@@ -756,13 +779,14 @@ impl Worker {
                     amount,
                     withdraw: true,
                 },
-            ) => Answer::Other {
-                change: Some((account, -i128::from(amount))),
-                result: client
-                    .withdraw(TallyClient::new_transfer_id(), account, amount)
-                    .await
-                    .map(|_| ()),
-            },
+            ) => Self::send_movement(client, Movement::new(account, amount, false)).await,
+        }
+    }
+
+    async fn send_movement(client: &TallyClient, movement: Movement) -> Answer {
+        Answer::Other {
+            movement: Some(movement),
+            result: movement.send(client).await,
         }
     }
 
@@ -802,20 +826,20 @@ impl Worker {
                     recorder.latency(micros);
                 }
             },
-            Answer::Other { change, result } => match result {
+            Answer::Other { movement, result } => match result {
                 Ok(()) => {
                     recorder.other_ops += 1;
                     recorder.latency(micros);
-                    if let Some((account, delta)) = change {
-                        *ledger.deltas.entry(account).or_default() += delta;
+                    if let Some(movement) = movement {
+                        *ledger.deltas.entry(movement.account).or_default() += movement.change;
                     }
                 }
                 Err(error) if maybe_applied(&error) => {
                     recorder.unknown += 1;
                     recorder.second[2] += 1;
                     recorder.latency(micros);
-                    if let Some((account, _)) = change {
-                        ledger.unknown_money_accounts.insert(account);
+                    if let Some(movement) = movement {
+                        ledger.unknown_movements.push(movement);
                     }
                 }
                 // A refused withdrawal (insufficient funds) changed nothing.
@@ -854,8 +878,9 @@ enum Answer {
         amount: u64,
         result: Result<TransferOutcome, ClientError>,
     },
+    /// A read, or a deposit or withdrawal (`movement`).
     Other {
-        change: Option<(AccountId, i128)>,
+        movement: Option<Movement>,
         result: Result<(), ClientError>,
     },
 }
@@ -1075,6 +1100,22 @@ async fn check(
                 .push(format!("status of transfer {id}: {error}")),
         }
     }
+    // Unknown deposits and withdrawals: resent with their ids, which applies each at most once
+    // and answers with its first outcome (or does it now, if it never arrived). Before the
+    // audit and the balance reads, which must see a resend that applies.
+    for movement in std::mem::take(&mut ledger.unknown_movements) {
+        match resolve_movement(client, &movement, deadline).await {
+            Ok(true) => {
+                checks.unknown_movements_resolved_applied += 1;
+                *ledger.deltas.entry(movement.account).or_default() += movement.change;
+            }
+            Ok(false) => checks.unknown_movements_resolved_refused += 1,
+            Err(error) => checks.problems.push(format!(
+                "deposit or withdrawal {} on account {} not resolved: {error}",
+                movement.id, movement.account
+            )),
+        }
+    }
     match client.audit().await {
         Ok(report) => {
             checks.balances = report.nodes.iter().map(|node| node.balances_sum).sum();
@@ -1090,19 +1131,10 @@ async fn check(
         Err(error) => checks.problems.push(format!("audit: {error}")),
     }
     // Exactly once: every account holds what the acknowledged outcomes imply.
-    if !ledger.unknown_money_accounts.is_empty() {
-        checks.balance_check_skipped = Some(format!(
-            "{} accounts with a deposit or withdrawal of unknown outcome (not idempotent yet) not checked",
-            ledger.unknown_money_accounts.len()
-        ));
-    }
     match read_all_balances(client, args.accounts).await {
         Ok(now) => {
             for (index, balance) in now.iter().enumerate() {
                 let account = index as AccountId + 1;
-                if ledger.unknown_money_accounts.contains(&account) {
-                    continue;
-                }
                 let expected =
                     i128::from(initial[index]) + ledger.deltas.get(&account).copied().unwrap_or(0);
                 if i128::from(*balance) != expected {
@@ -1135,6 +1167,35 @@ async fn check(
         }
     }
     checks
+}
+
+/// Whether a deposit or withdrawal of unknown outcome is applied, learned by resending it with
+/// its id until a node answers (or `deadline`): `true` applied, `false` refused (the refusal
+/// the node recorded for the id, or its first refusal now).
+async fn resolve_movement(
+    client: &TallyClient,
+    movement: &Movement,
+    deadline: Instant,
+) -> Result<bool, ClientError> {
+    loop {
+        match movement.send(client).await {
+            Ok(()) => return Ok(true),
+            // The refusals a node records for the id: its answer from now on.
+            Err(ClientError::Remote {
+                code:
+                    net::ErrorCode::InsufficientFunds
+                    | net::ErrorCode::UnknownAccount
+                    | net::ErrorCode::Overflow,
+                ..
+            }) => return Ok(false),
+            Err(error)
+                if Instant::now() < deadline && (maybe_applied(&error) || error.is_retryable()) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// A transfer's status once it is decided (or known never to have arrived).
@@ -1235,7 +1296,8 @@ fn summary_json(args: &LoadgenArgs, report: &Report) -> serde_json::Value {
             "in_doubt": checks.in_doubt,
             "negative_balances": checks.negative,
             "balance_mismatches": checks.balance_mismatches,
-            "balance_check_skipped": checks.balance_check_skipped,
+            "unknown_movements_resolved_applied": checks.unknown_movements_resolved_applied,
+            "unknown_movements_resolved_refused": checks.unknown_movements_resolved_refused,
             "status_mismatches": checks.status_mismatches,
             "statuses_checked": checks.statuses_checked,
             "unknown_resolved_committed": checks.unknown_resolved_committed,

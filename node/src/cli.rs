@@ -61,13 +61,17 @@ enum Command {
     Account(AccountCommand),
     /// Add money to an account from outside the system.
     ///
-    /// Not resent once it may have been sent: if no answer comes (exit code 4), check
-    /// `tally history ACCOUNT` before depositing again.
+    /// Applied at most once per id: resent with the same id when an attempt gets no answer, and
+    /// a resend gets the first answer (same balance and lsn). If no attempt is answered (exit
+    /// code 4), run the same command again with `--id ID` (the id is printed), or look for the
+    /// id in `tally history ACCOUNT`.
     Deposit(MoneyArgs),
     /// Take money out of an account, out of the system.
     ///
-    /// Not resent once it may have been sent: if no answer comes (exit code 4), check
-    /// `tally history ACCOUNT` before withdrawing again.
+    /// Applied at most once per id, resent like `deposit`. A refusal (insufficient funds) is
+    /// recorded: the same id is refused again even once the funds are there, so try again with a
+    /// new id. If no attempt is answered (exit code 4), run the same command again with
+    /// `--id ID`, or look for the id in `tally history ACCOUNT`.
     Withdraw(MoneyArgs),
     /// Show the balance of one account, or of several read at one consistent cut, with their
     /// total.
@@ -174,7 +178,9 @@ struct MoneyArgs {
     /// In minor units (e.g. cents), at least 1.
     #[arg(value_parser = parse_amount)]
     amount: u64,
-    /// Idempotency id, in decimal or 0x-hex; generated when absent.
+    /// Idempotency id, in decimal or 0x-hex; generated when absent. The account's node applies
+    /// an id at most once and answers a repeat with its first answer; the same id with another
+    /// account, amount or direction (or an id it knows as a transfer) is refused.
     #[arg(long, value_name = "X", value_parser = parse_transfer_id)]
     id: Option<TransferId>,
     #[command(flatten)]
@@ -440,9 +446,12 @@ async fn move_money(
         }
     };
     let (id, balance_after, lsn) = answer.map_err(|error| {
-        // The node does not deduplicate deposits and withdrawals (yet), so resending blindly
-        // could apply one twice.
-        let hint = format!("check `tally history {}` before trying again", args.account);
+        // The node applies an id at most once, so the same command with this id is safe.
+        let hint = format!(
+            "run it again with --id {id} (applied at most once), or look for id {id} in `tally \
+             history {}`",
+            args.account
+        );
         Failure::write(&format!("{name} {id}"), error, &hint)
     })?;
     let output = MoneyOutput {
@@ -1280,6 +1289,27 @@ mod tests {
                 help.contains(line),
                 "transfer --help lacks {line:?}:\n{help}"
             );
+        }
+    }
+
+    #[test]
+    fn deposit_and_withdraw_help_say_how_to_resolve_an_unknown_outcome() {
+        for command in ["deposit", "withdraw"] {
+            let help = parse_error(&[command, "--help"]).to_string();
+            let flat = one_line(&help);
+            for phrase in [
+                "Applied at most once per id",
+                "exit code 4",
+                "--id ID",
+                "tally history ACCOUNT",
+                "answers a repeat with its first answer",
+            ] {
+                assert!(
+                    flat.contains(phrase),
+                    "{command} --help lacks {phrase:?}:\n{help}"
+                );
+            }
+            assert!(!flat.contains("Not resent"), "{command} --help:\n{help}");
         }
     }
 

@@ -18,6 +18,8 @@ pub mod points {
     pub const COORDINATOR_AFTER_DECISION: &str = "coordinator-after-decision";
     /// Participant: a decision batch arrived for transactions it prepared; nothing applied yet.
     pub const PARTICIPANT_BEFORE_DECISION: &str = "participant-before-decision";
+    /// A deposit or withdrawal is durable and applied; its answer is not sent yet.
+    pub const MOVEMENT_BEFORE_ANSWER: &str = "movement-before-answer";
 }
 
 #[cfg(feature = "failpoints")]

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::coordinator::{Asker, Refusal, Transfer, TransferRequest};
-use engine::model::{AccountId, HistoryKind, NodeId, Outcome, TransferId};
+use engine::model::{
+    AccountId, HistoryKind, MovementId, MovementKind, MovementOutcome, NodeId, Outcome,
+    RefusalReason, TransferId,
+};
 use engine::{EngineError, PrepareRequest, ReadLocks, ShardAudit, TransferStatus, Vote};
 use net::{
     AccountCreated, Acks, Audit, AuditReport, Balance, Balances, ClusterStatus, CreateAccount,
@@ -55,13 +58,6 @@ enum SnapshotHold {
     Locks(ReadLocks),
     /// Prepares are closed.
     Gate,
-}
-
-/// Which way money moves across the system's edge.
-#[derive(Clone, Copy)]
-enum Direction {
-    In,
-    Out,
 }
 
 /// A snapshot's hold and the task that ends it when its lease runs out.
@@ -280,7 +276,12 @@ impl Node {
 
     async fn deposit(&self, request: Deposit) -> Result<Message, ErrorResponse> {
         let (balance_after, lsn) = self
-            .move_money(request.account, request.amount, Direction::In)
+            .move_money(
+                request.id,
+                request.account,
+                MovementKind::Deposit,
+                request.amount,
+            )
             .await?;
         Ok(Deposited {
             id: request.id,
@@ -292,7 +293,12 @@ impl Node {
 
     async fn withdraw(&self, request: Withdraw) -> Result<Message, ErrorResponse> {
         let (balance_after, lsn) = self
-            .move_money(request.account, request.amount, Direction::Out)
+            .move_money(
+                request.id,
+                request.account,
+                MovementKind::Withdrawal,
+                request.amount,
+            )
             .await?;
         Ok(Withdrawn {
             id: request.id,
@@ -302,25 +308,39 @@ impl Node {
         .into())
     }
 
-    /// A deposit or a withdrawal: the balance after it, and the durable LSN once it is applied
-    /// (at or past its record).
+    /// A deposit or a withdrawal, idempotent by `id`: the balance after it and the LSN of its
+    /// record, or its refusal, as first decided (`Engine::move_money`), however often it is
+    /// resent.
     async fn move_money(
         &self,
+        id: MovementId,
         account: AccountId,
+        kind: MovementKind,
         amount: u64,
-        direction: Direction,
     ) -> Result<(u64, u64), ErrorResponse> {
         self.owned(account)?;
         let engine = self.engine.clone();
-        blocking(move || {
-            let balance = match direction {
-                Direction::In => engine.deposit(account, amount)?,
-                Direction::Out => engine.withdraw(account, amount)?,
-            };
-            Ok::<_, EngineError>((balance, engine.wal().durable_lsn()))
-        })
-        .await
-        .map_err(engine_error)
+        let outcome = blocking(move || engine.move_money(id, account, kind, amount))
+            .await
+            .map_err(engine_error)?;
+        failpoint::hit(points::MOVEMENT_BEFORE_ANSWER);
+        match outcome {
+            MovementOutcome::Applied { balance_after, lsn } => Ok((balance_after, lsn)),
+            MovementOutcome::Refused(reason) => {
+                let code = match reason {
+                    RefusalReason::UnknownAccount => ErrorCode::UnknownAccount,
+                    RefusalReason::InsufficientFunds => ErrorCode::InsufficientFunds,
+                    RefusalReason::Overflow => ErrorCode::Overflow,
+                };
+                Err(ErrorResponse::new(
+                    code,
+                    format!(
+                        "{kind} {id} refused: {reason} on account {account} (recorded: \
+                         resending this id gets this refusal again)"
+                    ),
+                ))
+            }
+        }
     }
 
     async fn balance(&self, account: AccountId) -> Result<Message, ErrorResponse> {

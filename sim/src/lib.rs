@@ -381,8 +381,10 @@ impl Simulation {
             engine
                 .create_account(account, None, 0, 0)
                 .map_err(|error| format!("setup: {error}"))?;
+            // Funding ids from 2^120 up, clear of the transfer ids (from 1), since a node keeps one
+            // namespace for both.
             engine
-                .deposit(account, INITIAL_BALANCE)
+                .deposit((1 << 120) | u128::from(account), account, INITIAL_BALANCE)
                 .map_err(|error| format!("setup: {error}"))?;
         }
         for client in 0..self.scenario.clients {

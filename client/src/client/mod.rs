@@ -7,19 +7,18 @@
 //! [`ClientOptions::request_timeout`]; there are at most [`ClientOptions::attempts_max`] attempts,
 //! with full-jitter exponential backoff between them. What ends an attempt decides what follows:
 //!
-//! | attempt ended with                         | then                                            |
-//! |--------------------------------------------|-------------------------------------------------|
-//! | an answer                                  | return it                                       |
-//! | connect failure (nothing was sent)         | retry                                           |
-//! | `Overloaded` or `ShuttingDown`             | retry (the node refused before doing anything)  |
-//! | `WrongNode` naming a node of the config    | resend there at once (counts as an attempt)     |
-//! | any other error code                       | return [`ClientError::Remote`]                  |
-//! | sent, then timeout or connection lost      | reads and idempotent writes: retry; other writes: return [`ClientError::OutcomeUnknown`] at once |
+//! | attempt ended with                          | then                                           |
+//! |---------------------------------------------|------------------------------------------------|
+//! | an answer                                   | return it                                      |
+//! | connect failure (nothing was sent)          | retry                                          |
+//! | `Overloaded`, `ShuttingDown` or `LockConflict` | retry (the node refused before doing anything) |
+//! | `WrongNode` naming a node of the config     | resend there at once (counts as an attempt)    |
+//! | any other error code                        | return [`ClientError::Remote`]                 |
+//! | sent, then timeout or connection lost       | retry (a write with the same id)               |
 //!
-//! Transfers and account creations are idempotent writes: the node deduplicates them by transfer
-//! id (or account id), so a resend returns the recorded outcome and can never apply twice.
-//! Deposits and withdrawals are not deduplicated by the node yet, so they are never resent once
-//! they may have left.
+//! Every write is idempotent: the node deduplicates transfers, deposits and withdrawals by their
+//! id and account creations by the account id, so a resend returns the recorded outcome (an
+//! answer, or a recorded refusal such as `InsufficientFunds`) and can never apply twice.
 //!
 //! When the attempts run out, the last failure is returned ([`ClientError::Unavailable`], or the
 //! last refusal), except for an idempotent write that some attempt may have delivered: no later
@@ -114,13 +113,15 @@ pub enum ClientError {
         reason: String,
     },
     /// A write was sent but no answer came (timeout, or the connection was lost after sending):
-    /// it may or may not have been applied. For a transfer `id` is set: resolve it with
-    /// [`TallyClient::transfer_status`], or resend it with the same id, which cannot apply twice.
+    /// it may or may not have been applied. For a transfer, deposit or withdrawal `id` is set:
+    /// resend it with the same id, which cannot apply twice and returns its first answer (a
+    /// transfer can also be resolved with [`TallyClient::transfer_status`], a deposit or
+    /// withdrawal by finding its id in the account's history).
     #[error("no answer from node {node} ({reason}); the request may or may not have been applied")]
     OutcomeUnknown {
         /// The node of the last attempt.
         node: NodeId,
-        /// The transfer's id; `None` for other requests.
+        /// The id of the transfer, deposit or withdrawal; `None` for an account creation.
         id: Option<TransferId>,
         /// What ended the last attempt.
         reason: String,
@@ -167,8 +168,8 @@ pub enum ClientError {
 impl ClientError {
     /// Whether the request surely was not applied and the same request, sent again later, may
     /// succeed: the node was unreachable, overloaded, shutting down, or met a transient conflict.
-    /// [`ClientError::OutcomeUnknown`] is not retryable in this sense: resolve it first (a
-    /// transfer may be resent with the same id; see its documentation).
+    /// [`ClientError::OutcomeUnknown`] is not retryable in this sense: resolve it first (by
+    /// resending with the same id; see its documentation).
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Unavailable { .. } | ClientError::StatusIncomplete { .. } => true,
@@ -240,17 +241,15 @@ fn lock(state: &Mutex<SlotState>) -> MutexGuard<'_, SlotState> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What applying a request twice would do; decides whether it may be resent after it may have
-/// left.
+/// What a request does, which decides what no answer to it means. Both kinds are resent after
+/// an attempt that may have left: the node applies a write at most once per id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Effect {
-    /// Changes nothing: resend freely; no answer at all is [`ClientError::Unavailable`].
+    /// Changes nothing: no answer at all is [`ClientError::Unavailable`].
     Read,
-    /// The node deduplicates it by its id: resend with the same id; no answer at all is
+    /// The node deduplicates it by its id: no answer to an attempt that may have left is
     /// [`ClientError::OutcomeUnknown`].
     IdempotentWrite,
-    /// Could apply twice: never resent once it may have left.
-    Write,
 }
 
 /// A request of the client family, with its answer type and retry class.
@@ -259,14 +258,16 @@ trait Request: Into<Message> + Clone {
     const EFFECT: Effect;
     /// The answer, if `message` is of the right kind.
     fn answer(message: Message) -> Option<Self::Answer>;
-    /// The transfer id to report when the outcome is unknown.
-    fn transfer_id(&self) -> Option<TransferId> {
+    /// The id to report when the outcome is unknown (transfers, deposits, withdrawals).
+    fn id(&self) -> Option<TransferId> {
         None
     }
 }
 
+/// `requests! { Request => Answer, Effect; ... }`; `Request => Answer, Effect, id;` for a request
+/// with an `id` field to report when its outcome is unknown.
 macro_rules! requests {
-    ( $( $request:ident => $answer:ident, $effect:ident; )* ) => {
+    ( $( $request:ident => $answer:ident, $effect:ident $(, $id:ident)?; )* ) => {
         $(
             impl Request for $request {
                 type Answer = $answer;
@@ -277,6 +278,11 @@ macro_rules! requests {
                         _ => None,
                     }
                 }
+                $(
+                    fn id(&self) -> Option<TransferId> {
+                        Some(self.$id)
+                    }
+                )?
             }
         )*
     };
@@ -284,28 +290,15 @@ macro_rules! requests {
 
 requests! {
     CreateAccount => AccountCreated, IdempotentWrite;
-    Deposit => Deposited, Write;
-    Withdraw => Withdrawn, Write;
+    Deposit => Deposited, IdempotentWrite, id;
+    Withdraw => Withdrawn, IdempotentWrite, id;
+    Transfer => TransferResult, IdempotentWrite, id;
     GetBalance => Balance, Read;
     GetBalances => Balances, Read;
     GetHistory => History, Read;
     GetTransferStatus => TransferStatus, Read;
     Audit => AuditReport, Read;
     GetClusterStatus => ClusterStatus, Read;
-}
-
-impl Request for Transfer {
-    type Answer = TransferResult;
-    const EFFECT: Effect = Effect::IdempotentWrite;
-    fn answer(message: Message) -> Option<TransferResult> {
-        match message {
-            Message::TransferResult(answer) => Some(answer),
-            _ => None,
-        }
-    }
-    fn transfer_id(&self) -> Option<TransferId> {
-        Some(self.id)
-    }
 }
 
 /// Where the attempts of one request go.
@@ -395,8 +388,12 @@ impl TallyClient {
         self.send_to_owner(account, request).await
     }
 
-    /// Adds `amount` to `account` from outside the system. Never resent once it may have left:
-    /// a lost answer is [`ClientError::OutcomeUnknown`] (check the account's history for `id`).
+    /// Adds `amount` to `account` from outside the system, at most once per `id`: resent with
+    /// the same id when an attempt gets no answer, and answered with the first answer (the same
+    /// `balance_after` and `lsn`, or the same recorded refusal) however often it arrives. If no
+    /// attempt is answered, [`ClientError::OutcomeUnknown`] carries the id: resend it, or find
+    /// the id in the account's history. The same id with other content is refused
+    /// (`DuplicateWithDifferentContent`).
     pub async fn deposit(
         &self,
         id: TransferId,
@@ -411,8 +408,9 @@ impl TallyClient {
         self.send_to_owner(account, request).await
     }
 
-    /// Takes `amount` out of `account`. Never resent once it may have left, like
-    /// [`TallyClient::deposit`].
+    /// Takes `amount` out of `account`, at most once per `id`, resent like
+    /// [`TallyClient::deposit`]. A refusal for insufficient funds is recorded: the same id is
+    /// refused again even once the funds are there, so a new attempt needs a new id.
     pub async fn withdraw(
         &self,
         id: TransferId,
@@ -642,11 +640,16 @@ impl TallyClient {
                 AttemptEnd::Invalid(reason) => return Err(ClientError::InvalidRequest(reason)),
                 AttemptEnd::NotSent(reason) => ClientError::Unavailable { node, reason },
                 AttemptEnd::Refused(refusal) => match refusal.code {
-                    ErrorCode::Overloaded | ErrorCode::ShuttingDown => ClientError::Remote {
-                        node,
-                        code: refusal.code,
-                        message: refusal.message,
-                    },
+                    // Refused before anything was done (a lock conflict of a deposit or
+                    // withdrawal is not recorded, unlike a transfer's), so the next attempt may
+                    // succeed, and an earlier attempt's fate is still open.
+                    ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::LockConflict => {
+                        ClientError::Remote {
+                            node,
+                            code: refusal.code,
+                            message: refusal.message,
+                        }
+                    }
                     ErrorCode::WrongNode => match refusal.redirect_node_id {
                         Some(owner) if self.shared.pools.contains_key(&owner) => {
                             failure = Some(ClientError::Remote {
@@ -677,10 +680,6 @@ impl TallyClient {
                         maybe_delivered = true;
                         ClientError::Unavailable { node, reason }
                     }
-                    Effect::Write => {
-                        let id = request.transfer_id();
-                        return Err(ClientError::OutcomeUnknown { node, id, reason });
-                    }
                 },
             };
             failure = Some(error);
@@ -706,7 +705,7 @@ impl TallyClient {
         };
         Err(ClientError::OutcomeUnknown {
             node,
-            id: request.transfer_id(),
+            id: request.id(),
             reason: format!("{reason}; after {} attempts", policy.attempts_max),
         })
     }

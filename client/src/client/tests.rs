@@ -407,8 +407,39 @@ async fn a_transfer_that_may_have_left_stays_unknown_when_later_attempts_cannot_
     );
 }
 
+/// The ids of the deposits and withdrawals in `requests`, with `true` for a deposit.
+fn movement_ids(requests: &[Message]) -> Vec<(TransferId, bool)> {
+    requests
+        .iter()
+        .map(|request| match request {
+            Message::Deposit(deposit) => (deposit.id, true),
+            Message::Withdraw(withdraw) => (withdraw.id, false),
+            other => panic!("expected a deposit or withdrawal, got {other:?}"),
+        })
+        .collect()
+}
+
+/// The answer a node gives a deposit or withdrawal it applied.
+fn moved(request: &Message) -> Reply {
+    Reply::Answer(match request {
+        Message::Deposit(deposit) => Deposited {
+            id: deposit.id,
+            balance_after: deposit.amount,
+            lsn: 7,
+        }
+        .into(),
+        Message::Withdraw(withdraw) => Withdrawn {
+            id: withdraw.id,
+            balance_after: 1_000 - withdraw.amount,
+            lsn: 8,
+        }
+        .into(),
+        other => panic!("expected a deposit or withdrawal, got {other:?}"),
+    })
+}
+
 #[tokio::test]
-async fn a_deposit_is_not_resent_after_it_may_have_left() {
+async fn a_deposit_or_withdrawal_without_answer_is_resent_with_the_same_id_then_unknown() {
     let cluster = FakeCluster::start(1, &[], script(|_, _, _| Reply::Hang)).await;
     let client = cluster.client(fast_options());
     let error = client.deposit(8, 1, 100).await.expect_err("no answer");
@@ -417,14 +448,129 @@ async fn a_deposit_is_not_resent_after_it_may_have_left() {
             error,
             ClientError::OutcomeUnknown {
                 node: 1,
-                id: None,
+                id: Some(8),
                 ..
             }
         ),
         "{error:?}"
     );
     assert!(!error.is_retryable());
-    assert_eq!(cluster.seen(1).len(), 1);
+    let error = client.withdraw(9, 1, 100).await.expect_err("no answer");
+    assert!(
+        matches!(error, ClientError::OutcomeUnknown { id: Some(9), .. }),
+        "{error:?}"
+    );
+    let sent = movement_ids(&cluster.seen(1));
+    assert_eq!(sent, [vec![(8, true); 3], vec![(9, false); 3]].concat());
+}
+
+#[tokio::test]
+async fn a_deposit_or_withdrawal_whose_answer_was_lost_gets_the_answer_to_its_resend() {
+    // Every first attempt of an id goes unanswered; the resend is answered.
+    let cluster = FakeCluster::start(
+        1,
+        &[],
+        script(|_, request, seen_before| {
+            if seen_before % 2 == 0 {
+                Reply::Hang
+            } else {
+                moved(request)
+            }
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let deposited = client.deposit(21, 1, 700).await.expect("deposit");
+    assert_eq!(
+        (deposited.id, deposited.balance_after, deposited.lsn),
+        (21, 700, 7)
+    );
+    let withdrawn = client.withdraw(22, 1, 300).await.expect("withdrawal");
+    assert_eq!(
+        (withdrawn.id, withdrawn.balance_after, withdrawn.lsn),
+        (22, 700, 8)
+    );
+    assert_eq!(
+        movement_ids(&cluster.seen(1)),
+        vec![(21, true), (21, true), (22, false), (22, false)]
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_of_a_resent_withdrawal_is_its_answer() {
+    // The first attempt may have been refused and recorded; the resend hears the refusal.
+    let cluster = FakeCluster::start(
+        1,
+        &[],
+        script(|_, _, seen_before| match seen_before {
+            0 => Reply::Hang,
+            _ => refuse(ErrorCode::InsufficientFunds),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let error = client.withdraw(31, 1, 5).await.expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            ClientError::Remote {
+                code: ErrorCode::InsufficientFunds,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(movement_ids(&cluster.seen(1)), vec![(31, false); 2]);
+}
+
+#[tokio::test]
+async fn a_lock_conflict_is_retried_and_does_not_settle_an_earlier_lost_attempt() {
+    // A conflict, then success: retried like an overload.
+    let cluster = FakeCluster::start(
+        1,
+        &[],
+        script(|_, request, seen_before| match seen_before {
+            0 => refuse(ErrorCode::LockConflict),
+            _ => moved(request),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let deposited = client.deposit(41, 1, 5).await.expect("deposit");
+    assert_eq!(deposited.id, 41);
+    assert_eq!(cluster.seen(1).len(), 2);
+
+    // No answer, then conflicts until the attempts run out: the first attempt may still apply,
+    // so the outcome is unknown, not a conflict that "surely applied nothing".
+    let cluster = FakeCluster::start(
+        1,
+        &[],
+        script(|_, _, seen_before| match seen_before {
+            0 => Reply::Hang,
+            _ => refuse(ErrorCode::LockConflict),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let error = client.deposit(42, 1, 5).await.expect_err("unknown");
+    assert!(
+        matches!(error, ClientError::OutcomeUnknown { id: Some(42), .. }),
+        "{error:?}"
+    );
+    assert_eq!(movement_ids(&cluster.seen(1)), vec![(42, true); 3]);
+}
+
+#[tokio::test]
+async fn a_deposit_that_never_left_is_unavailable_not_unknown() {
+    let cluster = FakeCluster::start(1, &[1], reads(Vec::new())).await;
+    let client = cluster.client(fast_options());
+    let error = client.deposit(51, 1, 5).await.expect_err("down");
+    assert!(
+        matches!(error, ClientError::Unavailable { node: 1, .. }),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
 }
 
 #[tokio::test]

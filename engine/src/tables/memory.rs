@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{TableBatch, Tables, TablesError};
 use crate::model::{
-    Account, AccountId, CoordinatorDecision, HistoryEntry, PreparedTransaction, Totals, TransferId,
-    TransferRecord,
+    Account, AccountId, CoordinatorDecision, HistoryEntry, MovementId, MovementRecord,
+    PreparedTransaction, Totals, TransferId, TransferRecord,
 };
 use crate::wal::Lsn;
 
@@ -16,6 +16,7 @@ struct State {
     applied_lsn: Lsn,
     accounts: BTreeMap<AccountId, Account>,
     transfers: BTreeMap<TransferId, TransferRecord>,
+    movements: BTreeMap<MovementId, MovementRecord>,
     history: BTreeMap<(AccountId, Lsn), HistoryEntry>,
     prepared: BTreeMap<TransferId, PreparedTransaction>,
     decisions: BTreeMap<TransferId, CoordinatorDecision>,
@@ -99,6 +100,10 @@ impl Tables for MemoryTables {
         Ok(inner.written.transfers.get(&id).cloned())
     }
 
+    fn movement(&self, id: MovementId) -> Result<Option<MovementRecord>, TablesError> {
+        Ok(self.lock().written.movements.get(&id).cloned())
+    }
+
     fn prepared(&self, id: TransferId) -> Result<Option<PreparedTransaction>, TablesError> {
         Ok(self.lock().written.prepared.get(&id).cloned())
     }
@@ -160,6 +165,9 @@ impl Tables for MemoryTables {
         }
         for transfer in &batch.transfers {
             state.transfers.insert(transfer.id, transfer.clone());
+        }
+        for movement in &batch.movements {
+            state.movements.insert(movement.id, movement.clone());
         }
         for entry in &batch.history {
             state

@@ -1,5 +1,5 @@
-//! The account tables: state derived from the WAL (accounts, transfer outcomes, history, prepared
-//! transactions, totals, and the applied LSN), behind a small trait with a RocksDB and an
+//! The account tables: state derived from the WAL (accounts, transfer outcomes, deposit and
+//! withdrawal outcomes, history, prepared transactions, totals, and the applied LSN), behind a small trait with a RocksDB and an
 //! in-memory implementation.
 //!
 //! Writes come only as a [`TableBatch`] holding absolute values (new balances, not deltas) and the
@@ -15,8 +15,8 @@ pub use memory::MemoryTables;
 pub use rocks::RocksTables;
 
 use crate::model::{
-    Account, AccountId, CoordinatorDecision, HistoryEntry, PreparedTransaction, Totals, TransferId,
-    TransferRecord,
+    Account, AccountId, CoordinatorDecision, HistoryEntry, MovementId, MovementRecord,
+    PreparedTransaction, Totals, TransferId, TransferRecord,
 };
 use crate::wal::Lsn;
 
@@ -32,6 +32,8 @@ pub struct TableBatch {
     pub applied_lsn: Lsn,
     pub accounts: Vec<Account>,
     pub transfers: Vec<TransferRecord>,
+    /// Deposits and withdrawals with their ids, applied or refused; never overwritten.
+    pub movements: Vec<MovementRecord>,
     pub history: Vec<HistoryEntry>,
     /// `Some` stores a prepared transaction, `None` removes it (decided).
     pub prepared: Vec<(TransferId, Option<PreparedTransaction>)>,
@@ -46,6 +48,8 @@ pub trait Tables: Send + Sync + 'static {
     fn applied_lsn(&self) -> Result<Lsn, TablesError>;
     fn account(&self, id: AccountId) -> Result<Option<Account>, TablesError>;
     fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, TablesError>;
+    /// The deposit or withdrawal logged with this id.
+    fn movement(&self, id: MovementId) -> Result<Option<MovementRecord>, TablesError>;
     fn prepared(&self, id: TransferId) -> Result<Option<PreparedTransaction>, TablesError>;
     fn all_prepared(&self) -> Result<Vec<PreparedTransaction>, TablesError>;
     /// This node's decision as the coordinator of `id`.
@@ -73,11 +77,13 @@ pub trait Tables: Send + Sync + 'static {
 /// ids so that keys sort like the ids.
 #[cfg(feature = "rocksdb")]
 pub(crate) mod keys {
-    use crate::model::{AccountId, TransferId};
+    use crate::model::{AccountId, MovementId, TransferId};
     use crate::wal::Lsn;
 
     pub const ACCOUNT: u8 = b'a';
     pub const DECISION: u8 = b'd';
+    /// Deposits and withdrawals by id: money crossing the system's *edge*.
+    pub const MOVEMENT: u8 = b'e';
     /// Index of the decisions not yet ended: key only, removed when the decision ends.
     pub const UNENDED: u8 = b'u';
     pub const HISTORY: u8 = b'h';
@@ -96,6 +102,12 @@ pub(crate) mod keys {
 
     pub fn transfer(id: TransferId) -> [u8; 17] {
         let mut key = [TRANSFER; 17];
+        key[1..].copy_from_slice(&id.to_be_bytes());
+        key
+    }
+
+    pub fn movement(id: MovementId) -> [u8; 17] {
+        let mut key = [MOVEMENT; 17];
         key[1..].copy_from_slice(&id.to_be_bytes());
         key
     }
@@ -131,8 +143,9 @@ pub(crate) mod keys {
 pub(crate) mod values {
     use super::TablesError;
     use crate::model::{
-        AbortReason, Account, CoordinatorDecision, HistoryEntry, HistoryKind, Outcome,
-        PreparedTransaction, Totals, TransferRecord,
+        AbortReason, Account, CoordinatorDecision, HistoryEntry, HistoryKind, MovementKind,
+        MovementOutcome, MovementRecord, Outcome, PreparedTransaction, RefusalReason, Totals,
+        TransferRecord,
     };
     use crate::record::Record;
 
@@ -199,6 +212,58 @@ pub(crate) mod values {
             debit: u64_at(bytes, 0),
             credit: u64_at(bytes, 8),
             amount: u64_at(bytes, 16),
+            outcome,
+        })
+    }
+
+    /// A movement value: account u64 @0, kind u8 @8, amount u64 @9, outcome u8 @17, then for
+    /// outcome 1 (applied) balance after u64 @18 and LSN u64 @26 (34 bytes), for outcome 2
+    /// (refused) the reason u8 @18 (19 bytes).
+    const MOVEMENT_OUTCOME_OFFSET: usize = 8 + 1 + 8;
+    const MOVEMENT_APPLIED_SIZE: usize = MOVEMENT_OUTCOME_OFFSET + 1 + 8 + 8;
+    const MOVEMENT_REFUSED_SIZE: usize = MOVEMENT_OUTCOME_OFFSET + 1 + 1;
+
+    pub fn encode_movement(movement: &MovementRecord) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MOVEMENT_APPLIED_SIZE);
+        out.extend_from_slice(&movement.account.to_le_bytes());
+        out.push(movement.kind.code());
+        out.extend_from_slice(&movement.amount.to_le_bytes());
+        match movement.outcome {
+            MovementOutcome::Applied { balance_after, lsn } => {
+                out.push(1);
+                out.extend_from_slice(&balance_after.to_le_bytes());
+                out.extend_from_slice(&lsn.to_le_bytes());
+                assert_eq!(out.len(), MOVEMENT_APPLIED_SIZE);
+            }
+            MovementOutcome::Refused(reason) => {
+                out.push(2);
+                out.push(reason.code());
+                assert_eq!(out.len(), MOVEMENT_REFUSED_SIZE);
+            }
+        }
+        out
+    }
+
+    pub fn decode_movement(id: u128, bytes: &[u8]) -> Result<MovementRecord, TablesError> {
+        if bytes.len() <= MOVEMENT_OUTCOME_OFFSET {
+            return Err(corrupt("movement"));
+        }
+        let outcome = match (bytes[MOVEMENT_OUTCOME_OFFSET], bytes.len()) {
+            (1, MOVEMENT_APPLIED_SIZE) => MovementOutcome::Applied {
+                balance_after: u64_at(bytes, MOVEMENT_OUTCOME_OFFSET + 1),
+                lsn: u64_at(bytes, MOVEMENT_OUTCOME_OFFSET + 9),
+            },
+            (2, MOVEMENT_REFUSED_SIZE) => MovementOutcome::Refused(
+                RefusalReason::from_code(bytes[MOVEMENT_OUTCOME_OFFSET + 1])
+                    .ok_or_else(|| corrupt("movement refusal reason"))?,
+            ),
+            _ => return Err(corrupt("movement outcome")),
+        };
+        Ok(MovementRecord {
+            id,
+            account: u64_at(bytes, 0),
+            kind: MovementKind::from_code(bytes[8]).ok_or_else(|| corrupt("movement kind"))?,
+            amount: u64_at(bytes, 9),
             outcome,
         })
     }
@@ -300,5 +365,43 @@ pub(crate) mod values {
             credited_by_transactions: u128_at(bytes, 32),
             debited_by_transactions: u128_at(bytes, 48),
         })
+    }
+}
+
+#[cfg(all(test, feature = "rocksdb"))]
+mod tests {
+    use super::values::{decode_movement, encode_movement};
+    use crate::model::{MovementKind, MovementOutcome, MovementRecord, RefusalReason};
+
+    #[test]
+    fn movement_values_round_trip_and_damage_is_refused() {
+        let applied = MovementRecord {
+            id: 9,
+            account: 1 << 40,
+            kind: MovementKind::Withdrawal,
+            amount: 77,
+            outcome: MovementOutcome::Applied {
+                balance_after: u64::MAX,
+                lsn: 12,
+            },
+        };
+        let refused = MovementRecord {
+            outcome: MovementOutcome::Refused(RefusalReason::Overflow),
+            kind: MovementKind::Deposit,
+            ..applied.clone()
+        };
+        for movement in [applied, refused] {
+            let bytes = encode_movement(&movement);
+            assert_eq!(decode_movement(9, &bytes).unwrap(), movement);
+            for cut in 0..bytes.len() {
+                assert!(decode_movement(9, &bytes[..cut]).is_err(), "cut {cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(decode_movement(9, &longer).is_err());
+            let mut bad_kind = bytes.clone();
+            bad_kind[8] = 3;
+            assert!(decode_movement(9, &bad_kind).is_err());
+        }
     }
 }

@@ -13,8 +13,8 @@ use rocksdb::{
 
 use super::{TableBatch, Tables, TablesError, keys, values};
 use crate::model::{
-    Account, AccountId, CoordinatorDecision, HistoryEntry, PreparedTransaction, Totals, TransferId,
-    TransferRecord,
+    Account, AccountId, CoordinatorDecision, HistoryEntry, MovementId, MovementRecord,
+    PreparedTransaction, Totals, TransferId, TransferRecord,
 };
 use crate::wal::Lsn;
 
@@ -102,6 +102,12 @@ impl Tables for RocksTables {
     fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, TablesError> {
         self.get(&keys::transfer(id))?
             .map(|bytes| values::decode_transfer(id, &bytes))
+            .transpose()
+    }
+
+    fn movement(&self, id: MovementId) -> Result<Option<MovementRecord>, TablesError> {
+        self.get(&keys::movement(id))?
+            .map(|bytes| values::decode_movement(id, &bytes))
             .transpose()
     }
 
@@ -201,6 +207,12 @@ impl Tables for RocksTables {
             write.put(
                 keys::transfer(transfer.id),
                 values::encode_transfer(transfer),
+            );
+        }
+        for movement in &batch.movements {
+            write.put(
+                keys::movement(movement.id),
+                values::encode_movement(movement),
             );
         }
         for entry in &batch.history {

@@ -33,7 +33,9 @@ use engine::coordinator::{
     InquiryToken, Known, LogId, PrepareEntry, Refusal, Time, Transfer, TransferRequest,
     VoteFailure,
 };
-use engine::model::{AccountId, Amount, NodeId, Outcome, TransferId};
+use engine::model::{
+    AccountId, Amount, MovementId, MovementKind, MovementOutcome, NodeId, Outcome, TransferId,
+};
 use engine::tables::MemoryTables;
 use engine::testing::{single_threaded_engine_options, small_segment_wal_options};
 use engine::wal::{CrashMode, MemoryStorage, Wal, WalOptions};
@@ -125,6 +127,11 @@ enum Message {
         attempt: u64,
         request: TransferRequest,
     },
+    Cash {
+        client: usize,
+        attempt: u64,
+        cash: Cash,
+    },
     Prepare {
         from: NodeId,
         batch: BatchId,
@@ -189,6 +196,12 @@ enum Event {
         id: TransferId,
         answer: Answer,
     },
+    ClientCashAnswer {
+        client: usize,
+        attempt: u64,
+        id: MovementId,
+        answer: Result<MovementOutcome, CashRefusal>,
+    },
     ClientTimer {
         client: usize,
         attempt: u64,
@@ -230,11 +243,36 @@ struct Node {
     incarnation: u64,
 }
 
+/// A deposit or withdrawal, idempotent by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cash {
+    id: MovementId,
+    account: AccountId,
+    kind: MovementKind,
+    amount: Amount,
+}
+
+/// Why a deposit or withdrawal got no outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CashRefusal {
+    /// The id was used before with other content: a bug for a resend of the same request.
+    Duplicate,
+    /// Nothing was decided (a lock conflict, a storage failure): the same id again, later.
+    Retry(String),
+}
+
+/// What a client is sending.
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    Transfer(TransferId, Transfer),
+    Cash(Cash),
+}
+
 /// What one client is doing.
 #[derive(Debug, Clone)]
 struct Client {
-    /// The transfer being sent, and the attempt number of its latest send.
-    current: Option<(TransferId, Transfer)>,
+    /// The operation being sent; `attempt` numbers its latest send.
+    current: Option<Operation>,
     attempt: u64,
     retries: u32,
 }
@@ -244,6 +282,8 @@ struct Client {
 struct Ledger {
     transfers: BTreeMap<TransferId, Transfer>,
     heard: BTreeMap<TransferId, Outcome>,
+    cash: BTreeMap<MovementId, Cash>,
+    cash_heard: BTreeMap<MovementId, MovementOutcome>,
 }
 
 /// Counts of what happened, for the summary line.
@@ -260,6 +300,8 @@ pub struct Stats {
     pub transfers_committed: u64,
     pub transfers_aborted: u64,
     pub resends_of_answered: u64,
+    pub deposits_and_withdrawals_applied: u64,
+    pub deposits_and_withdrawals_refused: u64,
     pub consistent_reads: u64,
     pub reads_refused: u64,
     pub settle_time: Duration,
@@ -281,6 +323,7 @@ pub struct Simulation {
     ledger: Ledger,
     started: usize,
     next_transfer: TransferId,
+    next_cash: MovementId,
     /// Directed links that are cut: (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
     healed: bool,
@@ -353,6 +396,7 @@ impl Simulation {
             ledger: Ledger::default(),
             started: 0,
             next_transfer: 1,
+            next_cash: 1 << 64,
             cut: BTreeSet::new(),
             healed: false,
             trace: VecDeque::new(),
@@ -654,6 +698,12 @@ impl Simulation {
                 id,
                 answer,
             } => self.client_answer(client, attempt, id, answer),
+            Event::ClientCashAnswer {
+                client,
+                attempt,
+                id,
+                answer,
+            } => self.client_cash_answer(client, attempt, id, answer),
             Event::ClientTimer { client, attempt } => {
                 if self.clients[client].attempt == attempt && self.clients[client].current.is_some()
                 {
@@ -706,6 +756,44 @@ impl Simulation {
                 let token = ClientToken(running.next_token);
                 running.clients.insert(token, (client, attempt));
                 running.core.transfer(token, request);
+            }
+            Message::Cash {
+                client,
+                attempt,
+                cash,
+            } => {
+                let Some(result) =
+                    self.call(node, "deposit or withdrawal", |engine| match cash.kind {
+                        MovementKind::Deposit => engine.deposit(cash.id, cash.account, cash.amount),
+                        MovementKind::Withdrawal => {
+                            engine.withdraw(cash.id, cash.account, cash.amount)
+                        }
+                    })
+                else {
+                    return Ok(());
+                };
+                let answer = match result {
+                    Ok(outcome) => Ok(outcome),
+                    Err(EngineError::DuplicateWithDifferentContent(_)) => {
+                        Err(CashRefusal::Duplicate)
+                    }
+                    Err(other) => Err(CashRefusal::Retry(other.to_string())),
+                };
+                // Over the network: the answer may be lost.
+                if !self.healed && self.random.random_bool(self.scenario.drop_probability) {
+                    self.stats.messages_dropped += 1;
+                } else {
+                    let delay = self.delay();
+                    self.schedule(
+                        delay,
+                        Event::ClientCashAnswer {
+                            client,
+                            attempt,
+                            id: cash.id,
+                            answer,
+                        },
+                    );
+                }
             }
             Message::Prepare {
                 from: coordinator,
@@ -1098,7 +1186,24 @@ impl Simulation {
             let id = *self.ledger.heard.keys().nth(index).expect("in range");
             let transfer = self.ledger.transfers[&id];
             self.stats.resends_of_answered += 1;
-            self.clients[client].current = Some((id, transfer));
+            self.clients[client].current = Some(Operation::Transfer(id, transfer));
+        } else if self.random.random_bool(0.2) {
+            // A deposit or a withdrawal (refused when funds are short), idempotent by its id.
+            let kind = if self.random.random_bool(0.5) {
+                MovementKind::Deposit
+            } else {
+                MovementKind::Withdrawal
+            };
+            let cash = Cash {
+                id: self.next_cash,
+                account: self.pick_account(),
+                kind,
+                amount: self.random.random_range(1..=INITIAL_BALANCE / 4),
+            };
+            self.next_cash += 1;
+            self.started += 1;
+            self.ledger.cash.insert(cash.id, cash);
+            self.clients[client].current = Some(Operation::Cash(cash));
         } else {
             let debit = self.pick_account();
             let credit = loop {
@@ -1124,16 +1229,30 @@ impl Simulation {
                 amount,
             };
             self.ledger.transfers.insert(id, transfer);
-            self.clients[client].current = Some((id, transfer));
+            self.clients[client].current = Some(Operation::Transfer(id, transfer));
         }
         self.clients[client].retries = 0;
         self.send_current(client);
     }
 
     fn send_current(&mut self, client: usize) {
-        let (id, transfer) = self.clients[client].current.expect("a current transfer");
+        let operation = self.clients[client].current.expect("a current operation");
         self.clients[client].attempt += 1;
         let attempt = self.clients[client].attempt;
+        let (id, transfer) = match operation {
+            Operation::Transfer(id, transfer) => (id, transfer),
+            Operation::Cash(cash) => {
+                let to = self.node_address(self.owner(cash.account));
+                let message = Message::Cash {
+                    client,
+                    attempt,
+                    cash,
+                };
+                self.send(Address::Client(client), to, message);
+                self.schedule(CLIENT_TIMEOUT, Event::ClientTimer { client, attempt });
+                return;
+            }
+        };
         let owner = self.owner(transfer.debit);
         let request = TransferRequest {
             id,
@@ -1160,7 +1279,11 @@ impl Simulation {
         id: TransferId,
         answer: Answer,
     ) -> Result<(), String> {
-        let Some((current, _)) = self.clients[client].current else {
+        let Some(Operation::Transfer(current, _)) = self.clients[client].current else {
+            // An answer to an earlier send: it still counts.
+            if let Ok(outcome) = answer {
+                self.hear(id, outcome)?;
+            }
             return Ok(());
         };
         if current != id || self.clients[client].attempt != attempt {
@@ -1215,6 +1338,66 @@ impl Simulation {
         }
     }
 
+    fn client_cash_answer(
+        &mut self,
+        client: usize,
+        attempt: u64,
+        id: MovementId,
+        answer: Result<MovementOutcome, CashRefusal>,
+    ) -> Result<(), String> {
+        let current = match self.clients[client].current {
+            Some(Operation::Cash(cash)) => Some(cash.id),
+            _ => None,
+        };
+        if current != Some(id) || self.clients[client].attempt != attempt {
+            if let Ok(outcome) = answer {
+                self.hear_cash(id, outcome)?;
+            }
+            return Ok(());
+        }
+        match answer {
+            Ok(outcome) => {
+                self.hear_cash(id, outcome)?;
+                self.next_operation(client);
+            }
+            Err(CashRefusal::Duplicate) => {
+                return Err(format!(
+                    "deposit or withdrawal {id}: a resend of the same request was refused as a duplicate"
+                ));
+            }
+            Err(CashRefusal::Retry(why)) => {
+                self.clients[client].retries += 1;
+                let backoff = Duration::from_millis(10 << self.clients[client].retries.min(6));
+                self.note(format!("client {client}: movement {id} not done: {why}"));
+                self.clients[client].attempt += 1;
+                let attempt = self.clients[client].attempt;
+                self.schedule(backoff, Event::ClientTimer { client, attempt });
+            }
+        }
+        Ok(())
+    }
+
+    /// A client hears a deposit's or withdrawal's outcome: the same as any heard before.
+    fn hear_cash(&mut self, id: MovementId, outcome: MovementOutcome) -> Result<(), String> {
+        match self.ledger.cash_heard.get(&id) {
+            Some(earlier) if *earlier != outcome => Err(format!(
+                "movement {id}: a client heard {earlier:?}, now {outcome:?}"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.ledger.cash_heard.insert(id, outcome);
+                match outcome {
+                    MovementOutcome::Applied { .. } => {
+                        self.stats.deposits_and_withdrawals_applied += 1
+                    }
+                    MovementOutcome::Refused(_) => self.stats.deposits_and_withdrawals_refused += 1,
+                }
+                self.note(format!("movement {id}: heard {outcome:?}"));
+                Ok(())
+            }
+        }
+    }
+
     // ---- Checks. ----
 
     /// A consistent read of every account, taken at one instant with shared locks on every
@@ -1253,7 +1436,19 @@ impl Simulation {
             return Ok(());
         }
         self.stats.consistent_reads += 1;
-        let total = u128::from(INITIAL_BALANCE) * u128::from(self.scenario.accounts);
+        // What came in minus what went out, by the nodes' own totals at this same instant.
+        let mut total: u128 = 0;
+        let mut withdrawn: u128 = 0;
+        for node in 1..=self.scenario.nodes {
+            let audit = self
+                .engine(node)
+                .expect("running")
+                .audit()
+                .map_err(|error| format!("node {node}: audit: {error}"))?;
+            total += audit.totals.deposited;
+            withdrawn += audit.totals.withdrawn;
+        }
+        let total = total - withdrawn;
         let sum: u128 = balances
             .iter()
             .map(|(_, balance)| u128::from(*balance))
@@ -1330,6 +1525,18 @@ impl Simulation {
         let mut expected: BTreeMap<AccountId, i128> = (1..=self.scenario.accounts)
             .map(|account| (account, i128::from(INITIAL_BALANCE)))
             .collect();
+        for (id, cash) in &self.ledger.cash {
+            let Some(outcome) = self.ledger.cash_heard.get(id) else {
+                return Err(format!("movement {id}: no client heard an outcome"));
+            };
+            if let MovementOutcome::Applied { .. } = outcome {
+                let change = i128::from(cash.amount);
+                *expected.get_mut(&cash.account).expect("account") += match cash.kind {
+                    MovementKind::Deposit => change,
+                    MovementKind::Withdrawal => -change,
+                };
+            }
+        }
         for (id, transfer) in &self.ledger.transfers {
             let heard = self.ledger.heard.get(id).copied();
             let coordinator = self.owner(transfer.debit);
@@ -1420,6 +1627,27 @@ impl Simulation {
 
     /// Every answered id, sent again on a quiet network, gets the same answer.
     fn check_retries(&mut self) -> Result<(), String> {
+        // Deposits and withdrawals: the same request again gets the first answer, applying
+        // nothing.
+        let heard: Vec<(Cash, MovementOutcome)> = self
+            .ledger
+            .cash_heard
+            .iter()
+            .map(|(id, outcome)| (self.ledger.cash[id], *outcome))
+            .collect();
+        for (cash, outcome) in heard {
+            let engine = self.engine(self.owner(cash.account)).expect("running");
+            let again = match cash.kind {
+                MovementKind::Deposit => engine.deposit(cash.id, cash.account, cash.amount),
+                MovementKind::Withdrawal => engine.withdraw(cash.id, cash.account, cash.amount),
+            };
+            if again.as_ref().ok() != Some(&outcome) {
+                return Err(format!(
+                    "movement {}: answered {outcome:?}, a resend after the run got {again:?}",
+                    cash.id
+                ));
+            }
+        }
         let heard: Vec<(TransferId, Outcome)> = self
             .ledger
             .heard

@@ -37,6 +37,8 @@ fn simulated_clusters_keep_every_invariant() {
                 totals.transfers_committed += stats.transfers_committed;
                 totals.transfers_aborted += stats.transfers_aborted;
                 totals.resends_of_answered += stats.resends_of_answered;
+                totals.deposits_and_withdrawals_applied += stats.deposits_and_withdrawals_applied;
+                totals.deposits_and_withdrawals_refused += stats.deposits_and_withdrawals_refused;
                 totals.consistent_reads += stats.consistent_reads;
                 totals.reads_refused += stats.reads_refused;
                 totals.settle_time = totals.settle_time.max(stats.settle_time);

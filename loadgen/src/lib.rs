@@ -336,7 +336,18 @@ pub fn main(args: LoadgenArgs) -> anyhow::Result<bool> {
                 (cluster.config.clone(), Some(Arc::new(Mutex::new(cluster))))
             }
         };
-        let report = run(&args, config, cluster.clone()).await;
+        let report = tokio::select! {
+            report = run(&args, config, cluster.clone()) => report,
+            signal = interrupted() => {
+                // The nodes are this command's to stop; its temporary directory goes when the
+                // cluster is dropped, once the run's tasks are gone with the runtime.
+                if let Some(cluster) = &cluster {
+                    lock(cluster).stop();
+                }
+                let name = signal?;
+                bail!("interrupted by {name}: the local cluster is stopped and its files removed");
+            }
+        };
         if let Some(cluster) = cluster {
             lock(&cluster).stop();
         }
@@ -350,6 +361,17 @@ pub fn main(args: LoadgenArgs) -> anyhow::Result<bool> {
             );
         }
         Ok(report.checks.passed())
+    })
+}
+
+/// Resolves when SIGINT or SIGTERM arrives, with its name.
+async fn interrupted() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
     })
 }
 

@@ -63,3 +63,110 @@ fn a_short_load_with_a_killed_node_passes_its_checks_and_writes_its_files() {
     let summary = std::fs::read_to_string(out.path().join("summary.json")).unwrap();
     assert!(summary.contains("\"passed\": true"), "{summary}");
 }
+
+/// An interrupted run stops every node it started and removes the cluster it created: SIGTERM
+/// in the middle of the load, then no node process is left and the temporary directory is gone.
+#[test]
+fn an_interrupted_run_stops_its_nodes_and_removes_its_files() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let ports = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let base_port = ports
+        .local_addr()
+        .expect("address")
+        .port()
+        .saturating_sub(3)
+        .max(1024);
+    drop(ports);
+    let mut loadgen = Command::new(PROGRAM)
+        .args([
+            "loadgen",
+            "--accounts",
+            "300",
+            "--clients",
+            "4",
+            "--duration",
+            "60",
+            "--base-port",
+            &base_port.to_string(),
+        ])
+        // The local cluster's temporary directory goes here, so that the test can look.
+        .env("TMPDIR", temporary.path())
+        .env_remove("TALLY_CLUSTER")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run loadgen");
+    let stdout = loadgen.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    // The first progress line: the nodes run and the load has started.
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        let started = line.contains("committed/s");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    let nodes = children_of(loadgen.id());
+    assert_eq!(
+        nodes.len(),
+        3,
+        "three nodes run: {nodes:?}\n{}",
+        seen.join("\n")
+    );
+    assert_eq!(
+        std::fs::read_dir(temporary.path()).expect("list").count(),
+        1,
+        "the cluster's directory exists while it runs"
+    );
+    // SAFETY: sending a signal to a child process this test started.
+    unsafe { libc::kill(loadgen.id() as libc::pid_t, libc::SIGTERM) };
+    let status = loadgen.wait().expect("loadgen exits");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut loadgen.stderr.take().expect("piped"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "an interrupted run is not a success");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    for node in &nodes {
+        // SAFETY: signal 0 only asks whether the process exists.
+        let alive = unsafe { libc::kill(*node as libc::pid_t, 0) } == 0;
+        assert!(
+            !alive,
+            "node process {node} is still running:\n{}",
+            rest.join("\n")
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(temporary.path()).expect("list").count(),
+        0,
+        "the cluster's temporary directory is removed"
+    );
+}
+
+/// Pids of the processes whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the parenthesised command name: state, then the parent's pid.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let parent_pid: Option<u32> = after_name
+            .split_whitespace()
+            .nth(1)
+            .and_then(|field| field.parse().ok());
+        if parent_pid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}

@@ -41,6 +41,18 @@ Exit codes:
 Without --id a random id is generated; it is printed with the result (and in any error) so that
 the transfer can be checked or resent.";
 
+const TRANSFER_STATUS_HELP: &str = "\
+States:
+  committed    decided and applied: final
+  aborted      decided, with its reason: final (to try again, use a new id)
+  in progress  running now, or prepared and waiting for its decision: ask again shortly
+               (`in_progress` in --json output)
+  unknown      no node has seen this id yet: it was never sent, or is still on its way. This is
+               not exit 4: the command itself succeeded. Only resending the same transfer (same id
+               and content) settles a transfer whose outcome a client did not hear.
+
+Exit codes: 0 when the cluster answered (whatever the state), 1 on an error, 2 usage error.";
+
 /// Tally: a distributed money-transfer engine.
 #[derive(Debug, Parser)]
 #[command(name = "tally", version, after_help = EXIT_CODES_HELP)]
@@ -82,6 +94,7 @@ enum Command {
     #[command(after_long_help = TRANSFER_HELP)]
     Transfer(TransferArgs),
     /// Show what the cluster knows about a transfer id.
+    #[command(after_long_help = TRANSFER_STATUS_HELP)]
     TransferStatus(TransferStatusArgs),
     /// Show every node's status.
     Status(ClientArgs),
@@ -1288,6 +1301,22 @@ mod tests {
             assert!(
                 help.contains(line),
                 "transfer --help lacks {line:?}:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn transfer_status_help_tells_unknown_from_an_unknown_outcome() {
+        let help = one_line(&parse_error(&["transfer-status", "--help"]).to_string());
+        for phrase in [
+            "unknown no node has seen this id yet",
+            "This is not exit 4",
+            "Only resending the same transfer",
+            "0 when the cluster answered (whatever the state)",
+        ] {
+            assert!(
+                help.contains(phrase),
+                "transfer-status --help lacks {phrase:?}:\n{help}"
             );
         }
     }

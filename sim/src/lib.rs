@@ -57,6 +57,10 @@ const CLIENT_TIMEOUT: Duration = Duration::from_millis(1_500);
 const DELIVERY_TIMEOUT: Duration = Duration::from_millis(500);
 /// After the faults heal, everything must be decided and settled within this simulated time.
 pub const SETTLE_BOUND: Duration = Duration::from_secs(60);
+/// Faults heal after this simulated time even if the clients have not started every operation
+/// (a bug can keep a client retrying forever, say a deposit behind a lock nobody releases): the
+/// settle bound then reports it, instead of the run never ending.
+pub const FAULT_PHASE_MAX: Duration = Duration::from_secs(120);
 
 /// The shape of one run, drawn from its seed (each seed tries a different mix of faults).
 #[derive(Debug, Clone)]
@@ -437,7 +441,10 @@ impl Simulation {
         self.schedule(Duration::from_millis(50), Event::Read);
         let mut heal_started: Option<Time> = None;
         loop {
-            if heal_started.is_none() && self.started >= self.scenario.transfers {
+            if heal_started.is_none()
+                && (self.started >= self.scenario.transfers
+                    || self.now > Time::ZERO + FAULT_PHASE_MAX)
+            {
                 self.heal_everything()?;
                 heal_started = Some(self.now);
             }

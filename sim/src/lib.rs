@@ -1313,17 +1313,21 @@ impl Simulation {
             Err(refusal) => {
                 // Refused for now (overloaded, a participant's backlog, a storage failure):
                 // the same id again, later.
-                self.clients[client].retries += 1;
-                let backoff = Duration::from_millis(10 << self.clients[client].retries.min(6));
-                self.note(format!(
-                    "client {client}: transfer {id} refused: {refusal:?}"
-                ));
-                self.clients[client].attempt += 1;
-                let attempt = self.clients[client].attempt;
-                self.schedule(backoff, Event::ClientTimer { client, attempt });
+                self.retry_later(client, format!("transfer {id} refused: {refusal:?}"));
             }
         }
         Ok(())
+    }
+
+    /// Nothing was decided for the client's current operation: it sends the same again after
+    /// a backoff that doubles per retry (10 ms to 640 ms).
+    fn retry_later(&mut self, client: usize, why: String) {
+        self.clients[client].retries += 1;
+        let backoff = Duration::from_millis(10 << self.clients[client].retries.min(6));
+        self.note(format!("client {client}: {why}"));
+        self.clients[client].attempt += 1;
+        let attempt = self.clients[client].attempt;
+        self.schedule(backoff, Event::ClientTimer { client, attempt });
     }
 
     fn hear(&mut self, id: TransferId, outcome: Outcome) -> Result<(), String> {
@@ -1373,12 +1377,7 @@ impl Simulation {
                 ));
             }
             Err(CashRefusal::Retry(why)) => {
-                self.clients[client].retries += 1;
-                let backoff = Duration::from_millis(10 << self.clients[client].retries.min(6));
-                self.note(format!("client {client}: movement {id} not done: {why}"));
-                self.clients[client].attempt += 1;
-                let attempt = self.clients[client].attempt;
-                self.schedule(backoff, Event::ClientTimer { client, attempt });
+                self.retry_later(client, format!("movement {id} not done: {why}"));
             }
         }
         Ok(())

@@ -8,15 +8,7 @@ const PROGRAM: &str = env!("CARGO_BIN_EXE_tally-failpoints");
 #[test]
 fn a_short_load_with_a_killed_node_passes_its_checks_and_writes_its_files() {
     let out = tempfile::tempdir().expect("temporary directory");
-    let ports = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    // Three consecutive ports from a free one; a clash with another process is unlikely.
-    let base_port = ports
-        .local_addr()
-        .expect("address")
-        .port()
-        .saturating_sub(3)
-        .max(1024);
-    drop(ports);
+    let base_port = free_base_port();
     let output = Command::new(PROGRAM)
         .args([
             "loadgen",
@@ -72,14 +64,7 @@ fn an_interrupted_run_stops_its_nodes_and_removes_its_files() {
     use std::process::Stdio;
 
     let temporary = tempfile::tempdir().expect("temporary directory");
-    let ports = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let base_port = ports
-        .local_addr()
-        .expect("address")
-        .port()
-        .saturating_sub(3)
-        .max(1024);
-    drop(ports);
+    let base_port = free_base_port();
     let mut loadgen = Command::new(PROGRAM)
         .args([
             "loadgen",
@@ -146,6 +131,18 @@ fn an_interrupted_run_stops_its_nodes_and_removes_its_files() {
         0,
         "the cluster's temporary directory is removed"
     );
+}
+
+/// The first of three consecutive ports from a free one; a clash with another process is
+/// unlikely.
+fn free_base_port() -> u16 {
+    let ports = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    ports
+        .local_addr()
+        .expect("address")
+        .port()
+        .saturating_sub(3)
+        .max(1024)
 }
 
 /// Pids of the processes whose parent is `parent` (from /proc).

@@ -75,6 +75,14 @@ impl Check {
         self.ready()
     }
 
+    /// This node and node 2 both vote yes on transfer `id` of batch `batch`.
+    fn both_vote_yes(&mut self, batch: u64, id: TransferId) {
+        self.core
+            .votes(BatchId(batch), ME, Ok(vec![(id, Vote::Yes)]));
+        self.core
+            .votes(BatchId(batch), TWO, Ok(vec![(id, Vote::Yes)]));
+    }
+
     fn logged(&mut self, log: LogId) -> Vec<Effect> {
         self.core.decisions_logged(log, self.now, Ok(()));
         self.ready()
@@ -121,6 +129,13 @@ fn answer(client: u64, id: TransferId, outcome: Outcome) -> Effect {
         client: ClientToken(client),
         id,
         answer: Ok(outcome),
+    }
+}
+
+fn inquiry_answer(token: u64, decisions: Vec<(TransferId, Outcome)>) -> Effect {
+    Effect::AnswerInquiry {
+        inquiry: InquiryToken(token),
+        decisions,
     }
 }
 
@@ -353,8 +368,7 @@ fn a_retry_joins_the_running_transfer_and_other_content_is_refused() {
         refusal(&check.ready()),
         vec![(9, "DuplicateWithDifferentContent".into())]
     );
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    check.both_vote_yes(0, 1);
     let (log, _, _) = log_of(&check.ready());
     let effects = check.logged(log);
     assert_eq!(effects[0], answer(7, 1, COMMITTED));
@@ -474,10 +488,7 @@ fn an_inquiry_about_an_unknown_id_logs_a_presumed_abort_before_answering() {
         check.logged(log),
         vec![
             answer(9, 5, presumed),
-            Effect::AnswerInquiry {
-                inquiry: InquiryToken(1),
-                decisions: vec![(5, presumed)]
-            }
+            inquiry_answer(1, vec![(5, presumed)])
         ]
     );
 }
@@ -496,10 +507,7 @@ fn an_inquiry_is_answered_from_a_logged_decision() {
     check.core.looked_up(6, Err(engine_failure()));
     assert_eq!(
         check.ready(),
-        vec![Effect::AnswerInquiry {
-            inquiry: InquiryToken(1),
-            decisions: vec![(5, COMMITTED)]
-        }],
+        vec![inquiry_answer(1, vec![(5, COMMITTED)])],
         "an id that could not be read is left out, to be asked again"
     );
 }
@@ -511,15 +519,8 @@ fn an_inquiry_while_votes_are_collected_forces_an_abort_and_is_answered_later() 
     check
         .core
         .inquiry(InquiryToken(1), vec![1], Asker::OtherNode);
-    assert_eq!(
-        check.ready(),
-        vec![Effect::AnswerInquiry {
-            inquiry: InquiryToken(1),
-            decisions: vec![]
-        }]
-    );
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    assert_eq!(check.ready(), vec![inquiry_answer(1, vec![])]);
+    check.both_vote_yes(0, 1);
     let (log, decisions, _) = log_of(&check.ready());
     let outcome = aborted(AbortReason::Timeout);
     assert_eq!(decisions, vec![decision(1, outcome, vec![TWO])]);
@@ -531,13 +532,7 @@ fn an_inquiry_while_votes_are_collected_forces_an_abort_and_is_answered_later() 
     assert_eq!(check.ready(), vec![]);
     let effects = check.logged(log);
     assert_eq!(effects[0], answer(7, 1, outcome));
-    assert_eq!(
-        effects[1],
-        Effect::AnswerInquiry {
-            inquiry: InquiryToken(2),
-            decisions: vec![(1, outcome)]
-        }
-    );
+    assert_eq!(effects[1], inquiry_answer(2, vec![(1, outcome)]));
 }
 
 #[test]
@@ -547,15 +542,8 @@ fn this_nodes_own_inquiry_never_forces_an_abort() {
     check
         .core
         .inquiry(InquiryToken(1), vec![1], Asker::ThisNode);
-    assert_eq!(
-        check.ready(),
-        vec![Effect::AnswerInquiry {
-            inquiry: InquiryToken(1),
-            decisions: vec![]
-        }]
-    );
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    assert_eq!(check.ready(), vec![inquiry_answer(1, vec![])]);
+    check.both_vote_yes(0, 1);
     let (_, decisions, _) = log_of(&check.ready());
     assert_eq!(decisions[0].outcome, COMMITTED);
 }
@@ -570,15 +558,8 @@ fn an_inquiry_joining_a_look_up_makes_the_retried_transfer_abort() {
     assert_eq!(check.ready(), vec![Effect::LookUp { ids: vec![1] }]);
     check.core.looked_up(1, Ok(Known::Nothing));
     let effects = check.ready();
-    assert_eq!(
-        effects[0],
-        Effect::AnswerInquiry {
-            inquiry: InquiryToken(1),
-            decisions: vec![]
-        }
-    );
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    assert_eq!(effects[0], inquiry_answer(1, vec![]));
+    check.both_vote_yes(0, 1);
     let (_, decisions, _) = log_of(&check.ready());
     assert_eq!(decisions[0].outcome, aborted(AbortReason::Timeout));
 }
@@ -587,8 +568,7 @@ fn an_inquiry_joining_a_look_up_makes_the_retried_transfer_abort() {
 fn a_failed_decision_log_answers_with_the_failure_and_sends_nothing() {
     let mut check = Check::new();
     check.start(7, request(1, TWO), Known::Nothing);
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    check.both_vote_yes(0, 1);
     let (log, _, _) = log_of(&check.ready());
     check
         .core
@@ -629,8 +609,7 @@ fn batches_form_from_whatever_queued_while_the_slots_were_busy() {
             vec![]
         );
     }
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    check.both_vote_yes(0, 1);
     let (log, _, _) = log_of(&check.ready());
     let effects = check.logged(log);
     // The slot frees when the decision is durable: the next batch takes the queue, up to two.
@@ -765,13 +744,7 @@ fn in_flight_transfers_are_bounded() {
     check
         .core
         .inquiry(InquiryToken(1), vec![9], Asker::OtherNode);
-    assert_eq!(
-        check.ready(),
-        vec![Effect::AnswerInquiry {
-            inquiry: InquiryToken(1),
-            decisions: vec![]
-        }]
-    );
+    assert_eq!(check.ready(), vec![inquiry_answer(1, vec![])]);
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod apply;
 pub mod coordinator;
 pub mod lock;
 pub mod model;
+mod participant;
 pub mod record;
 mod shard;
 pub mod tables;
@@ -14,6 +15,6 @@ pub mod wal;
 
 pub use apply::{ApplyError, plan_batch};
 pub use shard::{
-    Engine, EngineError, EngineOptions, OpenReport, PrepareRequest, ReadLocks, ShardAudit,
-    TransferStatus, Vote,
+    Engine, EngineError, EngineOptions, Logged, OnConflict, OpenReport, PrepareRequest, ReadLocks,
+    ShardAudit, StorageFailure, TransferStatus, Vote,
 };

@@ -782,6 +782,35 @@ fn a_failed_tables_write_is_sticky() {
     assert_eq!(engine.balance(1).unwrap(), 0, "reads still answer");
 }
 
+/// A full disk is matchable: the kind of the I/O error survives into every later refusal, and a
+/// failed sync is not mistaken for one. Reads still answer, without waiting for the locks of
+/// writes that will never be applied.
+#[test]
+fn a_storage_failure_keeps_its_io_error_kind() {
+    for (fail, expected) in [
+        (
+            MemoryStorage::fail_write_after as fn(&MemoryStorage, u64),
+            std::io::ErrorKind::StorageFull,
+        ),
+        (MemoryStorage::fail_sync_after, std::io::ErrorKind::Other),
+    ] {
+        let (storage, _, engine) = fresh();
+        engine.create_account(1, None, 0, 0).unwrap();
+        fail(&storage, 1);
+        let error = engine.deposit(new_movement_id(), 1, 5).unwrap_err();
+        assert_eq!(error.io_kind(), Some(expected), "{error}");
+        let later = engine.deposit(new_movement_id(), 1, 5).unwrap_err();
+        assert!(matches!(later, EngineError::Failed(_)), "{later}");
+        assert_eq!(later.io_kind(), Some(expected), "{later}");
+        assert_eq!(engine.balance(1).unwrap(), 0);
+        let (locks, balances) = engine
+            .lock_and_read(&[1], Duration::ZERO)
+            .expect("no lock left behind by the failed deposit");
+        engine.release_locks(locks);
+        assert_eq!(balances, vec![0]);
+    }
+}
+
 #[test]
 fn repeated_and_conflicting_decisions_in_one_batch_apply_once_and_the_log_reopens() {
     let (storage, tables, engine) = fresh();

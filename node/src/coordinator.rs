@@ -1,25 +1,26 @@
 //! The coordinator's driver: one task owns the I/O-free core (`engine::coordinator`), feeds it
 //! requests from connections and the results of its effects, and carries out the effects: engine
-//! calls (look-ups, prepares, decision logs) on the blocking pool, PREPAREs and decisions to the
-//! other nodes over `Peers`, answers to the waiting clients. The rules of two-phase commit live
+//! calls (look-ups in place; prepares and decision logs in two halves, the WAL's group commit
+//! awaited as a future, see `engine_calls::durably`), PREPAREs and decisions to the other nodes
+//! over `Peers`, answers to the waiting clients. The rules of two-phase commit live
 //! in the core; this file only moves events and effects between it and the world.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::EngineError;
 use engine::coordinator::{
     Answer, Asker, ClientToken, Coordinator as Core, CoordinatorLimits, Effect, InquiryToken,
     TransferRequest, VoteFailure,
 };
 use engine::model::{NodeId, Outcome, TransferId};
+use engine::{EngineError, OnConflict};
 use engine::{PrepareRequest, Vote};
 use net::{DecisionBatch, DecisionEntry, Message, PrepareBatch};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::convert::{op_to_wire, outcome_from_wire, outcome_to_wire, reason_from_wire};
-use crate::engine_calls::{NodeEngine, apply_decisions, blocking};
+use crate::engine_calls::{NodeEngine, apply_decisions, durably, with_lock_wait};
 use crate::failpoint::{self, points};
 use crate::peers::Peers;
 
@@ -296,10 +297,21 @@ impl Driver {
             }
             Effect::RunLocal { id, transfer } => {
                 tokio::spawn(async move {
-                    let result = blocking(move || {
-                        engine.local_transfer(id, transfer.debit, transfer.credit, transfer.amount)
+                    let logged = with_lock_wait(&engine, |last| {
+                        engine.local_transfer_logged(
+                            id,
+                            transfer.debit,
+                            transfer.credit,
+                            transfer.amount,
+                            if last {
+                                OnConflict::Abort
+                            } else {
+                                OnConflict::Retry
+                            },
+                        )
                     })
                     .await;
+                    let result = durably(&engine, logged).await;
                     let answer = result.map_err(|error| match error {
                         EngineError::DuplicateWithDifferentContent(_) => {
                             engine::coordinator::Refusal::DuplicateWithDifferentContent
@@ -318,7 +330,7 @@ impl Driver {
                     let requests: Vec<PrepareRequest> =
                         entries.iter().map(|entry| entry.request(me)).collect();
                     let ids: Vec<TransferId> = requests.iter().map(|request| request.id).collect();
-                    let votes = blocking(move || engine.prepare(&requests))
+                    let votes = durably(&engine, engine.prepare_logged(&requests))
                         .await
                         .map(|votes| ids.into_iter().zip(votes).collect())
                         .map_err(|error| {
@@ -395,16 +407,18 @@ impl Driver {
                     failpoint::hit(points::COORDINATOR_AFTER_VOTES);
                 }
                 tokio::spawn(async move {
-                    let logged = blocking(move || {
-                        let results = engine.log_decisions_and_decide(me, decisions, &local)?;
+                    let logged = durably(
+                        &engine,
+                        engine.log_decisions_and_decide_logged(me, decisions, &local),
+                    )
+                    .await
+                    .map(|results| {
                         for ((id, _), result) in local.iter().zip(results) {
                             if let Err(error) = result {
                                 tracing::error!(transaction = %id, %error, "local part of a decision not applied");
                             }
                         }
-                        Ok(())
-                    })
-                    .await;
+                    });
                     let result = logged.map_err(|failure: EngineError| {
                         tracing::error!(%failure, "logging decisions failed; their outcome is unknown");
                         Arc::new(failure)
@@ -436,7 +450,7 @@ impl Driver {
                 tokio::spawn(async move {
                     let acknowledged = if participant == me {
                         // Only decisions logged by an older version list this node.
-                        blocking(move || apply_decisions(&engine, me, &decisions))
+                        apply_decisions(&engine, me, &decisions)
                             .await
                             .unwrap_or_else(|error| {
                                 tracing::error!(%error, "applying decisions locally failed");
@@ -474,7 +488,7 @@ impl Driver {
             Effect::LogEnded { ids } => {
                 tokio::spawn(async move {
                     // Lazily: losing these records only means resending decisions after a restart.
-                    if let Err(error) = blocking(move || engine.end_decisions(&ids)).await {
+                    if let Err(error) = durably(&engine, engine.end_decisions_logged(&ids)).await {
                         tracing::error!(%error, "logging ENDED failed");
                     }
                 });
@@ -500,10 +514,7 @@ pub(crate) async fn resolve_in_doubt_loop(
         first_seen.insert(id, start.checked_sub(grace).unwrap_or(start));
     }
     loop {
-        let in_doubt = {
-            let engine = engine.clone();
-            blocking(move || engine.in_doubt()).await
-        };
+        let in_doubt = engine.in_doubt();
         let now = Instant::now();
         first_seen.retain(|id, _| in_doubt.iter().any(|transaction| transaction.id == *id));
         let mut due: BTreeMap<NodeId, Vec<TransferId>> = BTreeMap::new();
@@ -571,11 +582,7 @@ async fn apply_resolved(
     if decisions.is_empty() {
         return;
     }
-    let engine = engine.clone();
-    let applied = {
-        let decisions = decisions.clone();
-        blocking(move || apply_decisions(&engine, coordinator, &decisions)).await
-    };
+    let applied = apply_decisions(engine, coordinator, &decisions).await;
     match applied {
         Ok(applied) => {
             for (id, outcome) in decisions {

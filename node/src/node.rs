@@ -23,7 +23,8 @@ use net::{
 use crate::convert::{op_from_wire, outcome_from_wire, outcome_to_wire, reason_to_wire};
 use crate::coordinator::{Coordinator, Driver, Unavailable};
 use crate::engine_calls::{
-    NodeEngine, apply_decisions, blocking, engine_error, engine_error_of, lock,
+    NodeEngine, apply_decisions, blocking, durably, engine_error, engine_error_of, lock,
+    with_lock_wait,
 };
 use crate::failpoint::{self, points};
 use crate::peers::{PeerError, Peers};
@@ -255,18 +256,19 @@ impl Node {
 
     async fn create_account(&self, request: CreateAccount) -> Result<Message, ErrorResponse> {
         self.owned(request.account)?;
-        let engine = self.engine.clone();
-        let account = blocking(move || {
-            engine.create_account(
+        let engine = &self.engine;
+        let created_at = now_unix_ms();
+        let logged = with_lock_wait(engine, |_| {
+            engine.create_account_logged(
                 request.account,
                 request.owner.as_deref(),
                 request.flags,
-                now_unix_ms(),
-            )?;
-            engine.account(request.account)
+                created_at,
+            )
         })
-        .await
-        .map_err(engine_error)?;
+        .await;
+        durably(engine, logged).await.map_err(engine_error)?;
+        let account = engine.account(request.account).map_err(engine_error)?;
         Ok(AccountCreated {
             account: account.id,
             created_at_unix_ms: account.created_at_ms,
@@ -319,10 +321,12 @@ impl Node {
         amount: u64,
     ) -> Result<(u64, u64), ErrorResponse> {
         self.owned(account)?;
-        let engine = self.engine.clone();
-        let outcome = blocking(move || engine.move_money(id, account, kind, amount))
-            .await
-            .map_err(engine_error)?;
+        let engine = &self.engine;
+        let logged = with_lock_wait(engine, |_| {
+            engine.move_money_logged(id, account, kind, amount)
+        })
+        .await;
+        let outcome = durably(engine, logged).await.map_err(engine_error)?;
         failpoint::hit(points::MOVEMENT_BEFORE_ANSWER);
         match outcome {
             MovementOutcome::Applied { balance_after, lsn } => Ok((balance_after, lsn)),
@@ -449,8 +453,7 @@ impl Node {
             .filter(|(_, misrouted)| !**misrouted)
             .map(|(request, _)| request.clone())
             .collect();
-        let engine = self.engine.clone();
-        let mut votes = blocking(move || engine.prepare(&routed))
+        let mut votes = durably(&self.engine, self.engine.prepare_logged(&routed))
             .await
             .map_err(engine_error)?
             .into_iter();
@@ -480,9 +483,7 @@ impl Node {
             .iter()
             .map(|entry| (entry.txid, outcome_from_wire(entry.outcome)))
             .collect();
-        let engine = self.engine.clone();
-        let coordinator = batch.coordinator;
-        let txids = blocking(move || apply_decisions(&engine, coordinator, &decisions))
+        let txids = apply_decisions(&self.engine, batch.coordinator, &decisions)
             .await
             .map_err(engine_error)?;
         Ok(Acks { txids }.into())

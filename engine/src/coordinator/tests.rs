@@ -37,7 +37,10 @@ fn decision(id: TransferId, outcome: Outcome, participants: Vec<NodeId>) -> Coor
 }
 
 fn engine_failure() -> Arc<EngineError> {
-    Arc::new(EngineError::Failed("disk on fire".into()))
+    Arc::new(EngineError::Failed(crate::StorageFailure {
+        kind: Some(std::io::ErrorKind::Other),
+        message: "disk on fire".into(),
+    }))
 }
 
 /// A coordinator under test and the effects it released so far.

@@ -95,7 +95,7 @@ impl Tables for MemoryTables {
     fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, TablesError> {
         let inner = self.lock();
         if inner.fail_transfer_reads {
-            return Err(TablesError("injected read failure".into()));
+            return Err(TablesError::new("injected read failure"));
         }
         Ok(inner.written.transfers.get(&id).cloned())
     }
@@ -157,7 +157,7 @@ impl Tables for MemoryTables {
     fn write(&self, batch: &TableBatch) -> Result<(), TablesError> {
         let mut inner = self.lock();
         if inner.fail_writes {
-            return Err(TablesError("injected write failure".into()));
+            return Err(TablesError::new("injected write failure"));
         }
         let state = &mut inner.written;
         for account in &batch.accounts {

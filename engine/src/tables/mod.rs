@@ -22,8 +22,41 @@ use crate::wal::Lsn;
 
 /// A storage failure of the tables. Like a WAL failure it makes the engine stop accepting writes.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("account tables: {0}")]
-pub struct TablesError(pub String);
+#[error("account tables: {message}")]
+pub struct TablesError {
+    /// The kind of the I/O error behind it, when there is one (a full disk is `StorageFull`).
+    pub kind: Option<std::io::ErrorKind>,
+    pub message: String,
+}
+
+impl TablesError {
+    /// A failure that is not an I/O error (malformed data, an injected fault).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            kind: None,
+            message: message.into(),
+        }
+    }
+
+    /// A failure whose message carries the operating system's text for an I/O error, as
+    /// RocksDB's do ("IO error: No space left on device"): the kind is recovered from it, so a
+    /// full disk can be matched whichever store hit it first.
+    pub fn from_io_message(message: String) -> Self {
+        use std::io::ErrorKind;
+        const KNOWN: [(&str, ErrorKind); 4] = [
+            ("No space left on device", ErrorKind::StorageFull),
+            ("Disk quota exceeded", ErrorKind::QuotaExceeded),
+            ("Read-only file system", ErrorKind::ReadOnlyFilesystem),
+            ("Permission denied", ErrorKind::PermissionDenied),
+        ];
+        let kind = KNOWN
+            .iter()
+            .find(|(text, _)| message.contains(text))
+            .map(|(_, kind)| *kind)
+            .or_else(|| message.starts_with("IO error").then_some(ErrorKind::Other));
+        Self { kind, message }
+    }
+}
 
 /// Everything one applied group of WAL records changes, in absolute values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -150,7 +183,7 @@ pub(crate) mod values {
     use crate::record::Record;
 
     fn corrupt(what: &str) -> TablesError {
-        TablesError(format!("malformed {what} value"))
+        TablesError::new(format!("malformed {what} value"))
     }
 
     fn u64_at(bytes: &[u8], offset: usize) -> u64 {

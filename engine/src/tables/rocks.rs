@@ -28,7 +28,7 @@ pub struct RocksTables {
 }
 
 fn error(error: rocksdb::Error) -> TablesError {
-    TablesError(error.into_string())
+    TablesError::from_io_message(error.into_string())
 }
 
 impl RocksTables {
@@ -85,11 +85,12 @@ impl Tables for RocksTables {
     fn applied_lsn(&self) -> Result<Lsn, TablesError> {
         match self.get(keys::META_APPLIED_LSN)? {
             None => Ok(0),
-            Some(bytes) => {
-                Ok(u64::from_le_bytes(bytes.as_ref().try_into().map_err(
-                    |_| TablesError("malformed applied LSN".into()),
-                )?))
-            }
+            Some(bytes) => Ok(u64::from_le_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| TablesError::new("malformed applied LSN"))?,
+            )),
         }
     }
 
@@ -136,14 +137,14 @@ impl Tables for RocksTables {
         let mut ids = Vec::new();
         self.scan_prefix(&[keys::UNENDED], &mut |key, _| {
             ids.push(u128::from_be_bytes(key[1..17].try_into().map_err(
-                |_| TablesError("malformed unended-decision key".into()),
+                |_| TablesError::new("malformed unended-decision key"),
             )?));
             Ok(())
         })?;
         ids.into_iter()
             .map(|id| {
                 self.decision(id)?.ok_or_else(|| {
-                    TablesError(format!("unended decision {id} has no decision row"))
+                    TablesError::new(format!("unended decision {id} has no decision row"))
                 })
             })
             .collect()
@@ -169,7 +170,7 @@ impl Tables for RocksTables {
             let lsn = u64::from_be_bytes(
                 key[9..17]
                     .try_into()
-                    .map_err(|_| TablesError("malformed history key".into()))?,
+                    .map_err(|_| TablesError::new("malformed history key"))?,
             );
             if lsn >= before_lsn {
                 continue;
@@ -191,7 +192,7 @@ impl Tables for RocksTables {
             let id = u64::from_be_bytes(
                 key[1..9]
                     .try_into()
-                    .map_err(|_| TablesError("malformed account key".into()))?,
+                    .map_err(|_| TablesError::new("malformed account key"))?,
             );
             visit(&values::decode_account(id, value)?);
             Ok(())

@@ -43,12 +43,20 @@ impl Faults {
         }
     }
 
+    /// Fails the operation if its turn has come: a write as a full disk would
+    /// (`StorageFull`), a sync as a failing one would (`Other`, the kind of EIO).
     fn check(counter: &AtomicU64, fail_from: &AtomicU64, what: &str) -> io::Result<()> {
         let index = counter.fetch_add(1, Ordering::SeqCst) + 1;
         if index >= fail_from.load(Ordering::SeqCst) {
-            return Err(io::Error::other(format!(
-                "injected failure of {what} number {index}"
-            )));
+            let kind = if what == "write" {
+                io::ErrorKind::StorageFull
+            } else {
+                io::ErrorKind::Other
+            };
+            return Err(io::Error::new(
+                kind,
+                format!("injected failure of {what} number {index}"),
+            ));
         }
         Ok(())
     }

@@ -115,6 +115,18 @@ pub enum WalError {
     Closed,
 }
 
+impl WalError {
+    /// The kind of the I/O error behind this error, if it is one (a full disk is
+    /// `io::ErrorKind::StorageFull`).
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            WalError::Io(error) => Some(error.kind()),
+            WalError::Failed(error) => Some(error.kind()),
+            _ => None,
+        }
+    }
+}
+
 impl From<io::Error> for WalError {
     fn from(error: io::Error) -> Self {
         WalError::Io(error)

@@ -1,0 +1,666 @@
+//! One shard's transactional core: every operation a node performs on its accounts, serialized by
+//! the lock manager, made durable through the WAL, then applied to the tables in LSN order.
+//!
+//! The path of every write: take the accounts' locks, validate against committed state, log one
+//! record (or one batch of records), wait for the group commit, apply everything durable in LSN
+//! order as one table batch, release the locks, answer. Locks are held until the change is applied,
+//! so validation always sees every earlier change to the same account.
+//!
+//! Every write comes in two halves, so that no thread blocks on an fsync: `*_logged` does
+//! everything up to the WAL append and returns a [`Logged`] answer, and [`Engine::finish`]
+//! (blocking) or [`Engine::finish_durably`] (a future, over [`Wal::durable`]) releases it once its
+//! records are durable and applied. What must happen once an LSN is applied (locks released,
+//! prepares made answerable, decided transactions forgotten) is queued by LSN in the engine and
+//! done by whichever caller settles first, so an answer dropped unfinished leaks nothing. The
+//! participant's rules live in the I/O-free [`crate::participant`] core; the one-call forms
+//! (`prepare`, `commit`, ...) are `finish(…_logged(…))`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::apply::{ApplyError, plan_batch, transfer_record};
+use crate::coordinator::Known;
+use crate::lock::{
+    LOCK_REQUEST_ACCOUNTS_MAX, LOCK_STRIPE_COUNT_DEFAULT, LockError, LockManager, LockMode,
+    LockPolicy,
+};
+use crate::model::{
+    AbortReason, Account, AccountId, Amount, CoordinatorDecision, HISTORY_PAGE_MAX_ENTRIES,
+    HistoryPage, MovementId, MovementKind, MovementOutcome, MovementRecord, NodeId,
+    OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome, PreparedTransaction, RefusalReason,
+    TRANSACTION_OPERATIONS_MAX, Totals, TransferId, TransferRecord,
+};
+pub use crate::participant::Vote;
+use crate::participant::{Answer, Decide, Disagreement, Participant, Status, Undo};
+use crate::record::{ENDED_IDS_MAX, Record, RecordDecodeError};
+use crate::tables::{Tables, TablesError};
+use crate::wal::{FileStorage, Lsn, Storage, Wal, WalError};
+
+mod one_phase;
+mod reads;
+mod two_phase;
+
+use two_phase::exclusive;
+
+/// Records replayed per table batch at start-up.
+const REPLAY_BATCH_RECORDS_MAX: usize = 1024;
+/// Lock owners are engine-assigned, never client ids: two concurrent requests that reuse one
+/// transfer id must not share locks. The high half keeps them apart from nothing in particular
+/// but makes them easy to recognise in logs.
+const LOCK_OWNER_BASE: u128 = 1 << 64;
+
+/// Tunables of an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub lock_stripe_count: usize,
+    /// How long a local operation (deposit, withdrawal, local transfer) waits for its locks
+    /// before it is refused with a lock conflict. Zero means no waiting. Prepares never wait: one
+    /// waiting transaction would hold up its whole batch.
+    pub lock_wait: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            lock_stripe_count: LOCK_STRIPE_COUNT_DEFAULT,
+            lock_wait: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Every way an engine operation fails. Expected refusals are variants; none changes any state.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("account {0} does not exist")]
+    UnknownAccount(AccountId),
+    #[error("account {0} exists with different attributes")]
+    AccountExists(AccountId),
+    #[error("amount must be positive")]
+    ZeroAmount,
+    #[error("insufficient funds in account {account}: balance {balance}, needed {needed}")]
+    InsufficientFunds {
+        account: AccountId,
+        balance: Amount,
+        needed: Amount,
+    },
+    #[error("the balance of account {0} would overflow")]
+    Overflow(AccountId),
+    #[error("a transfer cannot debit and credit the same account ({0})")]
+    SameAccount(AccountId),
+    #[error("owner name is longer than {OWNER_NAME_MAX_BYTES} bytes")]
+    OwnerNameTooLong,
+    #[error("history page size must be between 1 and {HISTORY_PAGE_MAX_ENTRIES}")]
+    InvalidPageSize,
+    #[error("lock conflict on account {account}")]
+    LockConflict { account: AccountId },
+    /// The id names another transfer, deposit or withdrawal on this shard.
+    #[error("id {0} was already used here with different content")]
+    DuplicateWithDifferentContent(u128),
+    /// Another request with this id is running.
+    #[error("a request with id {0} is already in progress")]
+    InProgress(u128),
+    #[error("transaction {0} is not prepared here and was never committed")]
+    UnknownTransaction(TransferId),
+    #[error("transaction {0} was already aborted")]
+    AlreadyAborted(TransferId),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Tables(#[from] TablesError),
+    #[error("malformed record at LSN {lsn}: {source}")]
+    Record { lsn: Lsn, source: RecordDecodeError },
+    #[error("the log and the tables disagree: {0}")]
+    Inconsistent(String),
+    /// A storage failure happened earlier; the engine refuses writes until reopened.
+    #[error("engine stopped accepting writes after a storage failure: {0}")]
+    Failed(StorageFailure),
+}
+
+impl EngineError {
+    /// The kind of the I/O error behind this error, if there is one: a full disk is
+    /// `io::ErrorKind::StorageFull`, whether it is hit now or stopped the engine earlier.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            EngineError::Failed(failure) => failure.kind,
+            EngineError::Wal(error) => error.io_kind(),
+            EngineError::Tables(error) => error.kind,
+            _ => None,
+        }
+    }
+}
+
+/// Why an engine stopped accepting writes: what failed, and the kind of the I/O error behind it
+/// when there is one, so that a full disk can be told from a failing one by matching.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StorageFailure {
+    pub kind: Option<io::ErrorKind>,
+    pub message: String,
+}
+
+impl StorageFailure {
+    fn of(error: &EngineError) -> Self {
+        Self {
+            kind: error.io_kind(),
+            message: error.to_string(),
+        }
+    }
+
+    fn of_wal(error: &WalError) -> Self {
+        Self {
+            kind: error.io_kind(),
+            message: error.to_string(),
+        }
+    }
+
+    /// A failure that is not an I/O error: the log and the tables disagree.
+    fn inconsistent(message: String) -> Self {
+        Self {
+            kind: None,
+            message,
+        }
+    }
+}
+
+/// What opening the engine found.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    /// The tables' applied LSN before replay.
+    pub applied_lsn_before: Lsn,
+    pub records_replayed: u64,
+    /// Prepared, undecided transactions: their locks are held again; ask their coordinators.
+    pub in_doubt: Vec<PreparedTransaction>,
+}
+
+/// One transaction of a prepare batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareRequest {
+    pub id: TransferId,
+    pub coordinator: NodeId,
+    pub operations: Vec<Operation>,
+}
+
+/// What a shard knows of a transfer id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferStatus {
+    Unknown,
+    /// Prepared here, decision not yet known.
+    Prepared(PreparedTransaction),
+    Decided(TransferRecord),
+}
+
+/// Shared locks held for a consistent read (see `Engine::lock_and_read`); give them back with
+/// `Engine::release_locks`.
+#[derive(Debug)]
+#[must_use = "locks stay held until released"]
+pub struct ReadLocks(Vec<u128>);
+
+/// A consistent cut of one shard, for the conservation check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardAudit {
+    pub applied_lsn: Lsn,
+    pub accounts: u64,
+    pub balance_sum: u128,
+    pub totals: Totals,
+    pub in_doubt: u64,
+    /// Balances that can only be a negative number wrapped around: more than all the money that
+    /// ever entered the shard (deposits and 2PC credits). Balances are unsigned and every debit
+    /// is validated under its lock, so this is 0 unless an arithmetic or apply bug wrapped one.
+    pub negative_balance_count: u64,
+}
+
+impl ShardAudit {
+    /// The shard's books balance: what its accounts hold equals what came in minus what went out.
+    pub fn is_balanced(&self) -> bool {
+        self.totals.deposited + self.totals.credited_by_transactions
+            == self.balance_sum + self.totals.withdrawn + self.totals.debited_by_transactions
+    }
+}
+
+/// An answer that may be released only once the records behind it are durable and applied:
+/// give it to [`Engine::finish`] or [`Engine::finish_durably`].
+#[derive(Debug)]
+#[must_use = "an answer is released only through Engine::finish or Engine::finish_durably"]
+pub struct Logged<R> {
+    wait_for: Option<Lsn>,
+    answer: R,
+}
+
+impl<R> Logged<R> {
+    /// An answer that depends on nothing not yet durable.
+    fn now(answer: R) -> Self {
+        Self {
+            wait_for: None,
+            answer,
+        }
+    }
+
+    fn after(lsn: Lsn, answer: R) -> Self {
+        Self {
+            wait_for: Some(lsn),
+            answer,
+        }
+    }
+
+    /// The LSN that must be durable and applied before the answer is released, if any.
+    pub fn wait_for(&self) -> Option<Lsn> {
+        self.wait_for
+    }
+}
+
+/// What a one-phase transfer that meets a lock conflict does (`Engine::local_transfer_logged`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Answer `LockConflict` and log nothing: the caller tries again.
+    Retry,
+    /// Log the transfer as aborted by the conflict: its final outcome.
+    Abort,
+}
+
+/// What a one-phase write gives back once its record is applied.
+#[derive(Debug, Clone, Copy)]
+enum Release {
+    Locks(u128),
+    InFlight(u128),
+}
+
+/// Something a one-phase write holds (its locks, its id's in-flight slot): given back when the
+/// guard drops, unless kept until the write's record is applied (`Engine::release_when_applied`).
+struct Held<'a, T: Tables, S: Storage> {
+    engine: &'a Engine<T, S>,
+    release: Release,
+}
+
+impl<T: Tables, S: Storage> Held<'_, T, S> {
+    fn keep(self) -> Release {
+        let release = self.release;
+        std::mem::forget(self);
+        release
+    }
+
+    /// Keeps a lock guard's locks, to be released by their owner's id.
+    fn keep_lock_owner(self) -> u128 {
+        match self.keep() {
+            Release::Locks(owner) => owner,
+            Release::InFlight(id) => unreachable!("in-flight slot {id} kept as locks"),
+        }
+    }
+}
+
+impl<T: Tables, S: Storage> Drop for Held<'_, T, S> {
+    fn drop(&mut self) {
+        self.engine.release([self.release]);
+    }
+}
+
+/// A poisoned mutex means a thread panicked halfway through changing what it guards: a crash,
+/// not something to carry on from.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .expect("a thread panicked while holding an engine lock")
+}
+
+/// See the module documentation.
+pub struct Engine<T: Tables, S: Storage = FileStorage> {
+    wal: Wal<S>,
+    tables: T,
+    locks: LockManager,
+    options: EngineOptions,
+    next_lock_owner: AtomicU64,
+    /// Logged records not yet applied, by LSN. Filled under this mutex in the same step that
+    /// assigns their LSNs, so the applier never sees a gap that will later be filled.
+    pending: Mutex<BTreeMap<Lsn, Record>>,
+    /// LSN up to which the tables reflect the log; held while applying.
+    applied: Mutex<Lsn>,
+    failure: OnceLock<StorageFailure>,
+    /// Ids of the one-phase requests running (local transfers, deposits, withdrawals), which
+    /// share one namespace: a second request with a running id is refused `InProgress`, and a
+    /// prepare of it votes no.
+    local_in_flight: Mutex<HashSet<u128>>,
+    participant: Mutex<Participant>,
+    /// What one-phase writes give back once their record is applied, by that record's LSN.
+    when_applied: Mutex<BTreeMap<Lsn, Vec<Release>>>,
+    /// While non-zero, prepares of new transactions are refused (a cluster-wide cut is being
+    /// taken; see `close_prepares`).
+    prepares_closed: AtomicU32,
+}
+
+impl<T: Tables, S: Storage> Engine<T, S> {
+    /// Opens the engine over an opened WAL and tables: replays the log from the tables' applied
+    /// LSN + 1, then takes the locks of every prepared, undecided transaction again.
+    pub fn open(
+        wal: Wal<S>,
+        tables: T,
+        options: EngineOptions,
+    ) -> Result<(Self, OpenReport), EngineError> {
+        let applied_lsn_before = tables.applied_lsn()?;
+        let durable = wal.durable_lsn();
+        if applied_lsn_before > durable {
+            return Err(EngineError::Inconsistent(format!(
+                "tables are applied up to LSN {applied_lsn_before} but the log ends at {durable}"
+            )));
+        }
+        if applied_lsn_before + 1 < wal.first_lsn() {
+            return Err(EngineError::Inconsistent(format!(
+                "tables are applied up to LSN {applied_lsn_before} but the log starts at {}",
+                wal.first_lsn()
+            )));
+        }
+        let mut records_replayed = 0;
+        let mut batch = Vec::with_capacity(REPLAY_BATCH_RECORDS_MAX);
+        for record in wal.read_from(applied_lsn_before + 1)? {
+            let record = record?;
+            let decoded = Record::decode(record.kind, &record.payload).map_err(|source| {
+                EngineError::Record {
+                    lsn: record.lsn,
+                    source,
+                }
+            })?;
+            batch.push((record.lsn, decoded));
+            if batch.len() == REPLAY_BATCH_RECORDS_MAX {
+                records_replayed += batch.len() as u64;
+                apply_records(&tables, &mut batch)?;
+            }
+        }
+        records_replayed += batch.len() as u64;
+        apply_records(&tables, &mut batch)?;
+        let applied = tables.applied_lsn()?;
+
+        let engine = Self {
+            wal,
+            tables,
+            locks: LockManager::new(options.lock_stripe_count),
+            options,
+            next_lock_owner: AtomicU64::new(0),
+            pending: Mutex::new(BTreeMap::new()),
+            applied: Mutex::new(applied),
+            failure: OnceLock::new(),
+            local_in_flight: Mutex::new(HashSet::new()),
+            participant: Mutex::new(Participant::default()),
+            when_applied: Mutex::new(BTreeMap::new()),
+            prepares_closed: AtomicU32::new(0),
+        };
+        let in_doubt = engine.tables.all_prepared()?;
+        {
+            let mut participant = lock(&engine.participant);
+            for transaction in &in_doubt {
+                let lock_owner = engine.new_lock_owner();
+                let request = exclusive(&transaction.operations);
+                engine
+                    .locks
+                    .acquire(lock_owner, &request, LockPolicy::NoWait)
+                    .map_err(|error| {
+                        EngineError::Inconsistent(format!(
+                            "in-doubt transaction {} cannot take its locks again: {error}",
+                            transaction.id
+                        ))
+                    })?;
+                participant.restore(transaction.clone(), lock_owner);
+            }
+        }
+        if !in_doubt.is_empty() {
+            tracing::warn!(
+                count = in_doubt.len(),
+                "in-doubt transactions after restart; their locks are held"
+            );
+        }
+        Ok((
+            engine,
+            OpenReport {
+                applied_lsn_before,
+                records_replayed,
+                in_doubt,
+            },
+        ))
+    }
+
+    /// How long a local operation waits for its locks (`EngineOptions::lock_wait`).
+    pub fn lock_wait(&self) -> Duration {
+        self.options.lock_wait
+    }
+
+    pub fn wal(&self) -> &Wal<S> {
+        &self.wal
+    }
+
+    pub fn tables(&self) -> &T {
+        &self.tables
+    }
+
+    fn new_lock_owner(&self) -> u128 {
+        LOCK_OWNER_BASE + u128::from(self.next_lock_owner.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn check_writable(&self) -> Result<(), EngineError> {
+        if let Some(failure) = self.failure.get() {
+            return Err(EngineError::Failed(failure.clone()));
+        }
+        if let Some(error) = self.wal.failure() {
+            return Err(EngineError::Failed(StorageFailure {
+                kind: Some(error.kind()),
+                message: format!("WAL: {error}"),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Makes the engine refuse writes until reopened. One-phase writes waiting for their records
+    /// give back their locks and ids now: those records will never be applied by this engine, and
+    /// reads (still answered) must not wait for them.
+    fn fail(&self, failure: StorageFailure) -> EngineError {
+        tracing::error!(%failure, kind = ?failure.kind, "engine storage failure; refusing writes until reopened");
+        let _ = self.failure.set(failure.clone());
+        let waiting = std::mem::take(&mut *lock(&self.when_applied));
+        self.release(waiting.into_values().flatten());
+        EngineError::Failed(failure)
+    }
+
+    fn release(&self, releases: impl IntoIterator<Item = Release>) {
+        for release in releases {
+            match release {
+                Release::Locks(owner) => {
+                    self.locks.release_all(owner);
+                }
+                Release::InFlight(id) => {
+                    lock(&self.local_in_flight).remove(&id);
+                }
+            }
+        }
+    }
+
+    fn lock_policy(&self) -> LockPolicy {
+        if self.options.lock_wait.is_zero() {
+            LockPolicy::NoWait
+        } else {
+            LockPolicy::BoundedWait {
+                deadline: Instant::now() + self.options.lock_wait,
+            }
+        }
+    }
+
+    fn take_locks(
+        &self,
+        request: &[(AccountId, LockMode)],
+        policy: LockPolicy,
+    ) -> Result<Held<'_, T, S>, EngineError> {
+        let owner = self.new_lock_owner();
+        match self.locks.acquire(owner, request, policy) {
+            Ok(()) => Ok(Held {
+                engine: self,
+                release: Release::Locks(owner),
+            }),
+            Err(LockError::Conflict { account, .. }) => Err(EngineError::LockConflict { account }),
+            Err(error @ LockError::TooManyAccounts { .. }) => {
+                Err(EngineError::Inconsistent(error.to_string()))
+            }
+        }
+    }
+
+    /// Appends records with consecutive LSNs and registers them for applying; returns the last.
+    /// The pending map stays locked while the WAL takes the records, so LSN order and pending
+    /// order agree; under WAL back-pressure (pending bound reached) appliers wait here too, which
+    /// is the back-pressure working as meant.
+    fn log(&self, records: Vec<Record>) -> Result<Lsn, EngineError> {
+        self.check_writable()?;
+        let encoded: Vec<(u8, Vec<u8>)> = records
+            .iter()
+            .map(|record| (record.kind(), record.encode()))
+            .collect();
+        let borrowed: Vec<(u8, &[u8])> = encoded
+            .iter()
+            .map(|(kind, payload)| (*kind, payload.as_slice()))
+            .collect();
+        let mut pending = lock(&self.pending);
+        let last = match self.wal.append_batch(&borrowed) {
+            Ok(last) => last,
+            Err(error @ WalError::Failed(_)) => {
+                return Err(self.fail(StorageFailure::of_wal(&error)));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let first = last + 1 - records.len() as Lsn;
+        for (offset, record) in records.into_iter().enumerate() {
+            pending.insert(first + offset as Lsn, record);
+        }
+        Ok(last)
+    }
+
+    /// Applies every durable record not applied yet (in LSN order, as one table batch), then
+    /// does what waited for them: releases one-phase writes' locks and in-flight ids, makes
+    /// prepares answerable, forgets applied decisions. Never waits for the disk. Returns the LSN
+    /// the tables reflect.
+    pub fn settle(&self) -> Result<Lsn, EngineError> {
+        let mut applied = lock(&self.applied);
+        let durable = self.wal.durable_lsn();
+        while *applied < durable {
+            self.check_writable()?;
+            let mut records = Vec::new();
+            {
+                let mut pending = lock(&self.pending);
+                let mut next = *applied + 1;
+                while next <= durable {
+                    let Some(record) = pending.remove(&next) else {
+                        break;
+                    };
+                    records.push((next, record));
+                    next += 1;
+                }
+            }
+            if records.is_empty() {
+                return Err(self.fail(StorageFailure::inconsistent(format!(
+                    "LSN {} is durable but was never registered for applying",
+                    *applied + 1
+                ))));
+            }
+            let before = *applied;
+            match apply_records(&self.tables, &mut records) {
+                Ok(applied_lsn) => *applied = applied_lsn,
+                Err(error) => return Err(self.fail(StorageFailure::of(&error))),
+            }
+            assert!(
+                *applied > before,
+                "the applied LSN went from {before} to {}",
+                *applied
+            );
+        }
+        let released = {
+            let mut when_applied = lock(&self.when_applied);
+            let mut released = Vec::new();
+            while let Some(entry) = when_applied.first_entry() {
+                if *entry.key() > *applied {
+                    break;
+                }
+                released.extend(entry.remove());
+            }
+            released
+        };
+        self.release(released);
+        for owner in lock(&self.participant).applied(*applied) {
+            self.locks.release_all(owner);
+        }
+        Ok(*applied)
+    }
+
+    /// Settles up to `lsn`, which is durable.
+    fn reach(&self, lsn: Lsn) -> Result<(), EngineError> {
+        let applied = self.settle()?;
+        if applied < lsn {
+            return Err(self.fail(StorageFailure::inconsistent(format!(
+                "LSN {lsn} is durable but the tables reach only {applied}"
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Releases a logged answer: blocks until its records are durable, settles, returns it.
+    pub fn finish<R>(&self, logged: Logged<R>) -> Result<R, EngineError> {
+        if let Some(lsn) = logged.wait_for {
+            self.durable_result(self.wal.wait_durable(lsn))?;
+            self.reach(lsn)?;
+        }
+        Ok(logged.answer)
+    }
+
+    /// [`Engine::finish`] without blocking a thread: awaits the WAL's group commit.
+    pub async fn finish_durably<R>(&self, logged: Logged<R>) -> Result<R, EngineError> {
+        if let Some(lsn) = logged.wait_for {
+            self.durable_result(self.wal.durable(lsn).await)?;
+            self.reach(lsn)?;
+        }
+        Ok(logged.answer)
+    }
+
+    fn durable_result(&self, result: Result<(), WalError>) -> Result<(), EngineError> {
+        match result {
+            Ok(()) => Ok(()),
+            // A clean close is not a storage failure.
+            Err(WalError::Closed) => Err(EngineError::Wal(WalError::Closed)),
+            Err(error) => Err(self.fail(StorageFailure::of_wal(&error))),
+        }
+    }
+
+    /// Queues what a one-phase write gives back once the record at `lsn` is applied.
+    fn release_when_applied(&self, lsn: Lsn, releases: impl IntoIterator<Item = Release>) {
+        if self.check_writable().is_err() {
+            // Failed meanwhile: the record will never be applied here (see `fail`).
+            self.release(releases);
+            return;
+        }
+        lock(&self.when_applied)
+            .entry(lsn)
+            .or_default()
+            .extend(releases);
+    }
+
+    /// Makes the tables durable up to the applied LSN, then deletes the WAL segments below it.
+    /// Returns how many segments were deleted.
+    pub fn checkpoint(&self) -> Result<usize, EngineError> {
+        let applied = *lock(&self.applied);
+        if let Err(error) = self.tables.flush() {
+            return Err(self.fail(StorageFailure::of(&EngineError::Tables(error))));
+        }
+        Ok(self.wal.truncate_below(applied + 1)?)
+    }
+}
+
+/// Applies consecutive records as one table batch, then clears the list; returns the LSN applied
+/// up to (0 when there was nothing to apply).
+fn apply_records<T: Tables>(
+    tables: &T,
+    records: &mut Vec<(Lsn, Record)>,
+) -> Result<Lsn, EngineError> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let batch = plan_batch(tables, records).map_err(|error| match error {
+        ApplyError::Tables(error) => EngineError::Tables(error),
+        ApplyError::Inconsistent { .. } => EngineError::Inconsistent(error.to_string()),
+    })?;
+    tables.write(&batch)?;
+    records.clear();
+    Ok(batch.applied_lsn)
+}

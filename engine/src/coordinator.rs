@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::{
-    AbortReason, AccountId, Amount, CoordinatorDecision, NodeId, Operation, OperationKind, Outcome,
-    TransferId, TransferRecord,
+    AbortReason, CoordinatorDecision, NodeId, Operation, OperationKind, Outcome, TransferId,
+    TransferRecord,
 };
 use crate::shard::{EngineError, PrepareRequest, Vote};
 
@@ -66,13 +66,7 @@ impl std::ops::Add<Duration> for Time {
     }
 }
 
-/// The content of a transfer: what a retry must repeat exactly to be the same request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Transfer {
-    pub debit: AccountId,
-    pub credit: AccountId,
-    pub amount: Amount,
-}
+pub use crate::model::Transfer;
 
 /// A transfer request that reached its coordinator: the debit account is this node's. The driver
 /// validated it (positive amount, two different accounts) and routed the credit account.
@@ -375,10 +369,7 @@ pub struct Coordinator {
 
 fn decided_answer(decision: &CoordinatorDecision, transfer: Transfer) -> Answer {
     // A presumed abort does not know the transfer's content: any retry gets the abort.
-    let presumed = decision.outcome == Outcome::Aborted(AbortReason::PresumedAbort);
-    let same = (decision.debit, decision.credit, decision.amount)
-        == (transfer.debit, transfer.credit, transfer.amount);
-    if presumed || same {
+    if decision.transfer.is_none_or(|decided| decided == transfer) {
         Ok(decision.outcome)
     } else {
         Err(Refusal::DuplicateWithDifferentContent)
@@ -940,9 +931,7 @@ impl Coordinator {
             entry.phase = Phase::Deciding(log);
             decisions.push(CoordinatorDecision {
                 id: *id,
-                debit: 0,
-                credit: 0,
-                amount: 0,
+                transfer: None,
                 outcome,
                 participants: Vec::new(),
                 ended: true,
@@ -1098,9 +1087,7 @@ impl Coordinator {
             outcomes.push((*id, outcome));
             decisions.push(CoordinatorDecision {
                 id: *id,
-                debit: request.transfer.debit,
-                credit: request.transfer.credit,
-                amount: request.transfer.amount,
+                transfer: Some(request.transfer),
                 outcome,
                 participants,
                 ended: false,

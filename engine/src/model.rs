@@ -277,14 +277,22 @@ pub struct PreparedTransaction {
 /// Most participants one coordinator decision names.
 pub const DECISION_PARTICIPANTS_MAX: usize = 16;
 
+/// The content of a transfer: what a retry must repeat exactly to be the same request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Transfer {
+    pub debit: AccountId,
+    pub credit: AccountId,
+    pub amount: Amount,
+}
+
 /// A coordinator's logged decision on a distributed transfer it coordinates: the transfer's
 /// permanent outcome (what a retry of its id is answered) and who must hear it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoordinatorDecision {
     pub id: TransferId,
-    pub debit: AccountId,
-    pub credit: AccountId,
-    pub amount: Amount,
+    /// What was decided on; `None` for a presumed abort, logged by a coordinator that no longer
+    /// knew the transfer (any retry of the id gets the abort).
+    pub transfer: Option<Transfer>,
     pub outcome: Outcome,
     /// Nodes that must apply the decision and acknowledge it before it is ended.
     pub participants: Vec<NodeId>,

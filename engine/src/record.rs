@@ -9,7 +9,7 @@
 use crate::model::{
     AbortReason, AccountId, Amount, CoordinatorDecision, DECISION_PARTICIPANTS_MAX, MovementId,
     MovementKind, NodeId, OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome, RefusalReason,
-    TRANSACTION_OPERATIONS_MAX, TransferId,
+    TRANSACTION_OPERATIONS_MAX, Transfer, TransferId,
 };
 
 /// Most transaction ids one ENDED record carries.
@@ -228,9 +228,17 @@ impl Record {
             Record::Decided(decision) => {
                 assert!(decision.participants.len() <= DECISION_PARTICIPANTS_MAX);
                 out.extend_from_slice(&decision.id.to_le_bytes());
-                out.extend_from_slice(&decision.debit.to_le_bytes());
-                out.extend_from_slice(&decision.credit.to_le_bytes());
-                out.extend_from_slice(&decision.amount.to_le_bytes());
+                // A decision without its transfer (a presumed abort) is written as zeros: no
+                // transfer moves 0 units, so the two cannot be confused.
+                let transfer = decision.transfer.unwrap_or(Transfer {
+                    debit: 0,
+                    credit: 0,
+                    amount: 0,
+                });
+                assert!(decision.transfer.is_none_or(|transfer| transfer.amount > 0));
+                out.extend_from_slice(&transfer.debit.to_le_bytes());
+                out.extend_from_slice(&transfer.credit.to_le_bytes());
+                out.extend_from_slice(&transfer.amount.to_le_bytes());
                 match decision.outcome {
                     Outcome::Committed => out.extend_from_slice(&[1, 0]),
                     Outcome::Aborted(reason) => out.extend_from_slice(&[2, reason.code()]),
@@ -390,9 +398,11 @@ impl Record {
                 }
                 Record::Decided(CoordinatorDecision {
                     id,
-                    debit,
-                    credit,
-                    amount,
+                    transfer: (amount > 0).then_some(Transfer {
+                        debit,
+                        credit,
+                        amount,
+                    }),
                     outcome,
                     participants,
                     ended: false,
@@ -563,19 +573,30 @@ mod tests {
             },
             Record::Decided(CoordinatorDecision {
                 id: 13,
-                debit: 7,
-                credit: 1 << 50,
-                amount: 9,
+                transfer: Some(Transfer {
+                    debit: 7,
+                    credit: 1 << 50,
+                    amount: 9,
+                }),
                 outcome: Outcome::Committed,
                 participants: vec![1, 3],
                 ended: false,
             }),
             Record::Decided(CoordinatorDecision {
                 id: 14,
-                debit: 7,
-                credit: 8,
-                amount: 9,
+                transfer: Some(Transfer {
+                    debit: 7,
+                    credit: 8,
+                    amount: 9,
+                }),
                 outcome: Outcome::Aborted(AbortReason::ParticipantUnavailable),
+                participants: vec![],
+                ended: false,
+            }),
+            Record::Decided(CoordinatorDecision {
+                id: 15,
+                transfer: None,
+                outcome: Outcome::Aborted(AbortReason::PresumedAbort),
                 participants: vec![],
                 ended: false,
             }),

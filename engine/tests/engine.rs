@@ -875,9 +875,11 @@ fn a_reused_id_with_other_operations_never_counts_as_prepared() {
 fn decision(id: TransferId, outcome: Outcome) -> engine::model::CoordinatorDecision {
     engine::model::CoordinatorDecision {
         id,
-        debit: 1,
-        credit: 2,
-        amount: 5,
+        transfer: Some(engine::model::Transfer {
+            debit: 1,
+            credit: 2,
+            amount: 5,
+        }),
         outcome,
         participants: vec![1, 2],
         ended: false,

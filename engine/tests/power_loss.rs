@@ -404,8 +404,11 @@ fn resolve_cross_shard(
     violations: &mut Vec<String>,
 ) -> Option<Outcome> {
     let resolved = seen.decision.as_ref().map(|decision| {
-        // A presumed abort (amount 0) does not know the transfer's content.
-        if decision.amount != 0 && (decision.debit, decision.credit, decision.amount) != content {
+        // A presumed abort does not know the transfer's content.
+        if decision
+            .transfer
+            .is_some_and(|transfer| (transfer.debit, transfer.credit, transfer.amount) != content)
+        {
             violations.push(format!("transfer {id}: decided as {decision:?}"));
         }
         decision.outcome

@@ -1024,7 +1024,7 @@ impl Simulation {
             } => {
                 if self.mutation == Mutation::CommitOnNoVote
                     && let Some(position) = decisions.iter().position(|decision| {
-                        decision.outcome != Outcome::Committed && decision.amount > 0
+                        decision.outcome != Outcome::Committed && decision.transfer.is_some()
                     })
                 {
                     decisions[position].outcome = Outcome::Committed;

@@ -2,6 +2,7 @@
 //! out, and in which order. Node 1 coordinates; node 2 and node 3 are the other participants.
 
 use super::*;
+use crate::model::AccountId;
 
 const ME: NodeId = 1;
 const TWO: NodeId = 2;
@@ -24,12 +25,9 @@ fn request(id: TransferId, credit_node: NodeId) -> TransferRequest {
 }
 
 fn decision(id: TransferId, outcome: Outcome, participants: Vec<NodeId>) -> CoordinatorDecision {
-    let transfer = request(id, TWO).transfer;
     CoordinatorDecision {
         id,
-        debit: transfer.debit,
-        credit: transfer.credit,
-        amount: transfer.amount,
+        transfer: Some(request(id, TWO).transfer),
         outcome,
         participants,
         ended: false,
@@ -396,9 +394,7 @@ fn a_known_id_is_answered_from_its_record() {
 
     // A presumed abort is the answer for any content.
     let presumed = CoordinatorDecision {
-        debit: 0,
-        credit: 0,
-        amount: 0,
+        transfer: None,
         ..decision(2, aborted(AbortReason::PresumedAbort), vec![])
     };
     assert_eq!(

@@ -36,7 +36,7 @@ use crate::model::{
     AbortReason, CoordinatorDecision, NodeId, Operation, OperationKind, Outcome, TransferId,
     TransferRecord,
 };
-use crate::shard::{EngineError, PrepareRequest, Vote};
+use crate::shard::{LocalTransferError, PrepareRequest, StorageError, Vote};
 
 #[cfg(test)]
 mod tests;
@@ -119,15 +119,19 @@ pub enum Refusal {
     /// Too many decisions for this participant are not acknowledged yet (it is likely down);
     /// nothing was done.
     ParticipantBacklog(NodeId),
-    /// The engine failed (a storage failure, or an error of the one-phase path); for a
-    /// cross-shard transfer the outcome is unknown to the client until it asks again.
-    Engine(Arc<EngineError>),
+    /// The engine's storage failed; for a cross-shard transfer the outcome is unknown to the
+    /// client until it asks again.
+    Storage(Arc<StorageError>),
+    /// The one-phase path refused the transfer without an outcome (another request with its id
+    /// is running, or the id is a deposit's).
+    Local(Arc<LocalTransferError>),
 }
 
 impl PartialEq for Refusal {
     fn eq(&self, other: &Refusal) -> bool {
         match (self, other) {
-            (Refusal::Engine(one), Refusal::Engine(other)) => Arc::ptr_eq(one, other),
+            (Refusal::Storage(one), Refusal::Storage(other)) => Arc::ptr_eq(one, other),
+            (Refusal::Local(one), Refusal::Local(other)) => Arc::ptr_eq(one, other),
             (Refusal::ParticipantBacklog(one), Refusal::ParticipantBacklog(other)) => one == other,
             _ => std::mem::discriminant(self) == std::mem::discriminant(other),
         }
@@ -157,7 +161,7 @@ pub enum VoteFailure {
     Unreachable { surely_not_applied: bool },
     /// This node's own engine failed to prepare (a storage failure): nothing of the batch can be
     /// decided here; the other participants will ask, and hear the presumed abort.
-    Engine(Arc<EngineError>),
+    Storage(Arc<StorageError>),
 }
 
 /// One transaction of a PREPARE, as one participant sees it.
@@ -491,7 +495,7 @@ impl Coordinator {
     }
 
     /// What the tables know of `id`, as asked by [`Effect::LookUp`].
-    pub fn looked_up(&mut self, id: TransferId, known: Result<Known, Arc<EngineError>>) {
+    pub fn looked_up(&mut self, id: TransferId, known: Result<Known, Arc<StorageError>>) {
         let entry = self
             .in_flight
             .get_mut(&id)
@@ -504,7 +508,7 @@ impl Coordinator {
         let known = match known {
             Ok(known) => known,
             Err(error) => {
-                self.settle(id, |_| Err(Refusal::Engine(error.clone())), None);
+                self.settle(id, |_| Err(Refusal::Storage(error.clone())), None);
                 return;
             }
         };
@@ -602,7 +606,7 @@ impl Coordinator {
             return;
         }
         match votes {
-            Err(VoteFailure::Engine(error)) => {
+            Err(VoteFailure::Storage(error)) => {
                 assert_eq!(participant, me, "only this node's engine fails a prepare");
                 self.fail_batch(batch_id, error);
                 return;
@@ -648,7 +652,7 @@ impl Coordinator {
         &mut self,
         log: LogId,
         now: Time,
-        result: Result<(), Arc<EngineError>>,
+        result: Result<(), Arc<StorageError>>,
     ) {
         let pending = self.logs.remove(&log).expect("logs are reported once");
         if let Some(batch) = pending.batch {
@@ -670,7 +674,7 @@ impl Coordinator {
             }
             Err(error) => {
                 for (id, _) in &pending.outcomes {
-                    self.settle(*id, |_| Err(Refusal::Engine(error.clone())), None);
+                    self.settle(*id, |_| Err(Refusal::Storage(error.clone())), None);
                 }
             }
         }
@@ -1024,13 +1028,13 @@ impl Coordinator {
         }
     }
 
-    fn fail_batch(&mut self, batch_id: BatchId, error: Arc<EngineError>) {
+    fn fail_batch(&mut self, batch_id: BatchId, error: Arc<StorageError>) {
         let batch = self
             .batches
             .remove(&batch_id)
             .expect("failing a known batch");
         for id in batch.ids {
-            self.settle(id, |_| Err(Refusal::Engine(error.clone())), None);
+            self.settle(id, |_| Err(Refusal::Storage(error.clone())), None);
         }
     }
 

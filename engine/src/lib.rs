@@ -15,6 +15,7 @@ pub mod wal;
 
 pub use apply::{ApplyError, plan_batch};
 pub use shard::{
-    Engine, EngineError, EngineOptions, Logged, OnConflict, OpenReport, PrepareRequest, ReadLocks,
-    ShardAudit, StorageFailure, TransferStatus, Vote,
+    CreateAccountError, Disagreement, Engine, EngineOptions, LocalTransferError, Logged,
+    MovementError, OnConflict, OpenReport, PrepareRequest, ReadError, ReadLocks, ShardAudit,
+    StorageCause, StorageError, StorageFailure, TransferStatus, Vote,
 };

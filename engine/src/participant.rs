@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{AbortReason, NodeId, Operation, Outcome, PreparedTransaction, TransferId};
 use crate::record::Record;
+use crate::shard::Disagreement;
 use crate::wal::Lsn;
 
 /// A participant's vote on one transaction of a prepare batch.
@@ -86,17 +87,6 @@ pub(crate) enum Decide {
     Log { record: Record, undo: Undo },
     /// Not held here: the engine looks the id up in the tables and calls `decide_unheld`.
     NotHeld,
-}
-
-/// How a decision disagrees with what this participant knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Disagreement {
-    /// COMMIT of a transaction not prepared here (never, or for another coordinator).
-    NotPrepared,
-    /// COMMIT of a transaction this participant aborted.
-    AlreadyAborted,
-    /// ABORT of a transaction this participant committed: a coordinator changed its decision.
-    AlreadyCommitted,
 }
 
 /// How to take back a decision whose record was never logged.

@@ -16,7 +16,8 @@ use engine::record::Record;
 use engine::tables::{MemoryTables, Tables};
 use engine::wal::{CrashMode, MemoryStorage, Wal, WalOptions};
 use engine::{
-    Engine, EngineError, EngineOptions, PrepareRequest, TransferStatus, Vote, plan_batch,
+    CreateAccountError, Disagreement, Engine, EngineOptions, LocalTransferError, MovementError,
+    PrepareRequest, ReadError, StorageCause, StorageError, TransferStatus, Vote, plan_batch,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -63,7 +64,7 @@ fn fund(engine: &TestEngine, account: AccountId, amount: u64) -> u64 {
     }
 }
 
-fn applied(outcome: &Result<MovementOutcome, EngineError>) -> bool {
+fn applied(outcome: &Result<MovementOutcome, MovementError>) -> bool {
     matches!(outcome, Ok(MovementOutcome::Applied { .. }))
 }
 
@@ -250,7 +251,9 @@ fn random_step(
     let accounts: Vec<AccountId> = model.balances.keys().copied().collect();
     let account = accounts[random.random_range(0..accounts.len())];
     let amount = random.random_range(1..300);
-    let failed = |error: &EngineError| matches!(error, EngineError::Failed(_));
+    fn failed(error: &impl StorageCause) -> bool {
+        matches!(error.storage(), Some(StorageError::Failed(_)))
+    }
     match random.random_range(0..6) {
         0 => {
             *next_id += 1;
@@ -260,7 +263,10 @@ fn random_step(
                     assert_eq!(balance_after, model.balances[&account]);
                 }
                 Ok(refused) => panic!("deposit refused: {refused:?}"),
-                Err(error) => return !failed(&error) && !matches!(error, EngineError::Wal(_)),
+                Err(error) => {
+                    return !failed(&error)
+                        && !matches!(error.storage(), Some(StorageError::Wal(_)));
+                }
             }
         }
         1 => {
@@ -386,7 +392,7 @@ fn restarts_at_random_points_recover_exactly_what_was_acknowledged() {
                 assert!(
                     matches!(
                         engine.deposit(new_movement_id(), 1, 1),
-                        Err(EngineError::Failed(_))
+                        Err(MovementError::Storage(StorageError::Failed(_)))
                     ),
                     "seed {seed}"
                 );
@@ -467,51 +473,51 @@ fn every_error_case_is_typed_and_changes_nothing() {
 
     assert!(matches!(
         engine.create_account(1, Some("Bob"), 7, 11),
-        Err(EngineError::AccountExists(1))
+        Err(CreateAccountError::AccountExists(1))
     ));
     assert!(matches!(
         engine.create_account(1, Some("Ada"), 8, 11),
-        Err(EngineError::AccountExists(1))
+        Err(CreateAccountError::AccountExists(1))
     ));
     assert!(matches!(
         engine.create_account(3, Some(&"x".repeat(65)), 0, 11),
-        Err(EngineError::OwnerNameTooLong)
+        Err(CreateAccountError::OwnerNameTooLong)
     ));
     assert!(matches!(
         engine.deposit(new_movement_id(), 1, 0),
-        Err(EngineError::ZeroAmount)
+        Err(MovementError::ZeroAmount)
     ));
     assert!(matches!(
         engine.withdraw(new_movement_id(), 1, 0),
-        Err(EngineError::ZeroAmount)
+        Err(MovementError::ZeroAmount)
     ));
     assert!(matches!(
         engine.local_transfer(1, 1, 2, 0),
-        Err(EngineError::ZeroAmount)
+        Err(LocalTransferError::ZeroAmount)
     ));
     assert!(matches!(
         engine.local_transfer(1, 1, 1, 5),
-        Err(EngineError::SameAccount(1))
+        Err(LocalTransferError::SameAccount(1))
     ));
     assert!(matches!(
         engine.balance(9),
-        Err(EngineError::UnknownAccount(9))
+        Err(ReadError::UnknownAccount(9))
     ));
     assert!(matches!(
         engine.history(1, None, 0),
-        Err(EngineError::InvalidPageSize)
+        Err(ReadError::InvalidPageSize)
     ));
     assert!(matches!(
         engine.history(1, None, 1001),
-        Err(EngineError::InvalidPageSize)
+        Err(ReadError::InvalidPageSize)
     ));
     assert!(matches!(
         engine.history(9, None, 10),
-        Err(EngineError::UnknownAccount(9))
+        Err(ReadError::UnknownAccount(9))
     ));
     assert!(matches!(
         engine.commit(&[77]).unwrap()[0],
-        Err(EngineError::UnknownTransaction(77))
+        Err(Disagreement::NotPrepared)
     ));
     assert_eq!(snapshot(&engine), start, "a refused request changed state");
 
@@ -571,7 +577,7 @@ fn every_error_case_is_typed_and_changes_nothing() {
     );
     assert!(matches!(
         engine.local_transfer(10, 1, 2, 102),
-        Err(EngineError::DuplicateWithDifferentContent(10))
+        Err(LocalTransferError::DuplicateWithDifferentContent(10))
     ));
 }
 
@@ -689,7 +695,7 @@ fn participant_messages_may_be_duplicated_late_or_reordered() {
     );
     assert!(matches!(
         engine.withdraw(new_movement_id(), 1, 1),
-        Err(EngineError::LockConflict { account: 1 })
+        Err(MovementError::LockConflict { account: 1 })
     ));
     // Duplicate commit: OK, applied once.
     engine.commit(&[1]).unwrap()[0].as_ref().unwrap();
@@ -710,11 +716,11 @@ fn participant_messages_may_be_duplicated_late_or_reordered() {
     // Commit of an aborted one is an error; commit of an unknown one too.
     assert!(matches!(
         engine.commit(&[3]).unwrap()[0],
-        Err(EngineError::AlreadyAborted(3))
+        Err(Disagreement::AlreadyAborted)
     ));
     assert!(matches!(
         engine.commit(&[4]).unwrap()[0],
-        Err(EngineError::UnknownTransaction(4))
+        Err(Disagreement::NotPrepared)
     ));
 
     // Prepare votes no with the reason when validation fails; nothing stays locked.
@@ -773,11 +779,11 @@ fn a_failed_tables_write_is_sticky() {
     tables.fail_writes();
     assert!(matches!(
         engine.deposit(new_movement_id(), 1, 5),
-        Err(EngineError::Failed(_))
+        Err(MovementError::Storage(StorageError::Failed(_)))
     ));
     assert!(matches!(
         engine.deposit(new_movement_id(), 1, 5),
-        Err(EngineError::Failed(_))
+        Err(MovementError::Storage(StorageError::Failed(_)))
     ));
     assert_eq!(engine.balance(1).unwrap(), 0, "reads still answer");
 }
@@ -800,7 +806,10 @@ fn a_storage_failure_keeps_its_io_error_kind() {
         let error = engine.deposit(new_movement_id(), 1, 5).unwrap_err();
         assert_eq!(error.io_kind(), Some(expected), "{error}");
         let later = engine.deposit(new_movement_id(), 1, 5).unwrap_err();
-        assert!(matches!(later, EngineError::Failed(_)), "{later}");
+        assert!(
+            matches!(later, MovementError::Storage(StorageError::Failed(_))),
+            "{later}"
+        );
         assert_eq!(later.io_kind(), Some(expected), "{later}");
         assert_eq!(engine.balance(1).unwrap(), 0);
         let (locks, balances) = engine
@@ -830,7 +839,7 @@ fn repeated_and_conflicting_decisions_in_one_batch_apply_once_and_the_log_reopen
     assert!(
         results
             .iter()
-            .all(|result| matches!(result, Err(EngineError::Inconsistent(_)))),
+            .all(|result| *result == Err(Disagreement::AlreadyCommitted)),
         "{results:?}"
     );
     assert_eq!(engine.balance(1).unwrap(), 65);
@@ -964,7 +973,7 @@ fn a_locked_read_waits_for_prepared_writers_and_blocks_new_ones() {
     assert_eq!(prepare_one(&engine, 10, debit(1, 5)), Vote::Yes);
     assert!(matches!(
         engine.lock_and_read(&[2, 1], Duration::from_millis(5)),
-        Err(EngineError::LockConflict { account: 1 })
+        Err(ReadError::LockConflict { account: 1 })
     ));
     engine.commit(&[10]).unwrap();
     let (locks, balances) = engine
@@ -1224,7 +1233,7 @@ fn an_id_reused_with_other_content_is_refused_and_changes_nothing() {
         assert!(
             matches!(
                 engine.move_money(id, account, kind, amount),
-                Err(EngineError::DuplicateWithDifferentContent(duplicate)) if duplicate == id
+                Err(MovementError::DuplicateWithDifferentContent(duplicate)) if duplicate == id
             ),
             "{kind} {id} of {amount} on account {account}"
         );
@@ -1233,7 +1242,7 @@ fn an_id_reused_with_other_content_is_refused_and_changes_nothing() {
     for id in [200, 201] {
         assert!(matches!(
             engine.local_transfer(id, 2, 3, 1),
-            Err(EngineError::DuplicateWithDifferentContent(_))
+            Err(LocalTransferError::DuplicateWithDifferentContent(_))
         ));
         assert_eq!(
             prepare_one(&engine, id, credit(2, 1)),
@@ -1245,7 +1254,7 @@ fn an_id_reused_with_other_content_is_refused_and_changes_nothing() {
     engine.commit(&[9]).unwrap()[0].as_ref().unwrap();
     assert!(matches!(
         engine.deposit(9, 3, 5),
-        Err(EngineError::DuplicateWithDifferentContent(9))
+        Err(MovementError::DuplicateWithDifferentContent(9))
     ));
 }
 
@@ -1294,7 +1303,7 @@ fn deposits_and_withdrawals_keep_their_answers_across_restarts() {
             assert!(
                 matches!(
                     engine.move_money(id, account, kind, amount + 1),
-                    Err(EngineError::DuplicateWithDifferentContent(_))
+                    Err(MovementError::DuplicateWithDifferentContent(_))
                 ),
                 "{context}: {kind} {id}"
             );
@@ -1401,14 +1410,14 @@ fn concurrent_requests_with_one_id_apply_it_once() {
                     std::thread::sleep(pause);
                     loop {
                         match engine.deposit(id, 1, amount) {
-                            Err(EngineError::InProgress(_)) => std::thread::yield_now(),
+                            Err(MovementError::InProgress(_)) => std::thread::yield_now(),
                             answer => return (amount, answer),
                         }
                     }
                 })
             })
             .collect();
-        let answers: Vec<(u64, Result<MovementOutcome, EngineError>)> = threads
+        let answers: Vec<(u64, Result<MovementOutcome, MovementError>)> = threads
             .into_iter()
             .map(|thread| thread.join().unwrap())
             .collect();
@@ -1431,7 +1440,7 @@ fn concurrent_requests_with_one_id_apply_it_once() {
                 );
             } else {
                 assert!(
-                    matches!(answer, Err(EngineError::DuplicateWithDifferentContent(_))),
+                    matches!(answer, Err(MovementError::DuplicateWithDifferentContent(_))),
                     "seed {seed} round {round}: {answer:?}"
                 );
             }

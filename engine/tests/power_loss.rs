@@ -52,7 +52,9 @@ use engine::model::{
 use engine::tables::MemoryTables;
 use engine::testing::{single_threaded_engine_options, small_segment_wal_options, test_seed};
 use engine::wal::{CrashMode, MemoryStorage, Wal, WalOptions};
-use engine::{Engine, EngineError, PrepareRequest, ShardAudit, TransferStatus, Vote};
+use engine::{
+    Engine, LocalTransferError, MovementError, PrepareRequest, ShardAudit, TransferStatus, Vote,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -505,7 +507,7 @@ struct Shard {
 
 type Checked<T> = Result<T, String>;
 
-fn ok<T>(result: Result<T, EngineError>, what: &str) -> Checked<T> {
+fn ok<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> Checked<T> {
     result.map_err(|error| format!("{what}: unexpected engine error: {error}"))
 }
 
@@ -966,7 +968,7 @@ impl Cluster {
                     return Ok(());
                 };
                 let answer = match result {
-                    Err(EngineError::DuplicateWithDifferentContent(_)) => {
+                    Err(LocalTransferError::DuplicateWithDifferentContent(_)) => {
                         Err(Refusal::DuplicateWithDifferentContent)
                     }
                     other => Ok(ok(other, "local transfer")?),
@@ -1336,7 +1338,7 @@ impl Cluster {
             let different = engine.move_money(cash.id, cash.account, cash.kind(), cash.amount + 1);
             if !matches!(
                 different,
-                Err(EngineError::DuplicateWithDifferentContent(_))
+                Err(MovementError::DuplicateWithDifferentContent(_))
             ) {
                 return Err(format!(
                     "{cash:?}: reused with other content, answered {different:?}"

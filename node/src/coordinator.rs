@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use engine::coordinator::{
     Answer, Asker, ClientToken, Coordinator as Core, CoordinatorLimits, Effect, InquiryToken,
-    TransferRequest, VoteFailure,
+    Refusal, TransferRequest, VoteFailure,
 };
 use engine::model::{NodeId, Outcome, TransferId};
-use engine::{EngineError, OnConflict};
+use engine::{LocalTransferError, OnConflict, StorageError};
 use engine::{PrepareRequest, Vote};
 use net::{DecisionBatch, DecisionEntry, Message, PrepareBatch};
 use tokio::sync::{mpsc, oneshot};
@@ -56,7 +56,7 @@ enum Completion {
     },
     Logged {
         log: engine::coordinator::LogId,
-        result: Result<(), Arc<EngineError>>,
+        result: Result<(), Arc<StorageError>>,
     },
     Delivered {
         delivery: engine::coordinator::DeliveryId,
@@ -102,7 +102,7 @@ impl Coordinator {
         me: NodeId,
         engine: Arc<NodeEngine>,
         peers: Arc<Peers>,
-    ) -> Result<(Coordinator, Driver), EngineError> {
+    ) -> Result<(Coordinator, Driver), StorageError> {
         let limits = CoordinatorLimits {
             batch_transfers_max: net::BATCH_ENTRIES_MAX as usize,
             ids_per_effect_max: net::BATCH_ENTRIES_MAX as usize,
@@ -313,10 +313,11 @@ impl Driver {
                     .await;
                     let result = durably(&engine, logged).await;
                     let answer = result.map_err(|error| match error {
-                        EngineError::DuplicateWithDifferentContent(_) => {
-                            engine::coordinator::Refusal::DuplicateWithDifferentContent
+                        LocalTransferError::DuplicateWithDifferentContent(_) => {
+                            Refusal::DuplicateWithDifferentContent
                         }
-                        other => engine::coordinator::Refusal::Engine(Arc::new(other)),
+                        LocalTransferError::Storage(error) => Refusal::Storage(Arc::new(error)),
+                        other => Refusal::Local(Arc::new(other)),
                     });
                     let _ = completions.send(Completion::LocalDone(id, answer));
                 });
@@ -335,7 +336,7 @@ impl Driver {
                         .map(|votes| ids.into_iter().zip(votes).collect())
                         .map_err(|error| {
                             tracing::error!(%error, "local PREPARE failed; the batch's outcome is unknown");
-                            VoteFailure::Engine(Arc::new(error))
+                            VoteFailure::Storage(Arc::new(error))
                         });
                     let _ = completions.send(Completion::Votes {
                         batch,
@@ -419,7 +420,7 @@ impl Driver {
                             }
                         }
                     });
-                    let result = logged.map_err(|failure: EngineError| {
+                    let result = logged.map_err(|failure: StorageError| {
                         tracing::error!(%failure, "logging decisions failed; their outcome is unknown");
                         Arc::new(failure)
                     });

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use engine::model::{NodeId, Outcome, TransferId};
 use engine::tables::RocksTables;
 use engine::wal::FileStorage;
-use engine::{Engine, EngineError, Logged};
+use engine::{
+    CreateAccountError, Engine, LocalTransferError, Logged, MovementError, ReadError, StorageCause,
+    StorageError,
+};
 use net::{ErrorCode, ErrorResponse};
 
 pub(crate) type NodeEngine = Engine<RocksTables, FileStorage>;
@@ -25,17 +28,17 @@ pub(crate) async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send 
 /// The second half of an engine write: awaits the group commit behind a logged answer (a
 /// future, no thread waits), settles, and returns the answer. It runs as a task of its own, so
 /// that a request dropped halfway (a closed connection) still settles what it logged at once.
-pub(crate) async fn durably<R: Send + 'static>(
+pub(crate) async fn durably<R: Send + 'static, E: From<StorageError>>(
     engine: &Arc<NodeEngine>,
-    logged: Result<Logged<R>, EngineError>,
-) -> Result<R, EngineError> {
+    logged: Result<Logged<R>, E>,
+) -> Result<R, E> {
     let logged = logged?;
     if logged.wait_for().is_none() {
-        return engine.finish(logged);
+        return Ok(engine.finish(logged)?);
     }
     let engine = engine.clone();
     match tokio::spawn(async move { engine.finish_durably(logged).await }).await {
-        Ok(result) => result,
+        Ok(result) => Ok(result?),
         Err(error) => std::panic::resume_unwind(error.into_panic()),
     }
 }
@@ -43,16 +46,16 @@ pub(crate) async fn durably<R: Send + 'static>(
 /// The first half of a one-phase write, tried again while it meets a lock conflict, for at most
 /// the engine's lock wait: the engine never waits for a lock on an async thread, so the wait is
 /// a timer here. `attempt` is told whether this is the last try.
-pub(crate) async fn with_lock_wait<R>(
+pub(crate) async fn with_lock_wait<R, E: WireError>(
     engine: &NodeEngine,
-    mut attempt: impl FnMut(bool) -> Result<Logged<R>, EngineError>,
-) -> Result<Logged<R>, EngineError> {
+    mut attempt: impl FnMut(bool) -> Result<Logged<R>, E>,
+) -> Result<Logged<R>, E> {
     let deadline = Instant::now() + engine.lock_wait();
     let mut pause = Duration::from_micros(200);
     loop {
         let last = Instant::now() >= deadline;
         match attempt(last) {
-            Err(EngineError::LockConflict { .. }) if !last => {
+            Err(error) if !last && error.code() == ErrorCode::LockConflict => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(2));
             }
@@ -69,49 +72,102 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .expect("a thread panicked while holding this lock")
 }
 
-/// The wire error for an engine failure.
-pub(crate) fn engine_error(error: EngineError) -> ErrorResponse {
+/// An engine error as the wire carries it: one code per variant, the error's text as message.
+pub(crate) trait WireError: std::fmt::Display + StorageCause {
+    /// The code of an error that is not a storage failure.
+    fn refusal_code(&self) -> ErrorCode;
+
+    fn code(&self) -> ErrorCode {
+        match self.storage() {
+            Some(_) => ErrorCode::Internal,
+            None => self.refusal_code(),
+        }
+    }
+}
+
+/// The wire error for an engine error (for `map_err`).
+pub(crate) fn engine_error<E: WireError>(error: E) -> ErrorResponse {
     engine_error_of(&error)
 }
 
-/// [`engine_error`] of a shared error.
-pub(crate) fn engine_error_of(error: &EngineError) -> ErrorResponse {
-    if let EngineError::Failed(failure) = error {
-        // Sticky until restart: every write from now on is refused, reads are still answered.
-        return ErrorResponse::new(
-            ErrorCode::Internal,
-            format!(
-                "node stopped accepting writes after a storage failure (reads still work; restart \
-                 it once the disk is fixed): {failure}"
-            ),
-        );
+/// [`engine_error`] of a borrowed or shared error.
+pub(crate) fn engine_error_of<E: WireError + ?Sized>(error: &E) -> ErrorResponse {
+    match error.storage() {
+        Some(StorageError::Failed(failure)) => {
+            // Sticky until restart: every write from now on is refused, reads are still answered.
+            return ErrorResponse::new(
+                ErrorCode::Internal,
+                format!(
+                    "node stopped accepting writes after a storage failure (reads still work; \
+                     restart it once the disk is fixed): {failure}"
+                ),
+            );
+        }
+        Some(storage) => {
+            tracing::error!(error = %storage, kind = ?storage.io_kind(), "request failed")
+        }
+        None => {}
     }
-    let code = match error {
-        EngineError::UnknownAccount(_) => ErrorCode::UnknownAccount,
-        EngineError::AccountExists(_) | EngineError::DuplicateWithDifferentContent(_) => {
-            ErrorCode::DuplicateWithDifferentContent
+    ErrorResponse::new(error.code(), error.to_string())
+}
+
+impl WireError for StorageError {
+    fn refusal_code(&self) -> ErrorCode {
+        ErrorCode::Internal
+    }
+}
+
+impl WireError for CreateAccountError {
+    fn refusal_code(&self) -> ErrorCode {
+        match self {
+            CreateAccountError::OwnerNameTooLong => ErrorCode::InvalidArgument,
+            CreateAccountError::AccountExists(_) => ErrorCode::DuplicateWithDifferentContent,
+            CreateAccountError::LockConflict { .. } => ErrorCode::LockConflict,
+            CreateAccountError::Storage(_) => ErrorCode::Internal,
         }
-        EngineError::ZeroAmount
-        | EngineError::SameAccount(_)
-        | EngineError::OwnerNameTooLong
-        | EngineError::InvalidPageSize => ErrorCode::InvalidArgument,
-        EngineError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
-        EngineError::Overflow(_) => ErrorCode::Overflow,
-        EngineError::LockConflict { .. } => ErrorCode::LockConflict,
-        // Another request with this id is running: retrying later returns its outcome.
-        EngineError::InProgress(_) => ErrorCode::Overloaded,
-        EngineError::UnknownTransaction(_)
-        | EngineError::AlreadyAborted(_)
-        | EngineError::Wal(_)
-        | EngineError::Tables(_)
-        | EngineError::Record { .. }
-        | EngineError::Inconsistent(_)
-        | EngineError::Failed(_) => {
-            tracing::error!(%error, "request failed");
-            ErrorCode::Internal
+    }
+}
+
+impl WireError for MovementError {
+    fn refusal_code(&self) -> ErrorCode {
+        match self {
+            MovementError::ZeroAmount => ErrorCode::InvalidArgument,
+            MovementError::DuplicateWithDifferentContent(_) => {
+                ErrorCode::DuplicateWithDifferentContent
+            }
+            // Another request with this id is running: retrying later returns its outcome.
+            MovementError::InProgress(_) => ErrorCode::Overloaded,
+            MovementError::LockConflict { .. } => ErrorCode::LockConflict,
+            MovementError::Storage(_) => ErrorCode::Internal,
         }
-    };
-    ErrorResponse::new(code, error.to_string())
+    }
+}
+
+impl WireError for LocalTransferError {
+    fn refusal_code(&self) -> ErrorCode {
+        match self {
+            LocalTransferError::ZeroAmount | LocalTransferError::SameAccount(_) => {
+                ErrorCode::InvalidArgument
+            }
+            LocalTransferError::DuplicateWithDifferentContent(_) => {
+                ErrorCode::DuplicateWithDifferentContent
+            }
+            LocalTransferError::InProgress(_) => ErrorCode::Overloaded,
+            LocalTransferError::LockConflict { .. } => ErrorCode::LockConflict,
+            LocalTransferError::Storage(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl WireError for ReadError {
+    fn refusal_code(&self) -> ErrorCode {
+        match self {
+            ReadError::UnknownAccount(_) => ErrorCode::UnknownAccount,
+            ReadError::InvalidPageSize => ErrorCode::InvalidArgument,
+            ReadError::LockConflict { .. } => ErrorCode::LockConflict,
+            ReadError::Storage(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 /// Participant: logs and applies decisions of `coordinator`; returns the ids to acknowledge.
@@ -119,7 +175,7 @@ pub(crate) async fn apply_decisions(
     engine: &Arc<NodeEngine>,
     coordinator: NodeId,
     decisions: &[(TransferId, Outcome)],
-) -> Result<Vec<TransferId>, EngineError> {
+) -> Result<Vec<TransferId>, StorageError> {
     let results = durably(engine, engine.decide_from_logged(coordinator, decisions)).await?;
     let mut applied = Vec::with_capacity(decisions.len());
     for ((id, _), result) in decisions.iter().zip(results) {

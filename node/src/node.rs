@@ -11,7 +11,9 @@ use engine::model::{
     AccountId, HistoryKind, MovementId, MovementKind, MovementOutcome, NodeId, Outcome,
     RefusalReason, TransferId,
 };
-use engine::{EngineError, PrepareRequest, ReadLocks, ShardAudit, TransferStatus, Vote};
+use engine::{
+    PrepareRequest, ReadError, ReadLocks, ShardAudit, StorageError, TransferStatus, Vote,
+};
 use net::{
     AccountCreated, Acks, Audit, AuditReport, Balance, Balances, ClusterStatus, CreateAccount,
     DecisionBatch, DecisionInquiry, Deposit, Deposited, ErrorCode, ErrorResponse, GetBalance,
@@ -102,7 +104,7 @@ impl Node {
         config: ClusterConfig,
         engine: Arc<NodeEngine>,
         peer_timeout: Duration,
-    ) -> Result<(Arc<Node>, Driver), EngineError> {
+    ) -> Result<(Arc<Node>, Driver), StorageError> {
         let peers = Arc::new(Peers::new(config.clone(), peer_timeout));
         let (coordinator, driver) = Coordinator::new(id, engine.clone(), peers.clone())?;
         let node = Arc::new(Node {
@@ -250,7 +252,8 @@ impl Node {
                 ErrorCode::ParticipantUnavailable,
                 format!("node {node} has not acknowledged many decisions (it is likely down)"),
             )),
-            Err(Refusal::Engine(error)) => Err(engine_error_of(&error)),
+            Err(Refusal::Storage(error)) => Err(engine_error_of(&*error)),
+            Err(Refusal::Local(error)) => Err(engine_error_of(&*error)),
         }
     }
 
@@ -355,7 +358,7 @@ impl Node {
         let balance = blocking(move || {
             let (owner, balances) = engine.lock_and_read(&[account], READ_LOCK_WAIT)?;
             engine.release_locks(owner);
-            Ok::<_, EngineError>(balances[0])
+            Ok::<_, ReadError>(balances[0])
         })
         .await
         .map_err(engine_error)?;
@@ -415,7 +418,7 @@ impl Node {
             if let Some(decision) = engine.decision(id)? {
                 return Ok(state_of(decision.outcome));
             }
-            Ok::<_, EngineError>(match engine.transfer_status(id)? {
+            Ok::<_, StorageError>(match engine.transfer_status(id)? {
                 TransferStatus::Unknown => TransferState::Unknown,
                 TransferStatus::Prepared(_) => TransferState::InProgress,
                 TransferStatus::Decided(record) => state_of(record.outcome),

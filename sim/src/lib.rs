@@ -39,7 +39,10 @@ use engine::model::{
 use engine::tables::MemoryTables;
 use engine::testing::{single_threaded_engine_options, small_segment_wal_options};
 use engine::wal::{CrashMode, MemoryStorage, Wal, WalOptions};
-use engine::{Engine, EngineError, PrepareRequest, TransferStatus, Vote};
+use engine::{
+    Engine, LocalTransferError, MovementError, PrepareRequest, ReadError, StorageError,
+    TransferStatus, Vote,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -176,10 +179,10 @@ enum Address {
 /// The result of an effect carried out by a node, reported to its core a little later.
 #[derive(Debug)]
 enum Completion {
-    LookedUp(Vec<(TransferId, Result<Known, Arc<EngineError>>)>),
+    LookedUp(Vec<(TransferId, Result<Known, Arc<StorageError>>)>),
     LocalDone(TransferId, Answer),
     Votes(BatchId, Result<Vec<(TransferId, Vote)>, VoteFailure>),
-    Logged(LogId, Result<(), Arc<EngineError>>),
+    Logged(LogId, Result<(), Arc<StorageError>>),
 }
 
 #[derive(Debug)]
@@ -781,7 +784,7 @@ impl Simulation {
                 };
                 let answer = match result {
                     Ok(outcome) => Ok(outcome),
-                    Err(EngineError::DuplicateWithDifferentContent(_)) => {
+                    Err(MovementError::DuplicateWithDifferentContent(_)) => {
                         Err(CashRefusal::Duplicate)
                     }
                     Err(other) => Err(CashRefusal::Retry(other.to_string())),
@@ -971,10 +974,11 @@ impl Simulation {
                     return Ok(());
                 };
                 let answer = result.map_err(|error| match error {
-                    EngineError::DuplicateWithDifferentContent(_) => {
+                    LocalTransferError::DuplicateWithDifferentContent(_) => {
                         Refusal::DuplicateWithDifferentContent
                     }
-                    other => Refusal::Engine(Arc::new(other)),
+                    LocalTransferError::Storage(error) => Refusal::Storage(Arc::new(error)),
+                    other => Refusal::Local(Arc::new(other)),
                 });
                 self.later(node, Completion::LocalDone(id, answer));
             }
@@ -998,7 +1002,7 @@ impl Simulation {
                             .zip(votes)
                             .collect()
                     })
-                    .map_err(|error| VoteFailure::Engine(Arc::new(error)));
+                    .map_err(|error| VoteFailure::Storage(Arc::new(error)));
                 self.later(node, Completion::Votes(batch, votes));
             }
             Effect::Prepare {
@@ -1427,7 +1431,7 @@ impl Simulation {
                     held.push((node, locks));
                     balances.extend(accounts.into_iter().zip(read));
                 }
-                Err(EngineError::LockConflict { .. }) => {
+                Err(ReadError::LockConflict { .. }) => {
                     refused = true;
                     break;
                 }

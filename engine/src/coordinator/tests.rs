@@ -34,8 +34,8 @@ fn decision(id: TransferId, outcome: Outcome, participants: Vec<NodeId>) -> Coor
     }
 }
 
-fn engine_failure() -> Arc<EngineError> {
-    Arc::new(EngineError::Failed(crate::StorageFailure {
+fn engine_failure() -> Arc<StorageError> {
+    Arc::new(StorageError::Failed(crate::StorageFailure {
         kind: Some(std::io::ErrorKind::Other),
         message: "disk on fire".into(),
     }))
@@ -586,7 +586,7 @@ fn a_failed_local_prepare_decides_nothing() {
     check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
     check
         .core
-        .votes(BatchId(0), ME, Err(VoteFailure::Engine(engine_failure())));
+        .votes(BatchId(0), ME, Err(VoteFailure::Storage(engine_failure())));
     let effects = check.ready();
     assert_eq!(refusal(&effects).len(), 1);
     assert_eq!(effects.len(), 1, "no decision is logged");

@@ -16,7 +16,6 @@
 //! (`prepare`, `commit`, ...) are `finish(…_logged(…))`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -34,16 +33,22 @@ use crate::model::{
     TRANSACTION_OPERATIONS_MAX, Totals, TransferId, TransferRecord,
 };
 pub use crate::participant::Vote;
-use crate::participant::{Answer, Decide, Disagreement, Participant, Status, Undo};
-use crate::record::{ENDED_IDS_MAX, Record, RecordDecodeError};
-use crate::tables::{Tables, TablesError};
+use crate::participant::{Answer, Decide, Participant, Status, Undo};
+use crate::record::{ENDED_IDS_MAX, Record};
+use crate::tables::Tables;
 use crate::wal::{FileStorage, Lsn, Storage, Wal, WalError};
 
+mod error;
 mod one_phase;
 mod reads;
 mod two_phase;
 
 use two_phase::exclusive;
+
+pub use error::{
+    CreateAccountError, Disagreement, LocalTransferError, MovementError, ReadError, StorageCause,
+    StorageError, StorageFailure,
+};
 
 /// Records replayed per table batch at start-up.
 const REPLAY_BATCH_RECORDS_MAX: usize = 1024;
@@ -67,100 +72,6 @@ impl Default for EngineOptions {
         Self {
             lock_stripe_count: LOCK_STRIPE_COUNT_DEFAULT,
             lock_wait: Duration::from_millis(5),
-        }
-    }
-}
-
-/// Every way an engine operation fails. Expected refusals are variants; none changes any state.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("account {0} does not exist")]
-    UnknownAccount(AccountId),
-    #[error("account {0} exists with different attributes")]
-    AccountExists(AccountId),
-    #[error("amount must be positive")]
-    ZeroAmount,
-    #[error("insufficient funds in account {account}: balance {balance}, needed {needed}")]
-    InsufficientFunds {
-        account: AccountId,
-        balance: Amount,
-        needed: Amount,
-    },
-    #[error("the balance of account {0} would overflow")]
-    Overflow(AccountId),
-    #[error("a transfer cannot debit and credit the same account ({0})")]
-    SameAccount(AccountId),
-    #[error("owner name is longer than {OWNER_NAME_MAX_BYTES} bytes")]
-    OwnerNameTooLong,
-    #[error("history page size must be between 1 and {HISTORY_PAGE_MAX_ENTRIES}")]
-    InvalidPageSize,
-    #[error("lock conflict on account {account}")]
-    LockConflict { account: AccountId },
-    /// The id names another transfer, deposit or withdrawal on this shard.
-    #[error("id {0} was already used here with different content")]
-    DuplicateWithDifferentContent(u128),
-    /// Another request with this id is running.
-    #[error("a request with id {0} is already in progress")]
-    InProgress(u128),
-    #[error("transaction {0} is not prepared here and was never committed")]
-    UnknownTransaction(TransferId),
-    #[error("transaction {0} was already aborted")]
-    AlreadyAborted(TransferId),
-    #[error(transparent)]
-    Wal(#[from] WalError),
-    #[error(transparent)]
-    Tables(#[from] TablesError),
-    #[error("malformed record at LSN {lsn}: {source}")]
-    Record { lsn: Lsn, source: RecordDecodeError },
-    #[error("the log and the tables disagree: {0}")]
-    Inconsistent(String),
-    /// A storage failure happened earlier; the engine refuses writes until reopened.
-    #[error("engine stopped accepting writes after a storage failure: {0}")]
-    Failed(StorageFailure),
-}
-
-impl EngineError {
-    /// The kind of the I/O error behind this error, if there is one: a full disk is
-    /// `io::ErrorKind::StorageFull`, whether it is hit now or stopped the engine earlier.
-    pub fn io_kind(&self) -> Option<io::ErrorKind> {
-        match self {
-            EngineError::Failed(failure) => failure.kind,
-            EngineError::Wal(error) => error.io_kind(),
-            EngineError::Tables(error) => error.kind,
-            _ => None,
-        }
-    }
-}
-
-/// Why an engine stopped accepting writes: what failed, and the kind of the I/O error behind it
-/// when there is one, so that a full disk can be told from a failing one by matching.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct StorageFailure {
-    pub kind: Option<io::ErrorKind>,
-    pub message: String,
-}
-
-impl StorageFailure {
-    fn of(error: &EngineError) -> Self {
-        Self {
-            kind: error.io_kind(),
-            message: error.to_string(),
-        }
-    }
-
-    fn of_wal(error: &WalError) -> Self {
-        Self {
-            kind: error.io_kind(),
-            message: error.to_string(),
-        }
-    }
-
-    /// A failure that is not an I/O error: the log and the tables disagree.
-    fn inconsistent(message: String) -> Self {
-        Self {
-            kind: None,
-            message,
         }
     }
 }
@@ -251,6 +162,12 @@ impl<R> Logged<R> {
     }
 }
 
+/// A lock the engine could not take: held by another owner.
+#[derive(Debug, Clone, Copy)]
+struct Conflict {
+    account: AccountId,
+}
+
 /// What a one-phase transfer that meets a lock conflict does (`Engine::local_transfer_logged`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnConflict {
@@ -336,16 +253,16 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         wal: Wal<S>,
         tables: T,
         options: EngineOptions,
-    ) -> Result<(Self, OpenReport), EngineError> {
+    ) -> Result<(Self, OpenReport), StorageError> {
         let applied_lsn_before = tables.applied_lsn()?;
         let durable = wal.durable_lsn();
         if applied_lsn_before > durable {
-            return Err(EngineError::Inconsistent(format!(
+            return Err(StorageError::Inconsistent(format!(
                 "tables are applied up to LSN {applied_lsn_before} but the log ends at {durable}"
             )));
         }
         if applied_lsn_before + 1 < wal.first_lsn() {
-            return Err(EngineError::Inconsistent(format!(
+            return Err(StorageError::Inconsistent(format!(
                 "tables are applied up to LSN {applied_lsn_before} but the log starts at {}",
                 wal.first_lsn()
             )));
@@ -355,7 +272,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         for record in wal.read_from(applied_lsn_before + 1)? {
             let record = record?;
             let decoded = Record::decode(record.kind, &record.payload).map_err(|source| {
-                EngineError::Record {
+                StorageError::Record {
                     lsn: record.lsn,
                     source,
                 }
@@ -394,7 +311,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
                     .locks
                     .acquire(lock_owner, &request, LockPolicy::NoWait)
                     .map_err(|error| {
-                        EngineError::Inconsistent(format!(
+                        StorageError::Inconsistent(format!(
                             "in-doubt transaction {} cannot take its locks again: {error}",
                             transaction.id
                         ))
@@ -435,12 +352,12 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         LOCK_OWNER_BASE + u128::from(self.next_lock_owner.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn check_writable(&self) -> Result<(), EngineError> {
+    fn check_writable(&self) -> Result<(), StorageError> {
         if let Some(failure) = self.failure.get() {
-            return Err(EngineError::Failed(failure.clone()));
+            return Err(StorageError::Failed(failure.clone()));
         }
         if let Some(error) = self.wal.failure() {
-            return Err(EngineError::Failed(StorageFailure {
+            return Err(StorageError::Failed(StorageFailure {
                 kind: Some(error.kind()),
                 message: format!("WAL: {error}"),
             }));
@@ -451,12 +368,12 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// Makes the engine refuse writes until reopened. One-phase writes waiting for their records
     /// give back their locks and ids now: those records will never be applied by this engine, and
     /// reads (still answered) must not wait for them.
-    fn fail(&self, failure: StorageFailure) -> EngineError {
+    fn fail(&self, failure: StorageFailure) -> StorageError {
         tracing::error!(%failure, kind = ?failure.kind, "engine storage failure; refusing writes until reopened");
         let _ = self.failure.set(failure.clone());
         let waiting = std::mem::take(&mut *lock(&self.when_applied));
         self.release(waiting.into_values().flatten());
-        EngineError::Failed(failure)
+        StorageError::Failed(failure)
     }
 
     fn release(&self, releases: impl IntoIterator<Item = Release>) {
@@ -486,17 +403,16 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         &self,
         request: &[(AccountId, LockMode)],
         policy: LockPolicy,
-    ) -> Result<Held<'_, T, S>, EngineError> {
+    ) -> Result<Held<'_, T, S>, Conflict> {
         let owner = self.new_lock_owner();
         match self.locks.acquire(owner, request, policy) {
             Ok(()) => Ok(Held {
                 engine: self,
                 release: Release::Locks(owner),
             }),
-            Err(LockError::Conflict { account, .. }) => Err(EngineError::LockConflict { account }),
-            Err(error @ LockError::TooManyAccounts { .. }) => {
-                Err(EngineError::Inconsistent(error.to_string()))
-            }
+            Err(LockError::Conflict { account, .. }) => Err(Conflict { account }),
+            // Callers lock at most a transaction's accounts, or chunk (`lock_and_read`).
+            Err(error @ LockError::TooManyAccounts { .. }) => panic!("{error}"),
         }
     }
 
@@ -504,7 +420,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// The pending map stays locked while the WAL takes the records, so LSN order and pending
     /// order agree; under WAL back-pressure (pending bound reached) appliers wait here too, which
     /// is the back-pressure working as meant.
-    fn log(&self, records: Vec<Record>) -> Result<Lsn, EngineError> {
+    fn log(&self, records: Vec<Record>) -> Result<Lsn, StorageError> {
         self.check_writable()?;
         let encoded: Vec<(u8, Vec<u8>)> = records
             .iter()
@@ -533,7 +449,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// does what waited for them: releases one-phase writes' locks and in-flight ids, makes
     /// prepares answerable, forgets applied decisions. Never waits for the disk. Returns the LSN
     /// the tables reflect.
-    pub fn settle(&self) -> Result<Lsn, EngineError> {
+    pub fn settle(&self) -> Result<Lsn, StorageError> {
         let mut applied = lock(&self.applied);
         let durable = self.wal.durable_lsn();
         while *applied < durable {
@@ -586,7 +502,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 
     /// Settles up to `lsn`, which is durable.
-    fn reach(&self, lsn: Lsn) -> Result<(), EngineError> {
+    fn reach(&self, lsn: Lsn) -> Result<(), StorageError> {
         let applied = self.settle()?;
         if applied < lsn {
             return Err(self.fail(StorageFailure::inconsistent(format!(
@@ -597,7 +513,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 
     /// Releases a logged answer: blocks until its records are durable, settles, returns it.
-    pub fn finish<R>(&self, logged: Logged<R>) -> Result<R, EngineError> {
+    pub fn finish<R>(&self, logged: Logged<R>) -> Result<R, StorageError> {
         if let Some(lsn) = logged.wait_for {
             self.durable_result(self.wal.wait_durable(lsn))?;
             self.reach(lsn)?;
@@ -606,7 +522,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 
     /// [`Engine::finish`] without blocking a thread: awaits the WAL's group commit.
-    pub async fn finish_durably<R>(&self, logged: Logged<R>) -> Result<R, EngineError> {
+    pub async fn finish_durably<R>(&self, logged: Logged<R>) -> Result<R, StorageError> {
         if let Some(lsn) = logged.wait_for {
             self.durable_result(self.wal.durable(lsn).await)?;
             self.reach(lsn)?;
@@ -614,11 +530,11 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         Ok(logged.answer)
     }
 
-    fn durable_result(&self, result: Result<(), WalError>) -> Result<(), EngineError> {
+    fn durable_result(&self, result: Result<(), WalError>) -> Result<(), StorageError> {
         match result {
             Ok(()) => Ok(()),
             // A clean close is not a storage failure.
-            Err(WalError::Closed) => Err(EngineError::Wal(WalError::Closed)),
+            Err(WalError::Closed) => Err(StorageError::Wal(WalError::Closed)),
             Err(error) => Err(self.fail(StorageFailure::of_wal(&error))),
         }
     }
@@ -638,10 +554,10 @@ impl<T: Tables, S: Storage> Engine<T, S> {
 
     /// Makes the tables durable up to the applied LSN, then deletes the WAL segments below it.
     /// Returns how many segments were deleted.
-    pub fn checkpoint(&self) -> Result<usize, EngineError> {
+    pub fn checkpoint(&self) -> Result<usize, StorageError> {
         let applied = *lock(&self.applied);
         if let Err(error) = self.tables.flush() {
-            return Err(self.fail(StorageFailure::of(&EngineError::Tables(error))));
+            return Err(self.fail(StorageFailure::of(&StorageError::Tables(error))));
         }
         Ok(self.wal.truncate_below(applied + 1)?)
     }
@@ -652,13 +568,13 @@ impl<T: Tables, S: Storage> Engine<T, S> {
 fn apply_records<T: Tables>(
     tables: &T,
     records: &mut Vec<(Lsn, Record)>,
-) -> Result<Lsn, EngineError> {
+) -> Result<Lsn, StorageError> {
     if records.is_empty() {
         return Ok(0);
     }
     let batch = plan_batch(tables, records).map_err(|error| match error {
-        ApplyError::Tables(error) => EngineError::Tables(error),
-        ApplyError::Inconsistent { .. } => EngineError::Inconsistent(error.to_string()),
+        ApplyError::Tables(error) => StorageError::Tables(error),
+        ApplyError::Inconsistent { .. } => StorageError::Inconsistent(error.to_string()),
     })?;
     tables.write(&batch)?;
     records.clear();

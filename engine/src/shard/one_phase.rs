@@ -11,10 +11,10 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         owner: Option<&str>,
         flags: u32,
         created_at_ms: u64,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), CreateAccountError> {
         let logged =
             self.create_account_with(id, owner, flags, created_at_ms, self.lock_policy())?;
-        self.finish(logged)
+        Ok(self.finish(logged)?)
     }
 
     /// [`Engine::create_account`] in two halves; a lock conflict is refused at once.
@@ -24,7 +24,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         owner: Option<&str>,
         flags: u32,
         created_at_ms: u64,
-    ) -> Result<Logged<()>, EngineError> {
+    ) -> Result<Logged<()>, CreateAccountError> {
         self.create_account_with(id, owner, flags, created_at_ms, LockPolicy::NoWait)
     }
 
@@ -35,18 +35,20 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         flags: u32,
         created_at_ms: u64,
         policy: LockPolicy,
-    ) -> Result<Logged<()>, EngineError> {
+    ) -> Result<Logged<()>, CreateAccountError> {
         self.check_writable()?;
         if owner.is_some_and(|owner| owner.len() > OWNER_NAME_MAX_BYTES) {
-            return Err(EngineError::OwnerNameTooLong);
+            return Err(CreateAccountError::OwnerNameTooLong);
         }
         let owner = owner.filter(|owner| !owner.is_empty()).map(str::to_owned);
-        let locks = self.take_locks(&[(id, LockMode::Exclusive)], policy)?;
+        let locks = self
+            .take_locks(&[(id, LockMode::Exclusive)], policy)
+            .map_err(|Conflict { account }| CreateAccountError::LockConflict { account })?;
         if let Some(existing) = self.tables.account(id)? {
             return if existing.owner == owner && existing.flags == flags {
                 Ok(Logged::now(()))
             } else {
-                Err(EngineError::AccountExists(id))
+                Err(CreateAccountError::AccountExists(id))
             };
         }
         let lsn = self.log(vec![Record::AccountCreated {
@@ -65,7 +67,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         id: MovementId,
         account: AccountId,
         amount: Amount,
-    ) -> Result<MovementOutcome, EngineError> {
+    ) -> Result<MovementOutcome, MovementError> {
         self.move_money(id, account, MovementKind::Deposit, amount)
     }
 
@@ -75,7 +77,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         id: MovementId,
         account: AccountId,
         amount: Amount,
-    ) -> Result<MovementOutcome, EngineError> {
+    ) -> Result<MovementOutcome, MovementError> {
         self.move_money(id, account, MovementKind::Withdrawal, amount)
     }
 
@@ -92,9 +94,9 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         account: AccountId,
         kind: MovementKind,
         amount: Amount,
-    ) -> Result<MovementOutcome, EngineError> {
+    ) -> Result<MovementOutcome, MovementError> {
         let logged = self.move_money_with(id, account, kind, amount, self.lock_policy())?;
-        self.finish(logged)
+        Ok(self.finish(logged)?)
     }
 
     /// [`Engine::move_money`] in two halves; a lock conflict is refused at once.
@@ -104,7 +106,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         account: AccountId,
         kind: MovementKind,
         amount: Amount,
-    ) -> Result<Logged<MovementOutcome>, EngineError> {
+    ) -> Result<Logged<MovementOutcome>, MovementError> {
         self.move_money_with(id, account, kind, amount, LockPolicy::NoWait)
     }
 
@@ -115,15 +117,15 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         kind: MovementKind,
         amount: Amount,
         policy: LockPolicy,
-    ) -> Result<Logged<MovementOutcome>, EngineError> {
+    ) -> Result<Logged<MovementOutcome>, MovementError> {
         if amount == 0 {
-            return Err(EngineError::ZeroAmount);
+            return Err(MovementError::ZeroAmount);
         }
         let same_request = |record: &MovementRecord| {
             if (record.account, record.kind, record.amount) == (account, kind, amount) {
                 Ok(record.outcome)
             } else {
-                Err(EngineError::DuplicateWithDifferentContent(id))
+                Err(MovementError::DuplicateWithDifferentContent(id))
             }
         };
         // A retry of a recorded movement is a read: answered even after a storage failure.
@@ -131,14 +133,18 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             return same_request(&record).map(Logged::now);
         }
         self.check_writable()?;
-        let in_flight = self.enter_local_in_flight(id)?;
+        let in_flight = self
+            .enter_local_in_flight(id)
+            .ok_or(MovementError::InProgress(id))?;
         // Checked again: a request with this id may have finished between the first look and
         // taking the in-flight slot.
         if let Some(record) = self.tables.movement(id)? {
             return same_request(&record).map(Logged::now);
         }
         self.refuse_transfer_id(id)?;
-        let locks = self.take_locks(&[(account, LockMode::Exclusive)], policy)?;
+        let locks = self
+            .take_locks(&[(account, LockMode::Exclusive)], policy)
+            .map_err(|Conflict { account }| MovementError::LockConflict { account })?;
         // The answer is what applying the record computes (`apply`), so every retry, answered
         // from the tables, gets the very same one.
         let outcome = match self.tables.account(account)? {
@@ -179,12 +185,11 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         ))
     }
 
-    /// Takes `id`'s slot among the one-phase requests running, or refuses `InProgress`.
-    fn enter_local_in_flight(&self, id: u128) -> Result<Held<'_, T, S>, EngineError> {
-        if !lock(&self.local_in_flight).insert(id) {
-            return Err(EngineError::InProgress(id));
-        }
-        Ok(Held {
+    /// Takes `id`'s slot among the one-phase requests running; `None` while another has it.
+    fn enter_local_in_flight(&self, id: u128) -> Option<Held<'_, T, S>> {
+        // Not `then_some`: it would build the guard, whose drop frees the slot, on refusal too.
+        let entered = lock(&self.local_in_flight).insert(id);
+        entered.then(|| Held {
             engine: self,
             release: Release::InFlight(id),
         })
@@ -195,19 +200,19 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// prepared that is not durable yet may still vanish, so it is `InProgress`, not a duplicate.
     /// Called holding the id's in-flight slot, which a new prepare of the id checks, so no
     /// transfer can take the id between these looks and the movement's record.
-    fn refuse_transfer_id(&self, id: u128) -> Result<(), EngineError> {
+    fn refuse_transfer_id(&self, id: MovementId) -> Result<(), MovementError> {
         let durable = self.wal.durable_lsn();
         if let Some(durable) = lock(&self.participant).durably_known(id, durable) {
             return Err(if durable {
-                EngineError::DuplicateWithDifferentContent(id)
+                MovementError::DuplicateWithDifferentContent(id)
             } else {
-                EngineError::InProgress(id)
+                MovementError::InProgress(id)
             });
         }
         // Looked up after the participant map: a decided transaction is in the tables before it
         // leaves the map.
         if self.tables.transfer(id)?.is_some() || self.tables.decision(id)?.is_some() {
-            return Err(EngineError::DuplicateWithDifferentContent(id));
+            return Err(MovementError::DuplicateWithDifferentContent(id));
         }
         Ok(())
     }
@@ -221,7 +226,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         debit: AccountId,
         credit: AccountId,
         amount: Amount,
-    ) -> Result<Outcome, EngineError> {
+    ) -> Result<Outcome, LocalTransferError> {
         let logged = self.local_transfer_with(
             id,
             debit,
@@ -230,7 +235,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             self.lock_policy(),
             OnConflict::Abort,
         )?;
-        self.finish(logged)
+        Ok(self.finish(logged)?)
     }
 
     /// [`Engine::local_transfer`] in two halves. It never waits for a lock: on a conflict it
@@ -243,7 +248,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         credit: AccountId,
         amount: Amount,
         on_conflict: OnConflict,
-    ) -> Result<Logged<Outcome>, EngineError> {
+    ) -> Result<Logged<Outcome>, LocalTransferError> {
         self.local_transfer_with(id, debit, credit, amount, LockPolicy::NoWait, on_conflict)
     }
 
@@ -255,18 +260,18 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         amount: Amount,
         policy: LockPolicy,
         on_conflict: OnConflict,
-    ) -> Result<Logged<Outcome>, EngineError> {
+    ) -> Result<Logged<Outcome>, LocalTransferError> {
         if amount == 0 {
-            return Err(EngineError::ZeroAmount);
+            return Err(LocalTransferError::ZeroAmount);
         }
         if debit == credit {
-            return Err(EngineError::SameAccount(debit));
+            return Err(LocalTransferError::SameAccount(debit));
         }
         let same_request = |record: &TransferRecord| {
             if (record.debit, record.credit, record.amount) == (debit, credit, amount) {
                 Ok(record.outcome)
             } else {
-                Err(EngineError::DuplicateWithDifferentContent(id))
+                Err(LocalTransferError::DuplicateWithDifferentContent(id))
             }
         };
         // A retry of a recorded transfer is a read: answered even after a storage failure.
@@ -274,9 +279,11 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             return same_request(&record).map(Logged::now);
         }
         self.check_writable()?;
-        let in_flight = self.enter_local_in_flight(id)?;
+        let in_flight = self
+            .enter_local_in_flight(id)
+            .ok_or(LocalTransferError::InProgress(id))?;
         if lock(&self.participant).holds(id) {
-            return Err(EngineError::InProgress(id));
+            return Err(LocalTransferError::InProgress(id));
         }
         // Checked again: a request with this id may have finished between the first look and
         // taking the in-flight slot.
@@ -286,15 +293,14 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         // A deposit's or withdrawal's id is not reused for a transfer (one node, one meaning per
         // id); movements take the same in-flight slot, so none can be logged after this look.
         if self.tables.movement(id)?.is_some() {
-            return Err(EngineError::DuplicateWithDifferentContent(id));
+            return Err(LocalTransferError::DuplicateWithDifferentContent(id));
         }
         let request = [(debit, LockMode::Exclusive), (credit, LockMode::Exclusive)];
         let (outcome, locks) = match self.take_locks(&request, policy) {
-            Err(error @ EngineError::LockConflict { .. }) => match on_conflict {
-                OnConflict::Retry => return Err(error),
+            Err(Conflict { account }) => match on_conflict {
+                OnConflict::Retry => return Err(LocalTransferError::LockConflict { account }),
                 OnConflict::Abort => (Outcome::Aborted(AbortReason::LockConflict), None),
             },
-            Err(error) => return Err(error),
             Ok(locks) => match self.validate_transfer(debit, credit, amount)? {
                 Some(reason) => (Outcome::Aborted(reason), Some(locks)),
                 None => (Outcome::Committed, Some(locks)),
@@ -326,7 +332,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         debit: AccountId,
         credit: AccountId,
         amount: Amount,
-    ) -> Result<Option<AbortReason>, EngineError> {
+    ) -> Result<Option<AbortReason>, StorageError> {
         let (Some(from), Some(to)) = (self.tables.account(debit)?, self.tables.account(credit)?)
         else {
             return Ok(Some(AbortReason::UnknownAccount));

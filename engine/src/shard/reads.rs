@@ -3,18 +3,18 @@
 use super::*;
 
 impl<T: Tables, S: Storage> Engine<T, S> {
-    fn existing_account(&self, id: AccountId) -> Result<Account, EngineError> {
+    fn existing_account(&self, id: AccountId) -> Result<Account, ReadError> {
         self.tables
             .account(id)?
-            .ok_or(EngineError::UnknownAccount(id))
+            .ok_or(ReadError::UnknownAccount(id))
     }
 
     /// The committed balance.
-    pub fn balance(&self, id: AccountId) -> Result<Amount, EngineError> {
+    pub fn balance(&self, id: AccountId) -> Result<Amount, ReadError> {
         Ok(self.existing_account(id)?.balance)
     }
 
-    pub fn account(&self, id: AccountId) -> Result<Account, EngineError> {
+    pub fn account(&self, id: AccountId) -> Result<Account, ReadError> {
         self.existing_account(id)
     }
 
@@ -25,9 +25,9 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         id: AccountId,
         before_lsn: Option<Lsn>,
         limit: u32,
-    ) -> Result<HistoryPage, EngineError> {
+    ) -> Result<HistoryPage, ReadError> {
         if limit == 0 || limit > HISTORY_PAGE_MAX_ENTRIES {
-            return Err(EngineError::InvalidPageSize);
+            return Err(ReadError::InvalidPageSize);
         }
         self.existing_account(id)?;
         // One entry more than asked tells whether an older page exists, so that a page ending
@@ -47,7 +47,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         })
     }
 
-    pub fn transfer_status(&self, id: TransferId) -> Result<TransferStatus, EngineError> {
+    pub fn transfer_status(&self, id: TransferId) -> Result<TransferStatus, StorageError> {
         match lock(&self.participant).status(id) {
             // Decided, the decision possibly not applied yet: answer with it.
             Some(Status::Decided {
@@ -71,7 +71,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 
     /// A consistent cut of this shard: taken while no batch is being applied.
-    pub fn audit(&self) -> Result<ShardAudit, EngineError> {
+    pub fn audit(&self) -> Result<ShardAudit, StorageError> {
         let applied = lock(&self.applied);
         let totals = self.tables.totals()?;
         let entered = totals.deposited + totals.credited_by_transactions;
@@ -106,7 +106,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         &self,
         accounts: &[AccountId],
         wait: Duration,
-    ) -> Result<(ReadLocks, Vec<Amount>), EngineError> {
+    ) -> Result<(ReadLocks, Vec<Amount>), ReadError> {
         let mut request: Vec<(AccountId, LockMode)> = accounts
             .iter()
             .map(|account| (*account, LockMode::Shared))
@@ -118,9 +118,9 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         for chunk in request.chunks(LOCK_REQUEST_ACCOUNTS_MAX) {
             match self.take_locks(chunk, LockPolicy::BoundedWait { deadline }) {
                 Ok(held) => locks.0.push(held.keep_lock_owner()),
-                Err(error) => {
+                Err(Conflict { account }) => {
                     self.release_locks(locks);
-                    return Err(error);
+                    return Err(ReadError::LockConflict { account });
                 }
             }
         }

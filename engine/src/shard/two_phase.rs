@@ -8,7 +8,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     fn validate_operations(
         &self,
         operations: &[Operation],
-    ) -> Result<Option<AbortReason>, EngineError> {
+    ) -> Result<Option<AbortReason>, StorageError> {
         for operation in operations {
             let Some(account) = self.tables.account(operation.account)? else {
                 return Ok(Some(AbortReason::UnknownAccount));
@@ -30,7 +30,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// 2PC phase one for a batch: per transaction, take its locks (never waiting), validate, and
     /// log PREPARED; the whole batch costs one group commit. Votes are returned only once every
     /// PREPARED record they depend on is durable. An `Err` means a storage failure: no vote.
-    pub fn prepare(&self, batch: &[PrepareRequest]) -> Result<Vec<Vote>, EngineError> {
+    pub fn prepare(&self, batch: &[PrepareRequest]) -> Result<Vec<Vote>, StorageError> {
         let logged = self.prepare_logged(batch)?;
         self.finish(logged)
     }
@@ -39,7 +39,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     pub fn prepare_logged(
         &self,
         batch: &[PrepareRequest],
-    ) -> Result<Logged<Vec<Vote>>, EngineError> {
+    ) -> Result<Logged<Vec<Vote>>, StorageError> {
         self.check_writable()?;
         let mut votes = Vec::with_capacity(batch.len());
         let mut records = Vec::new();
@@ -100,7 +100,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         participant: &mut Participant,
         transaction: PreparedTransaction,
         records: &mut Vec<Record>,
-    ) -> Result<Vote, EngineError> {
+    ) -> Result<Vote, StorageError> {
         let id = transaction.id;
         if let Some(record) = self.tables.transfer(id)? {
             // Decided long ago. A committed id is only "yes" to the very same operations: a
@@ -129,10 +129,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         }
         let locks = match self.take_locks(&exclusive(&transaction.operations), LockPolicy::NoWait) {
             Ok(locks) => locks,
-            Err(EngineError::LockConflict { .. }) => {
-                return Ok(Vote::No(AbortReason::LockConflict));
-            }
-            Err(error) => return Err(error),
+            Err(Conflict { .. }) => return Ok(Vote::No(AbortReason::LockConflict)),
         };
         if let Some(reason) = self.validate_operations(&transaction.operations)? {
             return Ok(Vote::No(reason));
@@ -156,7 +153,10 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// 2PC phase two, commit: applies each prepared transaction, logs it, releases its locks. A
     /// transaction already committed answers `Ok`; one never prepared here is an error, logged
     /// loudly (it means a coordinator or message bug). The outer `Err` is a storage failure.
-    pub fn commit(&self, ids: &[TransferId]) -> Result<Vec<Result<(), EngineError>>, EngineError> {
+    pub fn commit(
+        &self,
+        ids: &[TransferId],
+    ) -> Result<Vec<Result<(), Disagreement>>, StorageError> {
         let decisions = ids.iter().map(|id| (*id, Outcome::Committed)).collect();
         let logged = self.decide_logged(decisions, None, Vec::new())?;
         self.finish(logged)
@@ -167,7 +167,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     pub fn abort(
         &self,
         ids: &[(TransferId, AbortReason)],
-    ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
+    ) -> Result<Vec<Result<(), Disagreement>>, StorageError> {
         let decisions = ids
             .iter()
             .map(|(id, reason)| (*id, Outcome::Aborted(*reason)))
@@ -183,7 +183,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         &self,
         coordinator: NodeId,
         decisions: &[(TransferId, Outcome)],
-    ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
+    ) -> Result<Vec<Result<(), Disagreement>>, StorageError> {
         let logged = self.decide_from_logged(coordinator, decisions)?;
         self.finish(logged)
     }
@@ -193,7 +193,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         &self,
         coordinator: NodeId,
         decisions: &[(TransferId, Outcome)],
-    ) -> Result<Logged<Vec<Result<(), EngineError>>>, EngineError> {
+    ) -> Result<Logged<Vec<Result<(), Disagreement>>>, StorageError> {
         self.decide_logged(decisions.to_vec(), Some(coordinator), Vec::new())
     }
 
@@ -206,7 +206,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         coordinator: NodeId,
         decisions: Vec<CoordinatorDecision>,
         local: &[(TransferId, Outcome)],
-    ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
+    ) -> Result<Vec<Result<(), Disagreement>>, StorageError> {
         let logged = self.log_decisions_and_decide_logged(coordinator, decisions, local)?;
         self.finish(logged)
     }
@@ -217,7 +217,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         coordinator: NodeId,
         decisions: Vec<CoordinatorDecision>,
         local: &[(TransferId, Outcome)],
-    ) -> Result<Logged<Vec<Result<(), EngineError>>>, EngineError> {
+    ) -> Result<Logged<Vec<Result<(), Disagreement>>>, StorageError> {
         self.decide_logged(
             local.to_vec(),
             Some(coordinator),
@@ -232,7 +232,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         decisions: Vec<(TransferId, Outcome)>,
         coordinator: Option<NodeId>,
         extra: Vec<Record>,
-    ) -> Result<Logged<Vec<Result<(), EngineError>>>, EngineError> {
+    ) -> Result<Logged<Vec<Result<(), Disagreement>>>, StorageError> {
         self.check_writable()?;
         let mut results = Vec::with_capacity(decisions.len());
         let mut records = extra;
@@ -255,11 +255,10 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             match step {
                 Decide::Answered(answer) => {
                     wait_for = wait_for.max(answer.wait_for);
-                    results.push(
-                        answer
-                            .answer
-                            .map_err(|disagreement| disagreement_error(id, outcome, disagreement)),
-                    );
+                    if let Err(disagreement) = answer.answer {
+                        tracing::error!(transaction = %id, requested = ?outcome, %disagreement, "decision refused");
+                    }
+                    results.push(answer.answer);
                 }
                 Decide::Log { record, undo } => {
                     records.push(record);
@@ -300,7 +299,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
 
     /// Coordinator: logs decisions (one group commit for all of them) and returns once they are
     /// durable and applied, so `decision` answers them from then on.
-    pub fn log_decisions(&self, decisions: Vec<CoordinatorDecision>) -> Result<(), EngineError> {
+    pub fn log_decisions(&self, decisions: Vec<CoordinatorDecision>) -> Result<(), StorageError> {
         if decisions.is_empty() {
             return Ok(());
         }
@@ -309,13 +308,13 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 
     /// Coordinator: marks decisions every participant acknowledged, so they are not resent.
-    pub fn end_decisions(&self, ids: &[TransferId]) -> Result<(), EngineError> {
+    pub fn end_decisions(&self, ids: &[TransferId]) -> Result<(), StorageError> {
         let logged = self.end_decisions_logged(ids)?;
         self.finish(logged)
     }
 
     /// [`Engine::end_decisions`] in two halves.
-    pub fn end_decisions_logged(&self, ids: &[TransferId]) -> Result<Logged<()>, EngineError> {
+    pub fn end_decisions_logged(&self, ids: &[TransferId]) -> Result<Logged<()>, StorageError> {
         if ids.is_empty() {
             return Ok(Logged::now(()));
         }
@@ -330,7 +329,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 
     /// Coordinator: the logged decision on `id`, ended or not.
-    pub fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, EngineError> {
+    pub fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, StorageError> {
         Ok(self.tables.decision(id)?)
     }
 
@@ -338,7 +337,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// core's `Effect::LookUp`): a logged decision, or a one-phase record. A PREPARE of an
     /// earlier attempt whose decision was never logged counts as nothing: running the transfer
     /// again re-uses it.
-    pub fn look_up(&self, id: TransferId) -> Result<Known, EngineError> {
+    pub fn look_up(&self, id: TransferId) -> Result<Known, StorageError> {
         if let Some(decision) = self.decision(id)? {
             return Ok(Known::Decided(decision));
         }
@@ -349,7 +348,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 
     /// Coordinator: decisions some participant has not acknowledged yet (to resend).
-    pub fn unended_decisions(&self) -> Result<Vec<CoordinatorDecision>, EngineError> {
+    pub fn unended_decisions(&self) -> Result<Vec<CoordinatorDecision>, StorageError> {
         Ok(self.tables.unended_decisions()?)
     }
 
@@ -371,23 +370,6 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// Transactions prepared (or being prepared) here whose decision is not applied yet.
     pub fn undecided_count(&self) -> usize {
         lock(&self.participant).undecided_count()
-    }
-}
-
-/// The error for a decision that disagrees with what this participant knows, logged loudly: it
-/// means a coordinator or message bug.
-fn disagreement_error(
-    id: TransferId,
-    requested: Outcome,
-    disagreement: Disagreement,
-) -> EngineError {
-    tracing::error!(transaction = %id, ?requested, ?disagreement, "decision refused");
-    match disagreement {
-        Disagreement::NotPrepared => EngineError::UnknownTransaction(id),
-        Disagreement::AlreadyAborted => EngineError::AlreadyAborted(id),
-        Disagreement::AlreadyCommitted => {
-            EngineError::Inconsistent(format!("abort of committed transaction {id}"))
-        }
     }
 }
 

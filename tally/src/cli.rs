@@ -16,10 +16,10 @@ use net::{
 };
 use serde::Serialize;
 
-use crate::cluster::UpOptions;
-use crate::server::StartOptions;
 use client::client::{ClientError, ClientOptions, TallyClient};
 use client::config::{ClusterConfig, NODES_MAX};
+use loadgen::local::UpOptions;
+use node::server::StartOptions;
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -331,7 +331,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
                 cluster: args.cluster,
                 data_dir: args.data_dir,
             };
-            crate::server::start(options).map_err(|error| Failure::error(format!("{error:#}")))?;
+            node::server::start(options).map_err(|error| Failure::error(format!("{error:#}")))?;
             Ok(Exit::Success)
         }
         Command::Cluster(ClusterCommand::Up(args)) => {
@@ -347,7 +347,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
                 data_dir: args.data_dir,
                 base_port: args.base_port,
             };
-            crate::cluster::up(options).map_err(|error| Failure::error(format!("{error:#}")))?;
+            loadgen::local::up(options).map_err(|error| Failure::error(format!("{error:#}")))?;
             Ok(Exit::Success)
         }
         Command::Account(AccountCommand::Create(args)) => {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use client::config::ClusterConfig;
-use client::{ClientError, ClientOptions, TallyClient};
+use client::{AuditVerdict, ClientError, ClientOptions, TallyClient};
 use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use net::{AccountId, TransferId, TransferOutcome, TransferState};
@@ -194,11 +194,9 @@ pub struct Report {
 /// The end-of-run checks.
 #[derive(Debug, Default)]
 pub struct Checks {
-    pub balances: u128,
-    pub deposits: u128,
-    pub withdrawals: u128,
-    pub in_doubt: u64,
-    pub negative: u64,
+    /// The verdict on the cluster's audit; `None` if no node answered it (the error is in
+    /// `problems`).
+    pub audit: Option<AuditVerdict>,
     /// Unknown-outcome transfers, resolved by status afterwards.
     pub unknown_resolved_committed: u64,
     pub unknown_resolved_aborted: u64,
@@ -215,14 +213,8 @@ pub struct Checks {
 }
 
 impl Checks {
-    pub fn conserved(&self) -> bool {
-        self.balances + self.withdrawals == self.deposits
-    }
-
     pub fn passed(&self) -> bool {
-        self.conserved()
-            && self.in_doubt == 0
-            && self.negative == 0
+        self.audit.as_ref().is_some_and(AuditVerdict::passed)
             && self.balance_mismatches == 0
             && self.status_mismatches == 0
             && self.statuses_checked > 0
@@ -276,19 +268,10 @@ impl Report {
             ));
         }
         let checks = &self.checks;
-        out.push_str(&format!(
-            "audit: balances {} = deposits {} - withdrawals {}: {}; in doubt {}; negative {}\n",
-            checks.balances,
-            checks.deposits,
-            checks.withdrawals,
-            if checks.conserved() {
-                "conserved"
-            } else {
-                "NOT CONSERVED"
-            },
-            checks.in_doubt,
-            checks.negative
-        ));
+        match &checks.audit {
+            Some(verdict) => out.push_str(&format!("audit: {verdict}\n")),
+            None => out.push_str("audit: no answer\n"),
+        }
         out.push_str(&format!(
             "exactly once: {} accounts off; {} of {} sampled statuses contradict their answer; unknown outcomes resolved: {} committed, {} aborted; deposits and withdrawals {} applied, {} refused",
             checks.balance_mismatches,
@@ -1139,17 +1122,7 @@ async fn check(
         }
     }
     match client.audit().await {
-        Ok(report) => {
-            checks.balances = report.nodes.iter().map(|node| node.balances_sum).sum();
-            checks.deposits = report.nodes.iter().map(|node| node.deposits_sum).sum();
-            checks.withdrawals = report.nodes.iter().map(|node| node.withdrawals_sum).sum();
-            checks.in_doubt = report.nodes.iter().map(|node| node.in_doubt_count).sum();
-            checks.negative = report
-                .nodes
-                .iter()
-                .map(|node| node.negative_balance_count)
-                .sum();
-        }
+        Ok(report) => checks.audit = Some(AuditVerdict::new(&report, client.config())),
         Err(error) => checks.problems.push(format!("audit: {error}")),
     }
     // Exactly once: every account holds what the acknowledged outcomes imply.
@@ -1277,6 +1250,8 @@ fn write_files(args: &LoadgenArgs, report: &Report, out: &std::path::Path) -> an
 
 fn summary_json(args: &LoadgenArgs, report: &Report) -> serde_json::Value {
     let checks = &report.checks;
+    let audit = checks.audit.as_ref();
+    let totals = audit.and_then(AuditVerdict::totals);
     serde_json::json!({
         "command_line": std::env::args().collect::<Vec<_>>(),
         "versions": {
@@ -1311,12 +1286,13 @@ fn summary_json(args: &LoadgenArgs, report: &Report) -> serde_json::Value {
         "faults": report.faults.iter().map(|fault| serde_json::json!({"at_seconds": fault.at_seconds, "event": fault.label})).collect::<Vec<_>>(),
         "invariants": {
             "passed": checks.passed(),
-            "conserved": checks.conserved(),
-            "balances": checks.balances.to_string(),
-            "deposits": checks.deposits.to_string(),
-            "withdrawals": checks.withdrawals.to_string(),
-            "in_doubt": checks.in_doubt,
-            "negative_balances": checks.negative,
+            "conserved": audit.is_some_and(AuditVerdict::money_conserved),
+            "audit": audit.map(ToString::to_string),
+            "balances": totals.map(|totals| totals.balances_sum.to_string()),
+            "deposits": totals.map(|totals| totals.deposits_sum.to_string()),
+            "withdrawals": totals.map(|totals| totals.withdrawals_sum.to_string()),
+            "in_doubt": totals.map(|totals| totals.in_doubt_count),
+            "negative_balances": totals.map(|totals| totals.negative_balance_count),
             "balance_mismatches": checks.balance_mismatches,
             "unknown_movements_resolved_applied": checks.unknown_movements_resolved_applied,
             "unknown_movements_resolved_refused": checks.unknown_movements_resolved_refused,

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked -p node
+cargo build --release --locked -p tally
 target_dir="${CARGO_TARGET_DIR:-target}"
 "$target_dir/release/tally" loadgen --nodes 3 --accounts 20000 --clients 64 --duration 20 \
     --cross-shard 0.5 --fault kill:node=2,at=8s,for=3s --out "$target_dir/loadgen"

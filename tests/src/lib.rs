@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use client::config::{ClusterConfig, NodeConfig};
-use client::{ClientOptions, TallyClient};
+use client::{AuditVerdict, ClientOptions, TallyClient};
 
 /// A cluster of node processes in a temporary directory; dropping it kills every node.
 pub struct Cluster {
@@ -323,6 +323,19 @@ pub async fn funded(client: &TallyClient, account: u64, amount: u64) {
             .await
             .expect("deposit");
     }
+}
+
+/// Audits the cluster and panics unless the verdict passes (every node counted once, money
+/// conserved, no negative balance, nothing in doubt) with `balances_sum` in the accounts.
+pub async fn assert_audit_passes(client: &TallyClient, balances_sum: u128) {
+    let report = client.audit().await.expect("audit");
+    let verdict = AuditVerdict::new(&report, client.config());
+    assert!(verdict.passed(), "{verdict}\n{report:?}");
+    assert_eq!(
+        verdict.totals().map(|totals| totals.balances_sum),
+        Some(balances_sum),
+        "{verdict}"
+    );
 }
 
 /// The balance of `account` (panics on failure).

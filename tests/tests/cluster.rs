@@ -12,7 +12,9 @@ use net::{AbortReason, ErrorCode, TransferOutcome, TransferState};
 use node::failpoint::points;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tests::{Cluster, account_on, accounts_on_every_node, balance, funded, random_pair};
+use tests::{
+    Cluster, account_on, accounts_on_every_node, assert_audit_passes, balance, funded, random_pair,
+};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_tally-failpoints");
 
@@ -61,24 +63,6 @@ async fn nothing_in_doubt(client: &TallyClient) -> bool {
         Ok(nodes) => nodes.iter().all(|node| node.up && node.in_doubt_count == 0),
         Err(_) => false,
     }
-}
-
-/// The audit's conservation check: sum of balances == deposits - withdrawals, nothing in doubt.
-async fn assert_conserved(client: &TallyClient, expected_total: u128) {
-    let report = client.audit().await.expect("audit");
-    let balances: u128 = report.nodes.iter().map(|node| node.balances_sum).sum();
-    let deposits: u128 = report.nodes.iter().map(|node| node.deposits_sum).sum();
-    let withdrawals: u128 = report.nodes.iter().map(|node| node.withdrawals_sum).sum();
-    assert_eq!(report.nodes.len(), 3, "{report:?}");
-    assert_eq!(balances, deposits - withdrawals, "{report:?}");
-    assert_eq!(balances, expected_total, "{report:?}");
-    assert!(
-        report
-            .nodes
-            .iter()
-            .all(|node| node.in_doubt_count == 0 && node.negative_balance_count == 0),
-        "{report:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +191,7 @@ async fn transfers_within_and_across_shards_apply_once_and_refusals_change_nothi
         client.transfer_status(cross + 5).await.unwrap(),
         TransferState::Unknown
     );
-    assert_conserved(&client, 1_000).await;
+    assert_audit_passes(&client, 1_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +255,7 @@ async fn a_coordinator_killed_before_its_decision_aborts_everywhere_after_restar
         TransferOutcome::Committed
     );
     assert!(cluster.log(2).contains("in-doubt transaction resolved"));
-    assert_conserved(&client, 100).await;
+    assert_audit_passes(&client, 100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +283,7 @@ async fn a_coordinator_killed_after_its_decision_commits_everywhere_after_restar
         (40, 60)
     );
     assert!(cluster.log(1).contains("decisions to resend after restart"));
-    assert_conserved(&client, 100).await;
+    assert_audit_passes(&client, 100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,7 +310,7 @@ async fn a_participant_killed_while_prepared_learns_the_decision_after_restart()
         (balance(&client, a).await, balance(&client, b).await),
         (0, 100)
     );
-    assert_conserved(&client, 100).await;
+    assert_audit_passes(&client, 100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +350,7 @@ async fn concurrent_transfers_on_hot_accounts_conserve_money() {
         task.await.unwrap();
     }
     assert!(committed.load(Ordering::Relaxed) > 0, "seed {seed}");
-    assert_conserved(&client, 6_000).await;
+    assert_audit_passes(&client, 6_000).await;
     let read = client.balances(&accounts).await.unwrap();
     assert_eq!(
         read.iter()
@@ -432,5 +416,5 @@ async fn consistent_reads_during_cross_shard_transfers_always_sum_to_the_total()
         committed > 0,
         "no transfer committed while reading (seed {seed})"
     );
-    assert_conserved(&client, total).await;
+    assert_audit_passes(&client, total).await;
 }

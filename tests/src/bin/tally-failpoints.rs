@@ -2,5 +2,5 @@
 //! code, plus crash points armed by `TALLY_FAILPOINTS`.
 
 fn main() -> std::process::ExitCode {
-    node::cli::main()
+    tally::main()
 }

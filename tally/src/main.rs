@@ -1,5 +1,5 @@
 //! `tally`: the command line of a Tally node, its cluster tooling and its client.
 
 fn main() -> std::process::ExitCode {
-    node::cli::main()
+    tally::main()
 }

@@ -1,0 +1,200 @@
+//! The end-of-run checks, with every node up and nothing moving: unknown outcomes resolved, the
+//! audit judged, every balance compared with what the acknowledged outcomes imply, and a sample
+//! of statuses compared with what the clients heard.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::{AuditVerdict, ClientError, TallyClient};
+use net::{AccountId, TransferId, TransferState};
+
+use crate::local::LocalCluster;
+use crate::setup::{SETTLE_TIMEOUT, read_all_balances, wait_until_up};
+use crate::worker::{Ledger, Movement, maybe_applied};
+use crate::{LoadgenArgs, lock};
+
+/// The end-of-run checks.
+#[derive(Debug, Default)]
+pub struct Checks {
+    /// The verdict on the cluster's audit; `None` if no node answered it (the error is in
+    /// `problems`).
+    pub audit: Option<AuditVerdict>,
+    /// Unknown-outcome transfers, resolved by status afterwards.
+    pub unknown_resolved_committed: u64,
+    pub unknown_resolved_aborted: u64,
+    /// Unknown-outcome deposits and withdrawals, resolved by resending them with their ids
+    /// afterwards: applied (earlier, or by the resend), or refused.
+    pub unknown_movements_resolved_applied: u64,
+    pub unknown_movements_resolved_refused: u64,
+    /// Accounts whose balance differs from what the acknowledged outcomes imply.
+    pub balance_mismatches: u64,
+    /// Sampled transfers whose status contradicts what the client heard.
+    pub status_mismatches: u64,
+    pub statuses_checked: u64,
+    pub problems: Vec<String>,
+}
+
+impl Checks {
+    pub fn passed(&self) -> bool {
+        self.audit.as_ref().is_some_and(AuditVerdict::passed)
+            && self.balance_mismatches == 0
+            && self.status_mismatches == 0
+            && self.statuses_checked > 0
+            && self.problems.is_empty()
+    }
+}
+
+/// The end-of-run checks, with every node up and nothing moving.
+pub(crate) async fn check(
+    client: &TallyClient,
+    cluster: Option<&Arc<Mutex<LocalCluster>>>,
+    args: &LoadgenArgs,
+    initial: &[u64],
+    mut ledger: Ledger,
+) -> Checks {
+    let mut checks = Checks::default();
+    if let Some(cluster) = cluster {
+        for (node, status) in lock(cluster).exited() {
+            checks
+                .problems
+                .push(format!("node {node} exited on its own ({status})"));
+        }
+    }
+    if let Err(error) = wait_until_up(client).await {
+        checks.problems.push(format!("{error:#}"));
+        return checks;
+    }
+    // Decisions and in-doubt transactions settle within a few resend rounds.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        match client.cluster_status().await {
+            Ok(nodes) if nodes.iter().all(|node| node.in_doubt_count == 0) => break,
+            _ if Instant::now() > deadline => break,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    // Unknown outcomes: ask, until decided (one deadline for all of them).
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    for (id, debit, credit, amount) in std::mem::take(&mut ledger.unknown_transfers) {
+        match settled_status(client, id, deadline).await {
+            Ok(TransferState::Committed) => {
+                checks.unknown_resolved_committed += 1;
+                *ledger.deltas.entry(debit).or_default() -= i128::from(amount);
+                *ledger.deltas.entry(credit).or_default() += i128::from(amount);
+            }
+            Ok(TransferState::Aborted(_) | TransferState::Unknown) => {
+                checks.unknown_resolved_aborted += 1
+            }
+            Ok(TransferState::InProgress) => checks.problems.push(format!(
+                "transfer {id} still in progress after {SETTLE_TIMEOUT:?}"
+            )),
+            Err(error) => checks
+                .problems
+                .push(format!("status of transfer {id}: {error}")),
+        }
+    }
+    // Unknown deposits and withdrawals: resent with their ids, which applies each at most once
+    // and answers with its first outcome (or does it now, if it never arrived). Before the
+    // audit and the balance reads, which must see a resend that applies.
+    for movement in std::mem::take(&mut ledger.unknown_movements) {
+        match resolve_movement(client, &movement, deadline).await {
+            Ok(true) => {
+                checks.unknown_movements_resolved_applied += 1;
+                *ledger.deltas.entry(movement.account).or_default() += movement.change;
+            }
+            Ok(false) => checks.unknown_movements_resolved_refused += 1,
+            Err(error) => checks.problems.push(format!(
+                "deposit or withdrawal {} on account {} not resolved: {error}",
+                movement.id, movement.account
+            )),
+        }
+    }
+    match client.audit().await {
+        Ok(report) => checks.audit = Some(AuditVerdict::new(&report, client.config())),
+        Err(error) => checks.problems.push(format!("audit: {error}")),
+    }
+    // Exactly once: every account holds what the acknowledged outcomes imply.
+    match read_all_balances(client, args.accounts).await {
+        Ok(now) => {
+            for (index, balance) in now.iter().enumerate() {
+                let account = index as AccountId + 1;
+                let expected =
+                    i128::from(initial[index]) + ledger.deltas.get(&account).copied().unwrap_or(0);
+                if i128::from(*balance) != expected {
+                    checks.balance_mismatches += 1;
+                    if checks.balance_mismatches <= 5 {
+                        checks.problems.push(format!(
+                            "account {account}: balance {balance}, expected {expected}"
+                        ));
+                    }
+                }
+            }
+        }
+        Err(error) => checks.problems.push(format!("{error:#}")),
+    }
+    // Statuses agree with what clients heard.
+    for (ids, committed) in [
+        (&ledger.committed_sample, true),
+        (&ledger.aborted_sample, false),
+    ] {
+        for id in ids {
+            checks.statuses_checked += 1;
+            let agrees = match client.transfer_status(*id).await {
+                Ok(TransferState::Committed) => committed,
+                Ok(TransferState::Aborted(_)) => !committed,
+                _ => false,
+            };
+            if !agrees {
+                checks.status_mismatches += 1;
+            }
+        }
+    }
+    checks
+}
+
+/// Whether a deposit or withdrawal of unknown outcome is applied, learned by resending it with
+/// its id until a node answers (or `deadline`): `true` applied, `false` refused (the refusal
+/// the node recorded for the id, or its first refusal now).
+async fn resolve_movement(
+    client: &TallyClient,
+    movement: &Movement,
+    deadline: Instant,
+) -> Result<bool, ClientError> {
+    loop {
+        match movement.send(client).await {
+            Ok(()) => return Ok(true),
+            // The refusals a node records for the id: its answer from now on.
+            Err(ClientError::Remote {
+                code:
+                    net::ErrorCode::InsufficientFunds
+                    | net::ErrorCode::UnknownAccount
+                    | net::ErrorCode::Overflow,
+                ..
+            }) => return Ok(false),
+            Err(error)
+                if Instant::now() < deadline && (maybe_applied(&error) || error.is_retryable()) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// A transfer's status once it is decided (or known never to have arrived).
+async fn settled_status(
+    client: &TallyClient,
+    id: TransferId,
+    deadline: Instant,
+) -> Result<TransferState, ClientError> {
+    loop {
+        match client.transfer_status(id).await {
+            Ok(TransferState::InProgress) | Err(ClientError::StatusIncomplete { .. })
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => return other,
+        }
+    }
+}

@@ -5,7 +5,7 @@
 mod apply;
 pub mod coordinator;
 pub mod lock;
-pub mod model;
+pub use ::model;
 mod participant;
 pub mod record;
 mod shard;

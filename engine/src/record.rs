@@ -144,7 +144,7 @@ impl Record {
                 out.extend_from_slice(&created_at_ms.to_le_bytes());
                 let owner = owner.as_deref().unwrap_or("").as_bytes();
                 assert!(
-                    owner.len() <= OWNER_NAME_MAX_BYTES,
+                    owner.len() <= OWNER_NAME_MAX_BYTES as usize,
                     "owner name checked before logging"
                 );
                 out.push(owner.len() as u8);
@@ -209,7 +209,7 @@ impl Record {
                 coordinator,
                 operations,
             } => {
-                assert!(operations.len() <= TRANSACTION_OPERATIONS_MAX);
+                assert!(operations.len() <= TRANSACTION_OPERATIONS_MAX as usize);
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(&coordinator.to_le_bytes());
                 out.push(operations.len() as u8);
@@ -291,7 +291,7 @@ impl Record {
                 let flags = reader.u32()?;
                 let created_at_ms = reader.u64()?;
                 let length = reader.u8()? as usize;
-                if length > OWNER_NAME_MAX_BYTES {
+                if length > OWNER_NAME_MAX_BYTES as usize {
                     return Err(reader.error("owner name too long"));
                 }
                 let owner = reader.take(length)?;
@@ -343,7 +343,7 @@ impl Record {
                 let id = reader.u128()?;
                 let coordinator = reader.u32()?;
                 let count = reader.u8()? as usize;
-                if count > TRANSACTION_OPERATIONS_MAX {
+                if count > TRANSACTION_OPERATIONS_MAX as usize {
                     return Err(reader.error("too many operations"));
                 }
                 let mut operations = Vec::with_capacity(count);

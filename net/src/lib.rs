@@ -18,4 +18,7 @@ pub use frame::{
     FrameCheck, PROTOCOL_VERSION,
 };
 pub use message::*;
-pub use transport::{Client, ClientConfig, ClientError, Handler, Server, ServerConfig};
+pub use transport::{
+    Client, ClientConfig, ClientError, Handler, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, Server,
+    ServerConfig,
+};

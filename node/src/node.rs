@@ -367,7 +367,7 @@ impl Node {
 
     async fn history(&self, request: GetHistory) -> Result<Message, ErrorResponse> {
         self.owned(request.account)?;
-        let limit = request.limit.clamp(1, net::HISTORY_PAGE_ENTRIES_MAX);
+        let limit = request.limit.clamp(1, net::HISTORY_PAGE_MAX_ENTRIES);
         let cursor = (request.cursor != 0).then_some(request.cursor);
         let engine = self.engine.clone();
         let page = blocking(move || engine.history(request.account, cursor, limit))

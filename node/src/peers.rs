@@ -10,9 +10,6 @@ use net::{Client, ClientConfig, ClientError, ErrorResponse, Message};
 
 use client::config::ClusterConfig;
 
-/// Requests to one peer awaiting answers at once (every batch frame counts as one).
-const PEER_REQUESTS_IN_FLIGHT_MAX: u32 = 1024;
-
 /// Why a peer did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -54,7 +51,9 @@ impl Peers {
         Peers {
             config,
             client_config: ClientConfig {
-                requests_in_flight_max: PEER_REQUESTS_IN_FLIGHT_MAX,
+                // Requests to one peer awaiting answers at once (a batch frame counts as one):
+                // as many as its server takes on one connection.
+                requests_in_flight_max: net::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
                 request_timeout: timeout,
                 connect_timeout: timeout,
             },

@@ -126,11 +126,9 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         .map(|transaction| transaction.id)
         .collect();
     let served = runtime.block_on(async {
-        let server_config = ServerConfig {
-            // As many as a peer's connection may send (node-to-node traffic shares one).
-            requests_in_flight_per_connection_max: 1024,
-            ..ServerConfig::default()
-        };
+        // Its bound on requests in flight per connection is what a peer's connection may send
+        // (node-to-node traffic shares one): both are `net::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX`.
+        let server_config = ServerConfig::default();
         let server = Server::bind(
             me.address.as_str(),
             server_config,

@@ -86,7 +86,7 @@ impl Default for ClientOptions {
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             connections_per_node: 1,
-            requests_in_flight_per_connection_max: 1024,
+            requests_in_flight_per_connection_max: net::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
         }
     }
 }
@@ -458,7 +458,7 @@ impl TallyClient {
     }
 
     /// A page of `account`'s history, newest first: `cursor` 0 for the newest page, otherwise the
-    /// `next_cursor` of the previous page. `limit` above [`net::HISTORY_PAGE_ENTRIES_MAX`] is
+    /// `next_cursor` of the previous page. `limit` above [`net::HISTORY_PAGE_MAX_ENTRIES`] is
     /// clamped by the node.
     pub async fn history(
         &self,

@@ -37,7 +37,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         policy: LockPolicy,
     ) -> Result<Logged<()>, CreateAccountError> {
         self.check_writable()?;
-        if owner.is_some_and(|owner| owner.len() > OWNER_NAME_MAX_BYTES) {
+        if owner.is_some_and(|owner| owner.len() > OWNER_NAME_MAX_BYTES as usize) {
             return Err(CreateAccountError::OwnerNameTooLong);
         }
         let owner = owner.filter(|owner| !owner.is_empty()).map(str::to_owned);

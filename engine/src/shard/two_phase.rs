@@ -389,7 +389,7 @@ fn well_formed(operations: &[Operation]) -> bool {
     accounts.sort_unstable();
     accounts.dedup();
     !operations.is_empty()
-        && operations.len() <= TRANSACTION_OPERATIONS_MAX
+        && operations.len() <= TRANSACTION_OPERATIONS_MAX as usize
         && accounts.len() == operations.len()
         && operations.iter().all(|operation| operation.amount > 0)
 }

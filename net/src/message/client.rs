@@ -4,12 +4,11 @@
 use super::common::{AccountId, Lsn, NodeId, TransferId, TransferOutcome, TransferState};
 use crate::wire::{wire_enum, wire_struct};
 
-/// Longest account owner name, in bytes of UTF-8.
-pub const OWNER_NAME_SIZE_MAX_BYTES: u32 = 64;
+/// Longest account owner name, in bytes of UTF-8; most entries in one page of history (a larger
+/// requested `limit` is clamped to this). The engine's limits, from the shared model.
+pub use model::{HISTORY_PAGE_MAX_ENTRIES, OWNER_NAME_MAX_BYTES};
 /// Most accounts read by one consistent `GetBalances`.
 pub const BALANCES_PER_REQUEST_MAX: u32 = 1024;
-/// Most entries in one page of history; a larger requested `limit` is clamped to this.
-pub const HISTORY_PAGE_ENTRIES_MAX: u32 = 1000;
 /// Most nodes described in one `AuditReport` or `ClusterStatus`.
 pub const CLUSTER_NODES_MAX: u32 = 256;
 
@@ -19,7 +18,7 @@ wire_struct! {
     pub struct CreateAccount {
         pub account: AccountId,
         pub flags: u32,
-        pub owner: Option<String> [OWNER_NAME_SIZE_MAX_BYTES],
+        pub owner: Option<String> [OWNER_NAME_MAX_BYTES],
     }
 }
 
@@ -128,7 +127,7 @@ wire_struct! {
 wire_struct! {
     pub struct History {
         pub account: AccountId,
-        pub entries: Vec<HistoryEntry> [HISTORY_PAGE_ENTRIES_MAX],
+        pub entries: Vec<HistoryEntry> [HISTORY_PAGE_MAX_ENTRIES],
         /// Pass back to get the next (older) page; 0 when there is none.
         pub next_cursor: u64,
     }

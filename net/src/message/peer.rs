@@ -7,8 +7,9 @@ use crate::wire::{wire_enum, wire_struct};
 
 /// Most transactions in one batch frame (prepare, votes, decisions, acks, inquiries, answers).
 pub const BATCH_ENTRIES_MAX: u32 = 4096;
-/// Most account operations one transaction asks of one participant.
-pub const TRANSACTION_OPS_MAX: u32 = 8;
+/// Most account operations one transaction asks of one participant: the engine's limit, from
+/// the shared model.
+pub use model::TRANSACTION_OPERATIONS_MAX;
 
 wire_enum! {
     pub enum OpKind: u8 {
@@ -31,7 +32,7 @@ wire_struct! {
 wire_struct! {
     pub struct PrepareEntry {
         pub txid: TransferId,
-        pub ops: Vec<Op> [TRANSACTION_OPS_MAX],
+        pub ops: Vec<Op> [TRANSACTION_OPERATIONS_MAX],
     }
 }
 

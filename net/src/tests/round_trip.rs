@@ -68,7 +68,7 @@ fn maximal_prepare_batch() -> PrepareBatch {
     };
     let entry = PrepareEntry {
         txid: u128::MAX,
-        ops: vec![op; TRANSACTION_OPS_MAX as usize],
+        ops: vec![op; TRANSACTION_OPERATIONS_MAX as usize],
     };
     PrepareBatch {
         coordinator: 1,
@@ -109,7 +109,7 @@ fn lists_over_their_maximum_are_refused_by_encoder_and_decoder() {
     let mut buf = encode(&Frame::new(1, batch));
     let ops_count_offset = 24 + 4 + 4 + 16;
     buf[ops_count_offset..ops_count_offset + 4]
-        .copy_from_slice(&(TRANSACTION_OPS_MAX + 1).to_le_bytes());
+        .copy_from_slice(&(TRANSACTION_OPERATIONS_MAX + 1).to_le_bytes());
     reseal(&mut buf);
     assert!(matches!(
         Frame::decode(&mut buf),
@@ -136,7 +136,7 @@ fn a_count_larger_than_the_body_is_refused_before_allocating() {
 
 #[test]
 fn owner_name_is_bounded() {
-    let name_at_limit = "é".repeat(OWNER_NAME_SIZE_MAX_BYTES as usize / 2);
+    let name_at_limit = "é".repeat(OWNER_NAME_MAX_BYTES as usize / 2);
     let ok = CreateAccount {
         account: 1,
         flags: 0,

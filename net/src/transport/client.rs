@@ -1,6 +1,7 @@
 //! The pipelined TCP client: many requests in flight on one connection, answers matched by
 //! request id in whatever order they come, each request bounded by a timeout.
 
+use super::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX;
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +39,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            requests_in_flight_max: 256,
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         }

@@ -12,5 +12,10 @@ mod writer;
 #[cfg(test)]
 pub(crate) use writer::write_frames;
 
+/// Requests one connection carries in flight at once, by default, at both ends: a server answers
+/// one more with `Overloaded`, a client waits for a slot. A node and the client library use it;
+/// docs/protocol.md, section 6.
+pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: u32 = 1024;
+
 pub use client::{Client, ClientConfig, ClientError};
 pub use server::{Handler, Server, ServerConfig};

@@ -1,6 +1,7 @@
 //! The pipelined TCP server: bounded connections, bounded requests in flight per connection, idle
 //! timeout, error frames for malformed input, and graceful shutdown with a drain deadline.
 
+use super::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX;
 use std::any::Any;
 use std::future::Future;
 use std::io;
@@ -63,7 +64,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             connections_max: 1024,
-            requests_in_flight_per_connection_max: 256,
+            requests_in_flight_per_connection_max: REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
             idle_timeout: Duration::from_secs(60),
             frame_read_timeout: Duration::from_secs(30),
             shutdown_drain_timeout: Duration::from_secs(5),

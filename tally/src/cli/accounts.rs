@@ -2,7 +2,7 @@
 //! money that enters and leaves them.
 
 use clap::{Args, Subcommand};
-use net::{AccountId, HISTORY_PAGE_ENTRIES_MAX, HistoryKind, TransferId};
+use net::{AccountId, HISTORY_PAGE_MAX_ENTRIES, HistoryKind, TransferId};
 use serde::Serialize;
 
 use super::output::{decimal, human, print_output, render_table};
@@ -63,7 +63,7 @@ pub(super) struct HistoryArgs {
     #[arg(value_name = "ID")]
     pub(super) account: AccountId,
     /// Entries per page.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=i64::from(HISTORY_PAGE_ENTRIES_MAX)))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=i64::from(HISTORY_PAGE_MAX_ENTRIES)))]
     pub(super) limit: u32,
     /// Where the page starts: 0 for the newest entries, else the cursor printed with the
     /// previous page.

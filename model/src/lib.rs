@@ -1,4 +1,7 @@
-//! The shard's data model: accounts, transfers and their outcomes, history entries, 2PC operations.
+//! The shard's data model: accounts, transfers and their outcomes, history entries, 2PC
+//! operations, and the limits on them that the engine and the wire share (one constant each, so
+//! that what the protocol accepts and what the engine stores cannot drift apart). A crate of its
+//! own, with no dependencies, so that `net` uses the same limits without depending on the engine.
 
 /// Account identifier, chosen by the client.
 pub type AccountId = u64;
@@ -14,11 +17,12 @@ pub type NodeId = u32;
 pub type Amount = u64;
 
 /// Longest owner name accepted, in UTF-8 bytes.
-pub const OWNER_NAME_MAX_BYTES: usize = 64;
+pub const OWNER_NAME_MAX_BYTES: u32 = 64;
 /// Most history entries returned by one page.
 pub const HISTORY_PAGE_MAX_ENTRIES: u32 = 1000;
-/// Most operations one distributed transaction may carry at one participant.
-pub const TRANSACTION_OPERATIONS_MAX: usize = 16;
+/// Most operations one distributed transaction may carry at one participant (a PREPARE entry's
+/// operations on the wire, a PREPARED record's in the log).
+pub const TRANSACTION_OPERATIONS_MAX: u32 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::model::{
     Account, AccountId, Amount, CoordinatorDecision, HistoryEntry, HistoryKind, MovementId,
     MovementKind, MovementOutcome, MovementRecord, Operation, OperationKind, Outcome,
-    PreparedTransaction, Totals, TransferId, TransferRecord,
+    PreparedTransaction, Totals, Transfer, TransferId, TransferRecord,
 };
 use crate::record::Record;
 use crate::tables::{TableBatch, Tables, TablesError};
@@ -241,9 +241,11 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
                 )?;
                 self.transfers.push(TransferRecord {
                     id: *id,
-                    debit: *debit,
-                    credit: *credit,
-                    amount: *amount,
+                    transfer: Some(Transfer {
+                        debit: *debit,
+                        credit: *credit,
+                        amount: *amount,
+                    }),
                     outcome: Outcome::Committed,
                 });
             }
@@ -256,9 +258,11 @@ impl<'a, T: Tables + ?Sized> Overlay<'a, T> {
             } => {
                 self.transfers.push(TransferRecord {
                     id: *id,
-                    debit: *debit,
-                    credit: *credit,
-                    amount: *amount,
+                    transfer: Some(Transfer {
+                        debit: *debit,
+                        credit: *credit,
+                        amount: *amount,
+                    }),
                     outcome: Outcome::Aborted(*reason),
                 });
             }
@@ -352,18 +356,20 @@ pub(crate) fn transfer_record(
     operations: &[Operation],
     outcome: Outcome,
 ) -> TransferRecord {
-    let (debit, credit, amount) = match operations.first() {
-        Some(operation) => match operation.kind {
-            OperationKind::Debit => (operation.account, operation.counterparty, operation.amount),
-            OperationKind::Credit => (operation.counterparty, operation.account, operation.amount),
-        },
-        None => (0, 0, 0),
-    };
+    let transfer = operations.first().map(|operation| {
+        let (debit, credit) = match operation.kind {
+            OperationKind::Debit => (operation.account, operation.counterparty),
+            OperationKind::Credit => (operation.counterparty, operation.account),
+        };
+        Transfer {
+            debit,
+            credit,
+            amount: operation.amount,
+        }
+    });
     TransferRecord {
         id,
-        debit,
-        credit,
-        amount,
+        transfer,
         outcome,
     }
 }

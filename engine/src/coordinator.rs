@@ -381,9 +381,7 @@ fn decided_answer(decision: &CoordinatorDecision, transfer: Transfer) -> Answer 
 }
 
 fn recorded_answer(record: &TransferRecord, transfer: Transfer) -> Answer {
-    if (record.debit, record.credit, record.amount)
-        == (transfer.debit, transfer.credit, transfer.amount)
-    {
+    if record.transfer == Some(transfer) {
         Ok(record.outcome)
     } else {
         Err(Refusal::DuplicateWithDifferentContent)

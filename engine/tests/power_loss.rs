@@ -322,7 +322,7 @@ fn check_invariants(ledger: &Ledger, observed: &Observed) -> (Resolution, Vec<St
             violations.push(format!("transfer {id}: not observed"));
             continue;
         };
-        let content = (entry.debit, entry.credit, entry.amount);
+        let content = entry.transfer();
         let resolved = if entry.is_cross_shard() {
             resolve_cross_shard(*id, content, seen, &mut violations)
         } else {
@@ -379,13 +379,13 @@ fn check_invariants(ledger: &Ledger, observed: &Observed) -> (Resolution, Vec<St
 /// A one-phase transfer's outcome is its record at its shard.
 fn resolve_local(
     id: TransferId,
-    content: (AccountId, AccountId, Amount),
+    content: Transfer,
     status: &TransferStatus,
     violations: &mut Vec<String>,
 ) -> Option<Outcome> {
     match status {
         TransferStatus::Decided(record) => {
-            if (record.debit, record.credit, record.amount) != content {
+            if record.transfer != Some(content) {
                 violations.push(format!("transfer {id}: recorded as {record:?}"));
             }
             Some(record.outcome)
@@ -401,7 +401,7 @@ fn resolve_local(
 /// A cross-shard transfer's outcome is the coordinator's decision; both shards must agree.
 fn resolve_cross_shard(
     id: TransferId,
-    content: (AccountId, AccountId, Amount),
+    content: Transfer,
     seen: &ObservedTransfer,
     violations: &mut Vec<String>,
 ) -> Option<Outcome> {
@@ -409,7 +409,7 @@ fn resolve_cross_shard(
         // A presumed abort does not know the transfer's content.
         if decision
             .transfer
-            .is_some_and(|transfer| (transfer.debit, transfer.credit, transfer.amount) != content)
+            .is_some_and(|transfer| transfer != content)
         {
             violations.push(format!("transfer {id}: decided as {decision:?}"));
         }

@@ -97,11 +97,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferRecord {
     pub id: TransferId,
-    /// Debit account, credit account and amount, to tell a retry from a different request that
-    /// reuses the id. Zero when this shard saw only an abort of an unknown transaction.
-    pub debit: AccountId,
-    pub credit: AccountId,
-    pub amount: Amount,
+    /// What was transferred, to tell a retry from a different request that reuses the id;
+    /// `None` when this shard saw only an abort of a transaction it never prepared.
+    pub transfer: Option<Transfer>,
     pub outcome: Outcome,
 }
 

@@ -403,12 +403,9 @@ fn a_known_id_is_answered_from_its_record() {
     );
 
     // A same-shard transfer recorded the id.
-    let transfer = request(3, ME).transfer;
     let record = TransferRecord {
         id: 3,
-        debit: transfer.debit,
-        credit: transfer.credit,
-        amount: transfer.amount,
+        transfer: Some(request(3, ME).transfer),
         outcome: aborted(AbortReason::InsufficientFunds),
     };
     assert_eq!(

@@ -30,7 +30,7 @@ use crate::model::{
     AbortReason, Account, AccountId, Amount, CoordinatorDecision, HISTORY_PAGE_MAX_ENTRIES,
     HistoryPage, MovementId, MovementKind, MovementOutcome, MovementRecord, NodeId,
     OWNER_NAME_MAX_BYTES, Operation, OperationKind, Outcome, PreparedTransaction, RefusalReason,
-    TRANSACTION_OPERATIONS_MAX, Totals, TransferId, TransferRecord,
+    TRANSACTION_OPERATIONS_MAX, Totals, Transfer, TransferId, TransferRecord,
 };
 pub use crate::participant::Vote;
 use crate::participant::{Answer, Decide, Participant, Status, Undo};

@@ -268,7 +268,13 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             return Err(LocalTransferError::SameAccount(debit));
         }
         let same_request = |record: &TransferRecord| {
-            if (record.debit, record.credit, record.amount) == (debit, credit, amount) {
+            if record.transfer
+                == Some(Transfer {
+                    debit,
+                    credit,
+                    amount,
+                })
+            {
                 Ok(record.outcome)
             } else {
                 Err(LocalTransferError::DuplicateWithDifferentContent(id))

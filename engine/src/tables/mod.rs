@@ -178,7 +178,7 @@ pub(crate) mod values {
     use crate::model::{
         AbortReason, Account, CoordinatorDecision, HistoryEntry, HistoryKind, MovementKind,
         MovementOutcome, MovementRecord, Outcome, PreparedTransaction, RefusalReason, Totals,
-        TransferRecord,
+        Transfer, TransferRecord,
     };
     use crate::record::Record;
 
@@ -219,9 +219,16 @@ pub(crate) mod values {
 
     pub fn encode_transfer(transfer: &TransferRecord) -> Vec<u8> {
         let mut out = Vec::with_capacity(26);
-        out.extend_from_slice(&transfer.debit.to_le_bytes());
-        out.extend_from_slice(&transfer.credit.to_le_bytes());
-        out.extend_from_slice(&transfer.amount.to_le_bytes());
+        // An abort of a transaction never prepared here has no transfer: zeros (no transfer
+        // moves 0 units).
+        let content = transfer.transfer.unwrap_or(Transfer {
+            debit: 0,
+            credit: 0,
+            amount: 0,
+        });
+        out.extend_from_slice(&content.debit.to_le_bytes());
+        out.extend_from_slice(&content.credit.to_le_bytes());
+        out.extend_from_slice(&content.amount.to_le_bytes());
         match transfer.outcome {
             Outcome::Committed => out.extend_from_slice(&[0, 0]),
             Outcome::Aborted(reason) => out.extend_from_slice(&[1, reason.code()]),
@@ -240,11 +247,14 @@ pub(crate) mod values {
             ),
             _ => return Err(corrupt("transfer outcome")),
         };
+        let amount = u64_at(bytes, 16);
         Ok(TransferRecord {
             id,
-            debit: u64_at(bytes, 0),
-            credit: u64_at(bytes, 8),
-            amount: u64_at(bytes, 16),
+            transfer: (amount > 0).then(|| Transfer {
+                debit: u64_at(bytes, 0),
+                credit: u64_at(bytes, 8),
+                amount,
+            }),
             outcome,
         })
     }
@@ -403,8 +413,35 @@ pub(crate) mod values {
 
 #[cfg(all(test, feature = "rocksdb"))]
 mod tests {
-    use super::values::{decode_movement, encode_movement};
-    use crate::model::{MovementKind, MovementOutcome, MovementRecord, RefusalReason};
+    use super::values::{decode_movement, decode_transfer, encode_movement, encode_transfer};
+    use crate::model::{
+        AbortReason, MovementKind, MovementOutcome, MovementRecord, Outcome, RefusalReason,
+        Transfer, TransferRecord,
+    };
+
+    #[test]
+    fn transfer_values_round_trip_with_or_without_their_transfer() {
+        let known = TransferRecord {
+            id: 5,
+            transfer: Some(Transfer {
+                debit: 1,
+                credit: 1 << 40,
+                amount: 3,
+            }),
+            outcome: Outcome::Committed,
+        };
+        // An abort of a transaction never prepared here knows no transfer.
+        let unknown = TransferRecord {
+            id: 6,
+            transfer: None,
+            outcome: Outcome::Aborted(AbortReason::Timeout),
+        };
+        for record in [known, unknown] {
+            let bytes = encode_transfer(&record);
+            assert_eq!(decode_transfer(record.id, &bytes).unwrap(), record);
+            assert!(decode_transfer(record.id, &bytes[..bytes.len() - 1]).is_err());
+        }
+    }
 
     #[test]
     fn movement_values_round_trip_and_damage_is_refused() {

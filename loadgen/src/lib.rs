@@ -42,7 +42,7 @@ pub use crate::args::LoadgenArgs;
 pub use crate::checks::Checks;
 use crate::faults::Fault;
 use crate::local::LocalCluster;
-pub use crate::run::run;
+pub use crate::run::{Interruption, run};
 pub use crate::summary::Report;
 use crate::summary::write_files;
 
@@ -70,21 +70,24 @@ pub fn main(args: LoadgenArgs) -> anyhow::Result<bool> {
                 (cluster.config.clone(), Some(Arc::new(Mutex::new(cluster))))
             }
         };
+        // The first SIGINT or SIGTERM ends the run early: the measured window closes, the
+        // clients stop, and the report of what ran is printed without the end-of-run checks.
+        // Before the load starts it stops the run at once; a second signal stops everything.
+        let (interrupt, interruption) = tokio::sync::watch::channel(None);
+        let watcher = tokio::spawn(async move {
+            let first = interrupted().await?;
+            let _ = interrupt.send(Some(first));
+            interrupted().await
+        });
         let report = tokio::select! {
-            report = run(&args, config, cluster.clone()) => report,
-            signal = interrupted() => {
-                // The nodes are this command's to stop; its temporary directory goes when the
-                // cluster is dropped, once the run's tasks are gone with the runtime.
-                if let Some(cluster) = &cluster {
-                    lock(cluster).stop();
-                }
-                let name = signal?;
-                bail!("interrupted by {name}: the local cluster is stopped and its files removed");
+            report = run(&args, config, cluster.clone(), interruption) => report,
+            second = watcher => {
+                let name = second.context("the signal watcher panicked")??;
+                stop_cluster(cluster.as_ref());
+                bail!("interrupted again by {name}: the local cluster is stopped and its files removed");
             }
         };
-        if let Some(cluster) = cluster {
-            lock(&cluster).stop();
-        }
+        stop_cluster(cluster.as_ref());
         let report = report?;
         print!("{}", report.render());
         if let Some(out) = &args.out {
@@ -96,6 +99,15 @@ pub fn main(args: LoadgenArgs) -> anyhow::Result<bool> {
         }
         Ok(report.checks.passed())
     })
+}
+
+/// Stops the local cluster this command started, if any: its nodes are this command's to stop.
+/// Its temporary directory goes when the cluster is dropped, once the run's tasks are gone with
+/// the runtime.
+fn stop_cluster(cluster: Option<&Arc<Mutex<LocalCluster>>>) {
+    if let Some(cluster) = cluster {
+        lock(cluster).stop();
+    }
 }
 
 /// Resolves when SIGINT or SIGTERM arrives, with its name.

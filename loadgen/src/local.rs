@@ -105,7 +105,7 @@ pub fn stop_all(children: &mut [(u32, Child)]) {
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => {
-                    println!("node {id} stopped ({status})");
+                    say(format_args!("node {id} stopped ({status})"));
                     break;
                 }
                 Ok(None) if Instant::now() < deadline => {
@@ -114,7 +114,10 @@ pub fn stop_all(children: &mut [(u32, Child)]) {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    println!("node {id} killed after {} s", STOP_GRACE.as_secs());
+                    say(format_args!(
+                        "node {id} killed after {} s",
+                        STOP_GRACE.as_secs()
+                    ));
                     break;
                 }
             }
@@ -320,7 +323,8 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Starts the nodes, prints where everything is, and stops them on SIGINT or SIGTERM.
+/// Starts the nodes, prints where everything is, and stops them on SIGINT or SIGTERM (stdout
+/// closed early, as by `| head`, changes nothing: the nodes are still stopped).
 pub fn up(options: UpOptions) -> anyhow::Result<()> {
     let (cluster_file, config) = prepare(&options)?;
     let program = std::env::current_exe().context("cannot find the tally executable")?;
@@ -338,22 +342,22 @@ pub fn up(options: UpOptions) -> anyhow::Result<()> {
             }
         }
     }
-    println!("cluster file: {}", cluster_file.display());
+    say(format_args!("cluster file: {}", cluster_file.display()));
     for node in &config.nodes {
         let dir = node_data_dir(&options.data_dir, node.id);
-        println!(
+        say(format_args!(
             "node {}: {}  shards {:?}  data {}  log {}",
             node.id,
             node.address,
             node.shards,
             dir.display(),
             dir.join("tally.log").display()
-        );
+        ));
     }
-    println!(
+    say(format_args!(
         "try: tally status --cluster {}   (Ctrl-C stops the cluster)",
         cluster_file.display()
-    );
+    ));
     let mut failed = None;
     while !stop.load(Ordering::Relaxed) {
         for (id, child) in children.iter_mut() {
@@ -366,12 +370,18 @@ pub fn up(options: UpOptions) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("stopping the cluster");
+    say(format_args!("stopping the cluster"));
     stop_all(&mut children);
     match failed {
         Some(message) => bail!(message),
         None => Ok(()),
     }
+}
+
+/// A line on stdout; a closed stdout is not an error for a command whose work is elsewhere.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Sets `flag` when `signal` arrives.

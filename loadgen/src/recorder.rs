@@ -54,13 +54,17 @@ impl Recorder {
     }
 }
 
-/// Every second until `duration`: a timeline row and an interval histogram, and the progress
-/// line (rewritten in place on a terminal, one line per second otherwise).
+/// Every second until `duration`, or until `interrupted` resolves (the last row is then a part
+/// of a second): a timeline row and an interval histogram, and the progress line (rewritten in
+/// place on a terminal, one line per second otherwise).
 pub(crate) async fn tick(
     recorder: &Mutex<Recorder>,
     started: Instant,
     duration: Duration,
+    interrupted: impl std::future::Future,
 ) -> (Vec<TimelineRow>, Vec<Histogram<u64>>) {
+    let mut interrupted = std::pin::pin!(interrupted);
+    let mut stopping = false;
     let terminal = std::io::stdout().is_terminal();
     let mut rows = Vec::new();
     let mut intervals = Vec::new();
@@ -68,7 +72,12 @@ pub(crate) async fn tick(
     loop {
         second += 1;
         let due = started + Duration::from_secs(second).min(duration);
-        tokio::time::sleep_until(due.into()).await;
+        if !stopping {
+            tokio::select! {
+                () = tokio::time::sleep_until(due.into()) => {}
+                _ = &mut interrupted => stopping = true,
+            }
+        }
         let (row, interval, totals) = {
             let mut recorder = lock(recorder);
             let interval = std::mem::replace(&mut recorder.interval, new_histogram());
@@ -112,7 +121,7 @@ pub(crate) async fn tick(
         }
         rows.push(row);
         intervals.push(interval);
-        if started.elapsed() >= duration {
+        if stopping || started.elapsed() >= duration {
             if terminal {
                 println!();
             }

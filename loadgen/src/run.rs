@@ -15,13 +15,27 @@ use crate::recorder::{Recorder, tick};
 use crate::setup::{read_all_balances, set_up_accounts, wait_until_up};
 use crate::worker::{Ledger, Worker};
 use crate::workload::Accounts;
-use crate::{LoadgenArgs, Report, lock};
+use crate::{Checks, LoadgenArgs, Report, lock};
 
-/// Creates and funds the accounts, runs the load with its faults, checks.
+/// The name of the signal that interrupted the run, once one did.
+pub type Interruption = tokio::sync::watch::Receiver<Option<&'static str>>;
+
+/// Resolves once the run is interrupted, with the signal's name; never if it cannot be.
+async fn interrupted(interruption: &mut Interruption) -> &'static str {
+    match interruption.wait_for(Option::is_some).await {
+        Ok(name) => name.expect("waited for it"),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Creates and funds the accounts, runs the load with its faults, checks. Interrupted during
+/// set-up it stops with an error; during the load, the measured window closes there and the
+/// report covers what ran, its checks replaced by the interruption (so the run fails).
 pub async fn run(
     args: &LoadgenArgs,
     config: ClusterConfig,
     cluster: Option<Arc<Mutex<LocalCluster>>>,
+    mut interruption: Interruption,
 ) -> anyhow::Result<Report> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let mode = match args.rate {
@@ -48,10 +62,18 @@ pub async fn run(
             ..ClientOptions::default()
         },
     );
-    wait_until_up(&client).await?;
     let started = Instant::now();
-    set_up_accounts(&client, args.accounts, args.initial_balance).await?;
-    let initial = read_all_balances(&client, args.accounts).await?;
+    let set_up = async {
+        wait_until_up(&client).await?;
+        set_up_accounts(&client, args.accounts, args.initial_balance).await?;
+        read_all_balances(&client, args.accounts).await
+    };
+    let initial = tokio::select! {
+        initial = set_up => initial?,
+        name = interrupted(&mut interruption) => {
+            anyhow::bail!("interrupted by {name} during set-up: nothing was measured")
+        }
+    };
     println!(
         "set-up: {} accounts created and funded in {:.1} s",
         args.accounts,
@@ -92,8 +114,14 @@ pub async fn run(
             started,
         ))
     });
-    let (timeline, intervals) =
-        tick(&recorder, started, Duration::from_secs_f64(args.duration)).await;
+    let (timeline, intervals) = tick(
+        &recorder,
+        started,
+        Duration::from_secs_f64(args.duration),
+        interrupted(&mut interruption),
+    )
+    .await;
+    let interrupted_by = *interruption.borrow();
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     // Faults end with the measured window: the clients' last requests, and the checks, meet a
@@ -122,7 +150,18 @@ pub async fn run(
         .into_inner()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let faults = lock(&fault_events).clone();
-    let mut checks = check(&client, cluster.as_ref(), args, &initial, ledger).await;
+    let mut checks = match interrupted_by {
+        // Stopping is what was asked for: the checks (an audit, status look-ups, resends of
+        // unknown outcomes) could take long against a faulty cluster.
+        Some(name) => Checks {
+            problems: vec![format!(
+                "interrupted by {name} after {:.1} s: the end-of-run checks did not run",
+                elapsed.as_secs_f64()
+            )],
+            ..Checks::default()
+        },
+        None => check(&client, cluster.as_ref(), args, &initial, ledger).await,
+    };
     if recorder.committed == 0 {
         checks
             .problems

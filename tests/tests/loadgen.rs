@@ -116,7 +116,19 @@ fn an_interrupted_run_stops_its_nodes_and_removes_its_files() {
     std::io::Read::read_to_string(&mut loadgen.stderr.take().expect("piped"), &mut stderr)
         .expect("stderr");
     assert!(!status.success(), "an interrupted run is not a success");
-    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    // The report of what ran, its checks replaced by the interruption.
+    let report = rest.join("\n");
+    assert!(
+        rest.iter()
+            .any(|line| line.starts_with("elapsed ") && line.contains(" committed (")),
+        "no report after the interruption:\n{report}\n{stderr}"
+    );
+    assert!(
+        report.contains("interrupted by SIGTERM after")
+            && report.contains("the end-of-run checks did not run"),
+        "{report}"
+    );
+    assert!(report.contains("invariants: FAIL"), "{report}");
     for node in &nodes {
         // SAFETY: signal 0 only asks whether the process exists.
         let alive = unsafe { libc::kill(*node as libc::pid_t, 0) } == 0;
@@ -131,6 +143,55 @@ fn an_interrupted_run_stops_its_nodes_and_removes_its_files() {
         0,
         "the cluster's temporary directory is removed"
     );
+}
+
+/// `tally cluster up` owns the nodes it starts: SIGTERM stops all of them, and it exits 0 (its data
+/// directory is the user's, and stays).
+#[test]
+fn cluster_up_stops_its_nodes_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let data = tempfile::tempdir().expect("temporary directory");
+    let mut up = Command::new(PROGRAM)
+        .args(["cluster", "up", "--nodes", "3", "--base-port"])
+        .arg(free_base_port().to_string())
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cluster up");
+    let stdout = up.stdout.take().expect("piped");
+    let mut seen = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("a line");
+        let ready = line.starts_with("try:");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    let nodes = children_of(up.id());
+    assert_eq!(
+        nodes.len(),
+        3,
+        "three nodes run: {nodes:?}\n{}",
+        seen.join("\n")
+    );
+    // SAFETY: sending a signal to a child process this test started.
+    unsafe { libc::kill(up.id() as libc::pid_t, libc::SIGTERM) };
+    let status = up.wait().expect("cluster up exits");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut up.stderr.take().expect("piped"), &mut stderr)
+        .expect("stderr");
+    assert!(status.success(), "{status}: {stderr}");
+    for node in &nodes {
+        // SAFETY: signal 0 only asks whether the process exists.
+        let alive = unsafe { libc::kill(*node as libc::pid_t, 0) } == 0;
+        assert!(!alive, "node process {node} is still running");
+    }
+    assert!(data.path().join("cluster.toml").exists());
 }
 
 /// The first of three consecutive ports from a free one; a clash with another process is

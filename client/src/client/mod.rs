@@ -306,8 +306,9 @@ requests! {
 enum Route {
     /// To this node, and to whichever node it redirects to.
     Node(NodeId),
-    /// To the first node of the config, then after each failed attempt to the next one.
-    EachNodeInTurn,
+    /// For requests any node serves: to this node first, then after each failed attempt to the
+    /// next one of the config, so that one unreachable node does not fail them.
+    EachNodeInTurn { from: NodeId },
 }
 
 /// Bounds of one request's attempts.
@@ -431,8 +432,10 @@ impl TallyClient {
         Ok(answer.balance)
     }
 
-    /// A consistent multi-account read: sent as one `GetBalances` to the owner of `accounts[0]`,
-    /// which reads all of them at one consistent cut across shards. One balance per account, in
+    /// A consistent multi-account read: sent as one `GetBalances` to the owner of `accounts[0]`
+    /// (saving a hop when all are on one node), which reads all of them at one consistent cut
+    /// across shards; any node serves it, so when that one cannot be reached the next nodes of
+    /// the cluster file are tried in turn. One balance per account, in
     /// the order asked. At most [`net::BALANCES_PER_REQUEST_MAX`] accounts; none asks nothing.
     pub async fn balances(&self, accounts: &[AccountId]) -> Result<Vec<Balance>, ClientError> {
         let Some(&first) = accounts.first() else {
@@ -442,7 +445,9 @@ impl TallyClient {
         let request = GetBalances {
             accounts: accounts.to_vec(),
         };
-        let answer = self.send(Route::Node(node), request, self.policy()).await?;
+        let answer = self
+            .send(Route::EachNodeInTurn { from: node }, request, self.policy())
+            .await?;
         let answered = answer.balances.iter().map(|balance| balance.account);
         if !answered.eq(accounts.iter().copied()) {
             return Err(ClientError::Protocol {
@@ -521,7 +526,9 @@ impl TallyClient {
             attempts_max: self.shared.options.attempts_max.max(node_count),
             attempt_timeout: self.shared.options.request_timeout,
         };
-        self.send(Route::EachNodeInTurn, Audit {}, policy).await
+        let first = self.config().nodes[0].id;
+        self.send(Route::EachNodeInTurn { from: first }, Audit {}, policy)
+            .await
     }
 
     /// Every node's own status, in config order, asked of each node directly with a one-second
@@ -607,8 +614,7 @@ impl TallyClient {
     ) -> Result<R::Answer, ClientError> {
         let nodes = &self.config().nodes;
         let mut node = match route {
-            Route::Node(node) => node,
-            Route::EachNodeInTurn => nodes[0].id,
+            Route::Node(node) | Route::EachNodeInTurn { from: node } => node,
         };
         let mut backoff_bound = self.shared.options.backoff_initial;
         // Whether some attempt may have delivered the request: then no later failure can prove
@@ -683,7 +689,7 @@ impl TallyClient {
                 },
             };
             failure = Some(error);
-            if let Route::EachNodeInTurn = route {
+            if let Route::EachNodeInTurn { .. } = route {
                 let index = nodes.iter().position(|config| config.id == node);
                 node = nodes[index.map_or(0, |index| (index + 1) % nodes.len())].id;
             }

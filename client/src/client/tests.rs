@@ -192,6 +192,17 @@ fn reads(states: Vec<TransferState>) -> Script {
                 balance: 1000 * u64::from(node) + get.account,
             }
             .into(),
+            Message::GetBalances(get) => Balances {
+                balances: get
+                    .accounts
+                    .iter()
+                    .map(|account| Balance {
+                        account: *account,
+                        balance: 1000 * u64::from(node) + account,
+                    })
+                    .collect(),
+            }
+            .into(),
             Message::GetClusterStatus(_) => ClusterStatus {
                 nodes: vec![NodeStatus {
                     node_id: node,
@@ -584,6 +595,30 @@ async fn a_read_without_answer_is_unavailable() {
     );
     assert!(error.is_retryable());
     assert_eq!(cluster.seen(1).len(), 3);
+}
+
+/// A consistent read goes to the owner of its first account, and to the next nodes in turn when
+/// that one cannot be reached: any node serves it.
+#[tokio::test]
+async fn a_read_of_many_accounts_goes_around_an_unreachable_node() {
+    let cluster = FakeCluster::start(3, &[2], reads(Vec::new())).await;
+    let client = cluster.client(fast_options());
+    let accounts = [cluster.account_of(2), cluster.account_of(1)];
+    let balances = client.balances(&accounts).await.expect("served by node 3");
+    assert_eq!(
+        balances
+            .iter()
+            .map(|balance| balance.balance)
+            .collect::<Vec<_>>(),
+        accounts.map(|account| 3000 + account)
+    );
+    assert!(
+        cluster.seen(1).is_empty(),
+        "tried in turn from node 2: node 3 first"
+    );
+    let accounts = [cluster.account_of(1), cluster.account_of(3)];
+    let balances = client.balances(&accounts).await.expect("served by node 1");
+    assert_eq!(balances[0].balance, 1000 + accounts[0]);
 }
 
 #[tokio::test]

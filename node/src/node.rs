@@ -594,8 +594,25 @@ impl Node {
     }
 
     /// One consistent cut over several nodes: `SnapshotLock` on each (this node included),
-    /// then `SnapshotRelease` on each, whatever happened. Retried on lock conflicts.
+    /// then `SnapshotRelease` on each, whatever happened. Retried on lock conflicts. It runs as a
+    /// task of its own: a request dropped halfway (its client closed the connection) still
+    /// releases what it locked as soon as it can, instead of leaving the locks to their lease
+    /// while every transfer touching those accounts aborts.
     async fn snapshot(
+        self: &Arc<Self>,
+        accounts: &[AccountId],
+        whole_cluster: bool,
+    ) -> Result<Vec<SnapshotLocked>, ErrorResponse> {
+        let node = self.clone();
+        let accounts = accounts.to_vec();
+        let cut = tokio::spawn(async move { node.take_snapshot(&accounts, whole_cluster).await });
+        match cut.await {
+            Ok(result) => result,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+
+    async fn take_snapshot(
         self: &Arc<Self>,
         accounts: &[AccountId],
         whole_cluster: bool,
@@ -681,12 +698,36 @@ impl Node {
         }
     }
 
+    /// Releases one node's part of a snapshot. A release that does not get through (the node is
+    /// partitioned away or paused, and may hold the locks) is sent again in the background, with
+    /// backoff, until it does or the lease has ended it anyway: the locks go as soon as the node
+    /// can hear it, not only at the end of the lease.
     async fn release_part(self: Arc<Self>, node: NodeId, snapshot_id: u128) {
         if node == self.id {
             self.snapshot_release(snapshot_id);
-        } else if let Err(error) = self.peers.call(node, SnapshotRelease { snapshot_id }).await {
-            tracing::warn!(node, %error, "snapshot release not delivered; its lease will end it");
+            return;
         }
+        let lease_end = Instant::now() + SNAPSHOT_LEASE;
+        let Err(error) = self.peers.call(node, SnapshotRelease { snapshot_id }).await else {
+            return;
+        };
+        tracing::info!(node, %error, "snapshot release not delivered; sending it again");
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(50);
+            while Instant::now() + pause < lease_end {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                if self
+                    .peers
+                    .call(node, SnapshotRelease { snapshot_id })
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            tracing::warn!(node, "snapshot release not delivered; its lease ends it");
+        });
     }
 
     /// A consistent read of many accounts, possibly on several nodes.

@@ -20,6 +20,8 @@ pub struct Cluster {
     data_dirs: Vec<PathBuf>,
     /// Extra environment of each node's process, on every start.
     envs: Vec<Vec<(String, String)>>,
+    /// A node's own cluster file, when it is not `cluster_file` (its peers behind proxies).
+    node_cluster_files: Vec<Option<PathBuf>>,
 }
 
 /// Free loopback ports (bound, then released; a race with other processes is unlikely).
@@ -67,6 +69,7 @@ impl Cluster {
                 .map(|id| directory.path().join(format!("node-{id}")))
                 .collect(),
             envs: (0..nodes).map(|_| Vec::new()).collect(),
+            node_cluster_files: (0..nodes).map(|_| None).collect(),
             directory,
             children: (0..nodes).map(|_| None).collect(),
         }
@@ -105,6 +108,12 @@ impl Cluster {
         self.envs[id as usize - 1].push((key.to_owned(), value.to_owned()));
     }
 
+    /// Makes node `id` run with its own cluster file (the same cluster, other peer addresses:
+    /// proxies in front of its peers), from its next start on.
+    pub fn set_cluster_file(&mut self, id: u32, file: impl Into<PathBuf>) {
+        self.node_cluster_files[id as usize - 1] = Some(file.into());
+    }
+
     pub fn remove_env(&mut self, id: u32, key: &str) {
         self.envs[id as usize - 1].retain(|(existing, _)| existing != key);
     }
@@ -114,7 +123,11 @@ impl Cluster {
         let mut command = Command::new(&self.program);
         command
             .args(["start", "--id", &id.to_string(), "--cluster"])
-            .arg(&self.cluster_file)
+            .arg(
+                self.node_cluster_files[id as usize - 1]
+                    .as_ref()
+                    .unwrap_or(&self.cluster_file),
+            )
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .env("TALLY_FAILPOINTS", failpoints.join(","))

@@ -418,3 +418,92 @@ async fn consistent_reads_during_cross_shard_transfers_always_sum_to_the_total()
     );
     assert_audit_passes(&client, total).await;
 }
+
+/// A consistent read that fails because the link to a node it read from was cut (after that node
+/// took its locks, before its answer came back) does not leave those locks in place once the
+/// link heals: the release is sent again until it gets through, instead of being given up and
+/// leaving the locks to their 5 s lease while every write touching those accounts is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_releases_its_locks_once_the_link_heals() {
+    use loadgen::proxy::{LinkMode, Proxy};
+
+    let mut cluster = Cluster::configure(std::path::Path::new(PROGRAM), 2);
+    // Node 1 reaches node 2 through a proxy; clients and node 2 use the real addresses.
+    let node_2 = cluster.config.node(2).expect("node 2").address.clone();
+    let proxy = Proxy::start(
+        "127.0.0.1:0".parse().expect("address"),
+        node_2.parse().expect("node 2's address"),
+    )
+    .await
+    .expect("start the proxy");
+    let mut own = cluster.config.clone();
+    own.nodes[1].address = proxy.local_addr().to_string();
+    let own_file = cluster.directory().join("node-1.cluster.toml");
+    std::fs::write(&own_file, own.to_toml()).expect("write node 1's cluster file");
+    cluster.set_cluster_file(1, &own_file);
+    cluster.start_all();
+    let client = cluster.client();
+    let on_1 = account_on(&cluster.config, 1, 1, 0);
+    let on_2 = account_on(&cluster.config, 2, 1, 0);
+    funded(&client, on_1, 100).await;
+    funded(&client, on_2, 100).await;
+
+    // The read's lock request reaches node 2 after 600 ms; its answer would be back at 1.2 s.
+    proxy.set_mode(LinkMode::Delay(Duration::from_millis(600)));
+    let read = tokio::spawn(async move {
+        let connection = net::Client::connect(
+            cluster_address(&own, 1).as_str(),
+            net::ClientConfig::default(),
+        )
+        .await
+        .expect("connect to node 1");
+        connection
+            .call(net::GetBalances {
+                accounts: vec![on_1, on_2],
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Cut while the answer is on its way: node 2 holds the read's locks, node 1 hears nothing.
+    proxy.set_mode(LinkMode::Partition);
+    let answer = read.await.expect("read task");
+    assert!(
+        matches!(&answer, Err(net::ClientError::Remote(refusal)) if refusal.code == ErrorCode::ParticipantUnavailable),
+        "{answer:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let healed = Instant::now();
+    proxy.set_mode(LinkMode::Pass);
+
+    let direct = net::Client::connect(node_2.as_str(), net::ClientConfig::default())
+        .await
+        .expect("connect to node 2");
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let deposit = net::Deposit {
+            id: (1 << 100) + attempts,
+            account: on_2,
+            amount: 1,
+        };
+        match direct.call(deposit).await {
+            Ok(net::Message::Deposited(_)) => break,
+            Err(net::ClientError::Remote(refusal))
+                if refusal.code == ErrorCode::LockConflict
+                    && healed.elapsed() < Duration::from_millis(1500) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!(
+                "a deposit {:?} after the link healed (attempt {attempts}): {other:?}; the \
+                 failed read still holds its locks on node 2",
+                healed.elapsed()
+            ),
+        }
+    }
+    assert_eq!(balance(&client, on_2).await, 100 + 1);
+}
+
+fn cluster_address(config: &client::config::ClusterConfig, id: u32) -> String {
+    config.node(id).expect("node").address.clone()
+}

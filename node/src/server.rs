@@ -30,8 +30,11 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const IN_DOUBT_GRACE: Duration = Duration::from_secs(1);
 /// How often the tables are flushed and the WAL below them deleted.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
-/// Worker threads blocked in the engine (waiting for a group commit) at once.
-const BLOCKING_THREADS_MAX: usize = 1024;
+/// Threads for engine calls that may block: audit scans, history pages, status look-ups, reads
+/// waiting (at most 50 ms) for shared locks, checkpoints. Writes never take one (they await the
+/// group commit as a future), so a small pool suffices; more such calls wait their turn, within
+/// the bounds on connections and requests in flight.
+const BLOCKING_THREADS_MAX: usize = 64;
 
 /// What `tally start` needs.
 #[derive(Debug, Clone)]

@@ -48,14 +48,17 @@ pub const LOCK_STRIPE_COUNT_DEFAULT: usize = 1024;
 /// that the per-stripe hash tables do not use, and this keeps the two apart.
 pub const LOCK_STRIPE_COUNT_MAX: usize = 1 << 16;
 
-/// How a transaction holds an account. Modes are checked only through `is_compatible_with`, so
-/// commutative modes (escrow-style debit reservations and credits, which let transfers on one
-/// hot account overlap) can be added later without touching the manager's logic.
+/// How a transaction holds an account. Modes are checked only through `is_compatible_with`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LockMode {
     /// For reading a balance: any number of transactions at once.
     Shared,
-    /// For changing a balance: one transaction alone.
+    /// For adding `amount` to a balance: any number of credits at once, since additions commute
+    /// (the result is the same in any order, and none can fail for lack of funds). Whether all of
+    /// them fit in a balance is the holder's to check, against [`LockManager::pending_credits`].
+    Credit(u64),
+    /// For changing a balance any other way (a debit, an account's creation): one transaction
+    /// alone.
     Exclusive,
 }
 
@@ -63,15 +66,26 @@ impl LockMode {
     /// Whether two different transactions may hold one account at once, one in `self` and one
     /// in `other`. The relation is symmetric:
     ///
-    /// |               | Shared | Exclusive |
-    /// |---------------|--------|-----------|
-    /// | **Shared**    | yes    | no        |
-    /// | **Exclusive** | no     | no        |
+    /// |               | Shared | Credit | Exclusive |
+    /// |---------------|--------|--------|-----------|
+    /// | **Shared**    | yes    | no     | no        |
+    /// | **Credit**    | no     | yes    | no        |
+    /// | **Exclusive** | no     | no     | no        |
     ///
-    /// A future `Credit` mode would be compatible with itself (additions commute) and with
-    /// nothing else; a `DebitReservation` would need the escrowed amount, not only the modes.
+    /// Why each "yes" is safe: readers change nothing; credits commute with each other, so their
+    /// outcomes cannot depend on their order, and a credit's only failure (overflow) is checked
+    /// against every credit pending on the account at once (`pending_credits`, counted after the
+    /// lock is granted, so of two credits granted together each counts the other). Why credits
+    /// exclude the other modes: a consistent read must see each credit applied or not at every
+    /// account it reads, which its shared locks ensure by waiting for the credit's decision to be
+    /// applied; and an exclusive holder (a debit, an account's creation) validates against a
+    /// balance nothing else may change meanwhile. Debits that overlap (escrow reservations) are
+    /// the next step.
     pub const fn is_compatible_with(self, other: LockMode) -> bool {
-        matches!((self, other), (LockMode::Shared, LockMode::Shared))
+        matches!(
+            (self, other),
+            (LockMode::Shared, LockMode::Shared) | (LockMode::Credit(_), LockMode::Credit(_))
+        )
     }
 
     /// The weakest mode that grants everything `self` and `other` grant: what a transaction
@@ -81,6 +95,10 @@ impl LockMode {
     const fn join(self, other: LockMode) -> LockMode {
         match (self, other) {
             (LockMode::Shared, LockMode::Shared) => LockMode::Shared,
+            (LockMode::Credit(one), LockMode::Credit(other)) => match one.checked_add(other) {
+                Some(amount) => LockMode::Credit(amount),
+                None => LockMode::Exclusive,
+            },
             _ => LockMode::Exclusive,
         }
     }
@@ -316,6 +334,20 @@ impl LockManager {
 
     fn transaction_stripe(&self, transaction_id: u128) -> &TransactionStripe {
         &self.transaction_stripes[stripe_index(mix_transaction(transaction_id), self.stripe_mask)]
+    }
+
+    /// The sum of the credits held on `account` (every `Credit` holder's amount, the caller's
+    /// included): what the account's balance may still grow by before their decisions.
+    pub fn pending_credits(&self, account: u64) -> u128 {
+        let state = self.stripe(account).lock();
+        state.accounts.get(&account).map_or(0, |lock| {
+            lock.holders()
+                .map(|holder| match holder.mode {
+                    LockMode::Credit(amount) => u128::from(amount),
+                    LockMode::Shared | LockMode::Exclusive => 0,
+                })
+                .sum()
+        })
     }
 
     /// The mode in which `transaction_id` holds `account`, for tests.

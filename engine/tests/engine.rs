@@ -738,7 +738,8 @@ fn participant_messages_may_be_duplicated_late_or_reordered() {
     );
     assert!(applied(&engine.withdraw(new_movement_id(), 1, 1)));
 
-    // A batch: one group commit for all of its PREPARED records.
+    // A batch: one group commit for all of its PREPARED records. Credits to one account overlap;
+    // a debit meets them as a lock conflict.
     engine.create_account(2, None, 0, 0).unwrap();
     let groups = engine.wal().stats().groups_written;
     let votes = engine
@@ -758,16 +759,30 @@ fn participant_messages_may_be_duplicated_late_or_reordered() {
                 coordinator: 1,
                 operations: vec![credit(2, 1)],
             },
+            PrepareRequest {
+                id: 23,
+                coordinator: 1,
+                operations: vec![debit(1, 1)],
+            },
         ])
         .unwrap();
     assert_eq!(
         votes,
-        vec![Vote::Yes, Vote::Yes, Vote::No(AbortReason::LockConflict)]
+        vec![
+            Vote::Yes,
+            Vote::Yes,
+            Vote::Yes,
+            Vote::No(AbortReason::LockConflict)
+        ]
     );
     assert_eq!(engine.wal().stats().groups_written, groups + 1);
-    assert_eq!(engine.in_doubt().len(), 2);
+    assert_eq!(engine.in_doubt().len(), 3);
     engine
-        .abort(&[(20, AbortReason::Timeout), (21, AbortReason::Timeout)])
+        .abort(&[
+            (20, AbortReason::Timeout),
+            (21, AbortReason::Timeout),
+            (22, AbortReason::Timeout),
+        ])
         .unwrap();
     assert!(engine.in_doubt().is_empty());
 }
@@ -1477,4 +1492,94 @@ fn a_history_page_holding_the_oldest_entry_has_no_next_cursor() {
     assert_eq!(pages(1), vec![1; 10]);
     assert_eq!(pages(3), vec![3, 3, 3, 1]);
     assert_eq!(pages(11), vec![10]);
+}
+
+/// Credits to one account overlap (prepared at once, each holding a `Credit` lock), and the only
+/// way a credit can fail, overflow, counts every credit pending on the account: of two that fit
+/// alone but not together, the second votes no until the first is decided.
+#[test]
+fn pending_credits_overlap_and_overflow_counts_all_of_them() {
+    let (_, _, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    fund(&engine, 1, u64::MAX - 10);
+    assert_eq!(prepare_one(&engine, 1, credit(1, 6)), Vote::Yes);
+    assert_eq!(
+        prepare_one(&engine, 2, credit(1, 6)),
+        Vote::No(AbortReason::Overflow)
+    );
+    assert_eq!(prepare_one(&engine, 3, credit(1, 4)), Vote::Yes);
+    // A deposit is a credit too.
+    assert!(matches!(
+        engine.deposit(new_movement_id(), 1, 1).unwrap(),
+        MovementOutcome::Refused(RefusalReason::Overflow)
+    ));
+    engine.abort(&[(1, AbortReason::Timeout)]).unwrap()[0]
+        .as_ref()
+        .unwrap();
+    assert_eq!(prepare_one(&engine, 4, credit(1, 6)), Vote::Yes);
+    for id in [3, 4] {
+        engine.commit(&[id]).unwrap()[0].as_ref().unwrap();
+    }
+    assert_eq!(engine.balance(1).unwrap(), u64::MAX);
+}
+
+/// Any interleaving of prepares (credits and debits), commits and aborts on one account keeps
+/// the balance non-negative and ends at the initial balance plus the committed credits minus the
+/// committed debits; a restart in the middle rebuilds the pending credits from the prepared ones.
+#[test]
+fn any_interleaving_on_one_account_ends_at_the_committed_changes() {
+    let seed = test_seed("one account interleavings");
+    let mut random = StdRng::seed_from_u64(seed);
+    for round in 0..50 {
+        let (storage, tables, mut engine) = fresh();
+        engine.create_account(1, None, 0, 0).unwrap();
+        let initial = random.random_range(0..1_000);
+        let mut expected = i128::from(initial);
+        if initial > 0 {
+            fund(&engine, 1, initial);
+        }
+        let mut pending: Vec<(TransferId, Operation)> = Vec::new();
+        for step in 0..60u128 {
+            let id = 1_000 * round + step;
+            match random.random_range(0..10) {
+                0..=3 => {
+                    let amount = random.random_range(1..400);
+                    let operation = if random.random_bool(0.5) {
+                        credit(1, amount)
+                    } else {
+                        debit(1, amount)
+                    };
+                    if prepare_one(&engine, id, operation) == Vote::Yes {
+                        pending.push((id, operation));
+                    }
+                }
+                4..=8 if !pending.is_empty() => {
+                    let (id, operation) =
+                        pending.swap_remove(random.random_range(0..pending.len()));
+                    if random.random_bool(0.6) {
+                        engine.commit(&[id]).unwrap()[0].as_ref().unwrap();
+                        expected += match operation.kind {
+                            OperationKind::Credit => i128::from(operation.amount),
+                            OperationKind::Debit => -i128::from(operation.amount),
+                        };
+                    } else {
+                        engine.abort(&[(id, AbortReason::Timeout)]).unwrap()[0]
+                            .as_ref()
+                            .unwrap();
+                    }
+                }
+                _ => {
+                    drop(engine);
+                    engine = open(&storage, &tables, Duration::ZERO);
+                }
+            }
+            assert!(expected >= 0, "seed {seed} round {round}: negative balance");
+            assert_eq!(
+                i128::from(engine.balance(1).unwrap()),
+                expected,
+                "seed {seed} round {round} step {step}"
+            );
+            assert_eq!(engine.audit().unwrap().negative_balance_count, 0);
+        }
+    }
 }

@@ -329,7 +329,8 @@ impl Node {
             engine.move_money_logged(id, account, kind, amount)
         })
         .await;
-        let outcome = durably(engine, logged).await.map_err(engine_error)?;
+        durably(engine, logged).await.map_err(engine_error)?;
+        let outcome = engine.recorded_movement(id).map_err(engine_error)?;
         failpoint::hit(points::MOVEMENT_BEFORE_ANSWER);
         match outcome {
             MovementOutcome::Applied { balance_after, lsn } => Ok((balance_after, lsn)),

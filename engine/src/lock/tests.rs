@@ -58,11 +58,13 @@ fn wait_for_waiter(locks: &LockManager, account: u64) {
 
 #[test]
 fn compatibility_matrix() {
-    use LockMode::{Exclusive, Shared};
+    use LockMode::{Credit, Exclusive, Shared};
     let expected = [
         (Shared, Shared, true),
+        (Shared, Credit(3), false),
         (Shared, Exclusive, false),
-        (Exclusive, Shared, false),
+        (Credit(3), Credit(4), true),
+        (Credit(3), Exclusive, false),
         (Exclusive, Exclusive, false),
     ];
     for (held, requested, compatible) in expected {
@@ -77,6 +79,42 @@ fn compatibility_matrix() {
     assert_eq!(Shared.join(Exclusive), Exclusive);
     assert_eq!(Exclusive.join(Shared), Exclusive);
     assert_eq!(Exclusive.join(Exclusive), Exclusive);
+    assert_eq!(Credit(3).join(Credit(4)), Credit(7));
+    assert_eq!(Credit(u64::MAX).join(Credit(1)), Exclusive);
+    assert_eq!(Credit(3).join(Shared), Exclusive);
+    assert_eq!(Shared.join(Credit(3)), Exclusive);
+}
+
+#[test]
+fn credits_overlap_and_count_every_pending_amount() {
+    let locks = manager();
+    locks
+        .acquire(A, &[(5, LockMode::Credit(10))], LockPolicy::NoWait)
+        .unwrap();
+    locks
+        .acquire(B, &[(5, LockMode::Credit(32))], LockPolicy::NoWait)
+        .unwrap();
+    assert_eq!(locks.pending_credits(5), 42);
+    assert_eq!(locks.pending_credits(6), 0);
+    assert_eq!(
+        locks.acquire(C, &exclusive(&[5]), LockPolicy::NoWait),
+        conflict(5, A)
+    );
+    assert_eq!(
+        locks.acquire(C, &shared(&[5]), LockPolicy::NoWait),
+        conflict(5, A)
+    );
+    locks.release_all(A);
+    assert_eq!(locks.pending_credits(5), 32);
+    locks.release_all(B);
+    assert_eq!(locks.pending_credits(5), 0);
+    locks
+        .acquire(C, &exclusive(&[5]), LockPolicy::NoWait)
+        .unwrap();
+    assert_eq!(
+        locks.acquire(A, &[(5, LockMode::Credit(1))], LockPolicy::NoWait),
+        conflict(5, C)
+    );
 }
 
 #[test]
@@ -406,10 +444,10 @@ fn stress_mutual_exclusion_and_no_deadlock() {
                 let mut request = Vec::new();
                 for _ in 0..accounts_count {
                     let account = accounts.swap_remove(rng.random_range(0..accounts.len()));
-                    let mode = if rng.random_bool(0.2) {
-                        LockMode::Shared
-                    } else {
-                        LockMode::Exclusive
+                    let mode = match rng.random_range(0..10) {
+                        0 | 1 => LockMode::Shared,
+                        2 | 3 => LockMode::Credit(1),
+                        _ => LockMode::Exclusive,
                     };
                     request.push((account, mode));
                 }
@@ -442,6 +480,11 @@ fn stress_mutual_exclusion_and_no_deadlock() {
                         LockMode::Exclusive => {
                             counter.store(before + 1, Ordering::Relaxed);
                             increments[account as usize] += 1;
+                        }
+                        // Credits overlap: their additions must not be lost, not be exclusive.
+                        LockMode::Credit(amount) => {
+                            counter.fetch_add(amount, Ordering::Relaxed);
+                            increments[account as usize] += amount;
                         }
                         LockMode::Shared => {
                             assert_eq!(counter.load(Ordering::Relaxed), before, "{account} moved");

@@ -43,7 +43,7 @@ mod one_phase;
 mod reads;
 mod two_phase;
 
-use two_phase::exclusive;
+use two_phase::lock_request;
 
 pub use error::{
     CreateAccountError, Disagreement, LocalTransferError, MovementError, ReadError, StorageCause,
@@ -306,7 +306,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             let mut participant = lock(&engine.participant);
             for transaction in &in_doubt {
                 let lock_owner = engine.new_lock_owner();
-                let request = exclusive(&transaction.operations);
+                let request = lock_request(&transaction.operations);
                 engine
                     .locks
                     .acquire(lock_owner, &request, LockPolicy::NoWait)

@@ -96,18 +96,30 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         amount: Amount,
     ) -> Result<MovementOutcome, MovementError> {
         let logged = self.move_money_with(id, account, kind, amount, self.lock_policy())?;
-        Ok(self.finish(logged)?)
+        self.finish(logged)?;
+        self.recorded_movement(id)
     }
 
-    /// [`Engine::move_money`] in two halves; a lock conflict is refused at once.
+    /// [`Engine::move_money`] in two halves; a lock conflict is refused at once. Once finished,
+    /// the outcome is [`Engine::recorded_movement`]: a deposit's balance after it is only known
+    /// once applied, since other credits to the account may be applied first.
     pub fn move_money_logged(
         &self,
         id: MovementId,
         account: AccountId,
         kind: MovementKind,
         amount: Amount,
-    ) -> Result<Logged<MovementOutcome>, MovementError> {
+    ) -> Result<Logged<()>, MovementError> {
         self.move_money_with(id, account, kind, amount, LockPolicy::NoWait)
+    }
+
+    /// The outcome recorded for movement `id`, once its record is applied: the answer to every
+    /// request of it, the first included.
+    pub fn recorded_movement(&self, id: MovementId) -> Result<MovementOutcome, MovementError> {
+        let record = self.tables.movement(id)?.ok_or_else(|| {
+            StorageError::Inconsistent(format!("movement {id} is not in the tables once applied"))
+        })?;
+        Ok(record.outcome)
     }
 
     fn move_money_with(
@@ -117,7 +129,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         kind: MovementKind,
         amount: Amount,
         policy: LockPolicy,
-    ) -> Result<Logged<MovementOutcome>, MovementError> {
+    ) -> Result<Logged<()>, MovementError> {
         if amount == 0 {
             return Err(MovementError::ZeroAmount);
         }
@@ -130,7 +142,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         };
         // A retry of a recorded movement is a read: answered even after a storage failure.
         if let Some(record) = self.tables.movement(id)? {
-            return same_request(&record).map(Logged::now);
+            return same_request(&record).map(|_| Logged::now(()));
         }
         self.check_writable()?;
         let in_flight = self
@@ -139,35 +151,35 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         // Checked again: a request with this id may have finished between the first look and
         // taking the in-flight slot.
         if let Some(record) = self.tables.movement(id)? {
-            return same_request(&record).map(Logged::now);
+            return same_request(&record).map(|_| Logged::now(()));
         }
         self.refuse_transfer_id(id)?;
+        // A deposit is a credit: it commutes with the other credits to the account.
+        let mode = match kind {
+            MovementKind::Deposit => LockMode::Credit(amount),
+            MovementKind::Withdrawal => LockMode::Exclusive,
+        };
         let locks = self
-            .take_locks(&[(account, LockMode::Exclusive)], policy)
+            .take_locks(&[(account, mode)], policy)
             .map_err(|Conflict { account }| MovementError::LockConflict { account })?;
-        // The answer is what applying the record computes (`apply`), so every retry, answered
-        // from the tables, gets the very same one.
-        let outcome = match self.tables.account(account)? {
-            None => Err(RefusalReason::UnknownAccount),
+        let refusal = match self.tables.account(account)? {
+            None => Some(RefusalReason::UnknownAccount),
             Some(existing) => match kind {
-                MovementKind::Deposit => existing
-                    .balance
-                    .checked_add(amount)
-                    .ok_or(RefusalReason::Overflow),
-                MovementKind::Withdrawal => existing
-                    .balance
-                    .checked_sub(amount)
-                    .ok_or(RefusalReason::InsufficientFunds),
+                MovementKind::Deposit => (!self.credit_fits(account, existing.balance))
+                    .then_some(RefusalReason::Overflow),
+                MovementKind::Withdrawal => {
+                    (existing.balance < amount).then_some(RefusalReason::InsufficientFunds)
+                }
             },
         };
-        let lsn = self.log(vec![match outcome {
-            Ok(_) => Record::Movement {
+        let lsn = self.log(vec![match refusal {
+            None => Record::Movement {
                 id,
                 account,
                 kind,
                 amount,
             },
-            Err(reason) => Record::MovementRefused {
+            Some(reason) => Record::MovementRefused {
                 id,
                 account,
                 kind,
@@ -176,13 +188,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             },
         }])?;
         self.release_when_applied(lsn, [locks.keep(), in_flight.keep()]);
-        Ok(Logged::after(
-            lsn,
-            match outcome {
-                Ok(balance_after) => MovementOutcome::Applied { balance_after, lsn },
-                Err(reason) => MovementOutcome::Refused(reason),
-            },
-        ))
+        Ok(Logged::after(lsn, ()))
     }
 
     /// Takes `id`'s slot among the one-phase requests running; `None` while another has it.
@@ -301,7 +307,10 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         if self.tables.movement(id)?.is_some() {
             return Err(LocalTransferError::DuplicateWithDifferentContent(id));
         }
-        let request = [(debit, LockMode::Exclusive), (credit, LockMode::Exclusive)];
+        let request = [
+            (debit, LockMode::Exclusive),
+            (credit, LockMode::Credit(amount)),
+        ];
         let (outcome, locks) = match self.take_locks(&request, policy) {
             Err(Conflict { account }) => match on_conflict {
                 OnConflict::Retry => return Err(LocalTransferError::LockConflict { account }),
@@ -346,7 +355,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         if from.balance < amount {
             return Ok(Some(AbortReason::InsufficientFunds));
         }
-        if to.balance.checked_add(amount).is_none() {
+        if !self.credit_fits(credit, to.balance) {
             return Ok(Some(AbortReason::Overflow));
         }
         Ok(None)

@@ -4,6 +4,12 @@
 use super::*;
 
 impl<T: Tables, S: Storage> Engine<T, S> {
+    /// Whether every credit pending on `account` (the caller's, taken, included) fits on top of
+    /// its committed `balance`, whichever of them commit.
+    pub(super) fn credit_fits(&self, account: AccountId, balance: Amount) -> bool {
+        u128::from(balance) + self.locks.pending_credits(account) <= u128::from(Amount::MAX)
+    }
+
     /// Why this prepared transaction cannot commit now, if it cannot (its locks are held).
     fn validate_operations(
         &self,
@@ -15,7 +21,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             };
             let fits = match operation.kind {
                 OperationKind::Debit => account.balance >= operation.amount,
-                OperationKind::Credit => account.balance.checked_add(operation.amount).is_some(),
+                OperationKind::Credit => self.credit_fits(operation.account, account.balance),
             };
             if !fits {
                 return Ok(Some(match operation.kind {
@@ -127,10 +133,11 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         if self.prepares_closed.load(Ordering::Acquire) > 0 {
             return Ok(Vote::No(AbortReason::LockConflict));
         }
-        let locks = match self.take_locks(&exclusive(&transaction.operations), LockPolicy::NoWait) {
-            Ok(locks) => locks,
-            Err(Conflict { .. }) => return Ok(Vote::No(AbortReason::LockConflict)),
-        };
+        let locks =
+            match self.take_locks(&lock_request(&transaction.operations), LockPolicy::NoWait) {
+                Ok(locks) => locks,
+                Err(Conflict { .. }) => return Ok(Vote::No(AbortReason::LockConflict)),
+            };
         if let Some(reason) = self.validate_operations(&transaction.operations)? {
             return Ok(Vote::No(reason));
         }
@@ -373,10 +380,18 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 }
 
-pub(super) fn exclusive(operations: &[Operation]) -> Vec<(AccountId, LockMode)> {
+/// The locks a transaction's operations take: a credit commutes with other credits, a debit
+/// holds its account alone (see `LockMode`).
+pub(super) fn lock_request(operations: &[Operation]) -> Vec<(AccountId, LockMode)> {
     operations
         .iter()
-        .map(|operation| (operation.account, LockMode::Exclusive))
+        .map(|operation| {
+            let mode = match operation.kind {
+                OperationKind::Debit => LockMode::Exclusive,
+                OperationKind::Credit => LockMode::Credit(operation.amount),
+            };
+            (operation.account, mode)
+        })
         .collect()
 }
 

@@ -53,12 +53,15 @@ pub const LOCK_STRIPE_COUNT_MAX: usize = 1 << 16;
 pub enum LockMode {
     /// For reading a balance: any number of transactions at once.
     Shared,
-    /// For adding `amount` to a balance: any number of credits at once, since additions commute
-    /// (the result is the same in any order, and none can fail for lack of funds). Whether all of
-    /// them fit in a balance is the holder's to check, against [`LockManager::pending_credits`].
+    /// For adding `amount` to a balance: any number of credits and debits at once, since
+    /// additions and subtractions commute. Whether all pending credits fit in the balance is the
+    /// holder's to check, against [`LockManager::pending`].
     Credit(u64),
-    /// For changing a balance any other way (a debit, an account's creation): one transaction
-    /// alone.
+    /// For taking `amount` from a balance, reserved (escrow): any number of debits and credits at
+    /// once. Whether the balance covers every pending debit is the holder's to check, against
+    /// [`LockManager::pending`].
+    Debit(u64),
+    /// For changing an account any other way (its creation): one transaction alone.
     Exclusive,
 }
 
@@ -66,25 +69,32 @@ impl LockMode {
     /// Whether two different transactions may hold one account at once, one in `self` and one
     /// in `other`. The relation is symmetric:
     ///
-    /// |               | Shared | Credit | Exclusive |
-    /// |---------------|--------|--------|-----------|
-    /// | **Shared**    | yes    | no     | no        |
-    /// | **Credit**    | no     | yes    | no        |
-    /// | **Exclusive** | no     | no     | no        |
+    /// |               | Shared | Credit | Debit | Exclusive |
+    /// |---------------|--------|--------|-------|-----------|
+    /// | **Shared**    | yes    | no     | no    | no        |
+    /// | **Credit**    | no     | yes    | yes   | no        |
+    /// | **Debit**     | no     | yes    | yes   | no        |
+    /// | **Exclusive** | no     | no     | no    | no        |
     ///
-    /// Why each "yes" is safe: readers change nothing; credits commute with each other, so their
-    /// outcomes cannot depend on their order, and a credit's only failure (overflow) is checked
-    /// against every credit pending on the account at once (`pending_credits`, counted after the
-    /// lock is granted, so of two credits granted together each counts the other). Why credits
-    /// exclude the other modes: a consistent read must see each credit applied or not at every
-    /// account it reads, which its shared locks ensure by waiting for the credit's decision to be
-    /// applied; and an exclusive holder (a debit, an account's creation) validates against a
-    /// balance nothing else may change meanwhile. Debits that overlap (escrow reservations) are
-    /// the next step.
+    /// Why each "yes" is safe: readers change nothing. Credits and debits commute: the account
+    /// ends at its balance plus the committed credits minus the committed debits, in whatever
+    /// order they apply. Each one's own failure is checked against everything pending at once
+    /// (`pending`, counted after the lock is granted, so of two granted together each counts the
+    /// other): a credit is admitted only if the balance plus every pending credit fits, a debit
+    /// only if the balance covers every pending debit, so the balance can never go negative nor
+    /// overflow whichever of them commit. A pending credit never counts towards a debit (it may
+    /// abort). Why the rest is "no": a consistent read must see each change applied or not at
+    /// every account it reads, which its shared locks ensure by waiting for the change's decision
+    /// to be applied; and an exclusive holder (an account's creation) changes what the others
+    /// validate against.
     pub const fn is_compatible_with(self, other: LockMode) -> bool {
         matches!(
             (self, other),
-            (LockMode::Shared, LockMode::Shared) | (LockMode::Credit(_), LockMode::Credit(_))
+            (LockMode::Shared, LockMode::Shared)
+                | (
+                    LockMode::Credit(_) | LockMode::Debit(_),
+                    LockMode::Credit(_) | LockMode::Debit(_)
+                )
         )
     }
 
@@ -99,9 +109,20 @@ impl LockMode {
                 Some(amount) => LockMode::Credit(amount),
                 None => LockMode::Exclusive,
             },
+            (LockMode::Debit(one), LockMode::Debit(other)) => match one.checked_add(other) {
+                Some(amount) => LockMode::Debit(amount),
+                None => LockMode::Exclusive,
+            },
             _ => LockMode::Exclusive,
         }
     }
+}
+
+/// The sums of the credits and debits held on one account (`LockManager::pending`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub credits: u128,
+    pub debits: u128,
 }
 
 /// What `acquire` does when an account it needs is held in an incompatible mode.
@@ -336,18 +357,22 @@ impl LockManager {
         &self.transaction_stripes[stripe_index(mix_transaction(transaction_id), self.stripe_mask)]
     }
 
-    /// The sum of the credits held on `account` (every `Credit` holder's amount, the caller's
-    /// included): what the account's balance may still grow by before their decisions.
-    pub fn pending_credits(&self, account: u64) -> u128 {
+    /// The credits and the debits held on `account` (every `Credit` and `Debit` holder's amount,
+    /// the caller's included): what the balance may still grow and shrink by, whichever of them
+    /// commit.
+    pub fn pending(&self, account: u64) -> Pending {
         let state = self.stripe(account).lock();
-        state.accounts.get(&account).map_or(0, |lock| {
-            lock.holders()
-                .map(|holder| match holder.mode {
-                    LockMode::Credit(amount) => u128::from(amount),
-                    LockMode::Shared | LockMode::Exclusive => 0,
-                })
-                .sum()
-        })
+        let mut pending = Pending::default();
+        if let Some(lock) = state.accounts.get(&account) {
+            for holder in lock.holders() {
+                match holder.mode {
+                    LockMode::Credit(amount) => pending.credits += u128::from(amount),
+                    LockMode::Debit(amount) => pending.debits += u128::from(amount),
+                    LockMode::Shared | LockMode::Exclusive => {}
+                }
+            }
+        }
+        pending
     }
 
     /// The mode in which `transaction_id` holds `account`, for tests.

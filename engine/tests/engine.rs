@@ -407,25 +407,16 @@ fn restarts_at_random_points_recover_exactly_what_was_acknowledged() {
         engine = open(&storage, &tables, Duration::ZERO);
         let context = format!("seed {seed} restart {restart}");
         model.check(&engine, &context);
-        // In-doubt transactions hold their locks again.
+        // In-doubt transactions hold their locks again: a consistent read of their account
+        // waits for them.
         if let Some((_, operation)) = model.in_doubt.iter().next() {
-            let other = model
-                .balances
-                .keys()
-                .copied()
-                .find(|&a| a != operation.account)
-                .unwrap();
-            next_id += 1;
-            assert_eq!(
-                engine
-                    .local_transfer(next_id, operation.account, other, 1)
-                    .unwrap(),
-                Outcome::Aborted(AbortReason::LockConflict),
+            assert!(
+                matches!(
+                    engine.lock_and_read(&[operation.account], Duration::ZERO),
+                    Err(ReadError::LockConflict { .. })
+                ),
                 "{context}"
             );
-            model
-                .outcomes
-                .insert(next_id, Outcome::Aborted(AbortReason::LockConflict));
         }
     }
 }
@@ -688,15 +679,16 @@ fn participant_messages_may_be_duplicated_late_or_reordered() {
     let lsn = engine.wal().next_lsn();
     assert_eq!(prepare_one(&engine, 1, debit(1, 30)), Vote::Yes);
     assert_eq!(engine.wal().next_lsn(), lsn);
-    // Its locks are held until the decision.
-    assert_eq!(
-        prepare_one(&engine, 2, credit(1, 5)),
-        Vote::No(AbortReason::LockConflict)
-    );
+    // Its locks and its reservation hold until the decision: a consistent read waits, and
+    // only the funds not reserved can be debited.
     assert!(matches!(
-        engine.withdraw(new_movement_id(), 1, 1),
-        Err(MovementError::LockConflict { account: 1 })
+        engine.lock_and_read(&[1], Duration::ZERO),
+        Err(ReadError::LockConflict { account: 1 })
     ));
+    assert_eq!(
+        prepare_one(&engine, 2, debit(1, 71)),
+        Vote::No(AbortReason::InsufficientFunds)
+    );
     // Duplicate commit: OK, applied once.
     engine.commit(&[1]).unwrap()[0].as_ref().unwrap();
     engine.commit(&[1]).unwrap()[0].as_ref().unwrap();
@@ -738,8 +730,8 @@ fn participant_messages_may_be_duplicated_late_or_reordered() {
     );
     assert!(applied(&engine.withdraw(new_movement_id(), 1, 1)));
 
-    // A batch: one group commit for all of its PREPARED records. Credits to one account overlap;
-    // a debit meets them as a lock conflict.
+    // A batch: one group commit for all of its PREPARED records. Credits and debits of one
+    // account overlap.
     engine.create_account(2, None, 0, 0).unwrap();
     let groups = engine.wal().stats().groups_written;
     let votes = engine
@@ -766,22 +758,15 @@ fn participant_messages_may_be_duplicated_late_or_reordered() {
             },
         ])
         .unwrap();
-    assert_eq!(
-        votes,
-        vec![
-            Vote::Yes,
-            Vote::Yes,
-            Vote::Yes,
-            Vote::No(AbortReason::LockConflict)
-        ]
-    );
+    assert_eq!(votes, vec![Vote::Yes; 4]);
     assert_eq!(engine.wal().stats().groups_written, groups + 1);
-    assert_eq!(engine.in_doubt().len(), 3);
+    assert_eq!(engine.in_doubt().len(), 4);
     engine
         .abort(&[
             (20, AbortReason::Timeout),
             (21, AbortReason::Timeout),
             (22, AbortReason::Timeout),
+            (23, AbortReason::Timeout),
         ])
         .unwrap();
     assert!(engine.in_doubt().is_empty());
@@ -1026,8 +1011,9 @@ fn a_coordinator_logs_its_decision_and_applies_its_own_part_in_one_step() {
     fund(&engine, 1, 100);
     assert_eq!(prepare_one(&engine, 10, debit(1, 30)), Vote::Yes);
     assert_eq!(
-        prepare_one(&engine, 11, debit(1, 50)),
-        Vote::No(AbortReason::LockConflict)
+        prepare_one(&engine, 11, debit(1, 71)),
+        Vote::No(AbortReason::InsufficientFunds),
+        "30 are reserved"
     );
     let results = engine
         .log_decisions_and_decide(
@@ -1039,8 +1025,8 @@ fn a_coordinator_logs_its_decision_and_applies_its_own_part_in_one_step() {
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(engine.balance(1).unwrap(), 70);
     assert!(engine.in_doubt().is_empty());
-    // The locks are free, and both records come back after a crash.
-    assert_eq!(prepare_one(&engine, 12, debit(1, 50)), Vote::Yes);
+    // The reservation is gone with the decision, and both records come back after a crash.
+    assert_eq!(prepare_one(&engine, 12, debit(1, 70)), Vote::Yes);
     drop(engine);
     let engine = open(
         &storage.crash(CrashMode::DropUnsynced),
@@ -1582,4 +1568,41 @@ fn any_interleaving_on_one_account_ends_at_the_committed_changes() {
             assert_eq!(engine.audit().unwrap().negative_balance_count, 0);
         }
     }
+}
+
+/// Debits of one account overlap too, each reserving its amount (escrow): they are admitted
+/// while the balance covers all of them, pending credits not counted (they may abort), so the
+/// balance can never go negative whichever of them commit.
+#[test]
+fn pending_debits_reserve_their_amounts() {
+    let (_, _, engine) = fresh();
+    engine.create_account(1, None, 0, 0).unwrap();
+    fund(&engine, 1, 100);
+    assert_eq!(prepare_one(&engine, 1, debit(1, 60)), Vote::Yes);
+    assert_eq!(prepare_one(&engine, 2, debit(1, 30)), Vote::Yes);
+    assert_eq!(
+        prepare_one(&engine, 3, debit(1, 20)),
+        Vote::No(AbortReason::InsufficientFunds)
+    );
+    assert_eq!(prepare_one(&engine, 4, credit(1, 50)), Vote::Yes);
+    assert_eq!(
+        prepare_one(&engine, 5, debit(1, 20)),
+        Vote::No(AbortReason::InsufficientFunds),
+        "a pending credit is not spendable"
+    );
+    assert!(matches!(
+        engine.withdraw(new_movement_id(), 1, 10).unwrap(),
+        MovementOutcome::Applied {
+            balance_after: 90,
+            ..
+        }
+    ));
+    engine.abort(&[(1, AbortReason::Timeout)]).unwrap()[0]
+        .as_ref()
+        .unwrap();
+    assert_eq!(prepare_one(&engine, 6, debit(1, 20)), Vote::Yes);
+    for id in [2, 4, 6] {
+        engine.commit(&[id]).unwrap()[0].as_ref().unwrap();
+    }
+    assert_eq!(engine.balance(1).unwrap(), 100 - 10 - 30 + 50 - 20);
 }

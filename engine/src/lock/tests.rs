@@ -20,6 +20,7 @@ const WAIT_SHORT: Duration = Duration::from_millis(10);
 const A: u128 = 1;
 const B: u128 = 2;
 const C: u128 = 3;
+const D: u128 = 4;
 
 fn manager() -> LockManager {
     LockManager::new(LOCK_STRIPE_COUNT_DEFAULT)
@@ -58,13 +59,17 @@ fn wait_for_waiter(locks: &LockManager, account: u64) {
 
 #[test]
 fn compatibility_matrix() {
-    use LockMode::{Credit, Exclusive, Shared};
+    use LockMode::{Credit, Debit, Exclusive, Shared};
     let expected = [
         (Shared, Shared, true),
         (Shared, Credit(3), false),
+        (Shared, Debit(3), false),
         (Shared, Exclusive, false),
         (Credit(3), Credit(4), true),
+        (Credit(3), Debit(4), true),
+        (Debit(3), Debit(4), true),
         (Credit(3), Exclusive, false),
+        (Debit(3), Exclusive, false),
         (Exclusive, Exclusive, false),
     ];
     for (held, requested, compatible) in expected {
@@ -80,13 +85,15 @@ fn compatibility_matrix() {
     assert_eq!(Exclusive.join(Shared), Exclusive);
     assert_eq!(Exclusive.join(Exclusive), Exclusive);
     assert_eq!(Credit(3).join(Credit(4)), Credit(7));
+    assert_eq!(Debit(3).join(Debit(4)), Debit(7));
+    assert_eq!(Debit(3).join(Credit(4)), Exclusive);
     assert_eq!(Credit(u64::MAX).join(Credit(1)), Exclusive);
     assert_eq!(Credit(3).join(Shared), Exclusive);
     assert_eq!(Shared.join(Credit(3)), Exclusive);
 }
 
 #[test]
-fn credits_overlap_and_count_every_pending_amount() {
+fn credits_and_debits_overlap_and_count_every_pending_amount() {
     let locks = manager();
     locks
         .acquire(A, &[(5, LockMode::Credit(10))], LockPolicy::NoWait)
@@ -94,8 +101,12 @@ fn credits_overlap_and_count_every_pending_amount() {
     locks
         .acquire(B, &[(5, LockMode::Credit(32))], LockPolicy::NoWait)
         .unwrap();
-    assert_eq!(locks.pending_credits(5), 42);
-    assert_eq!(locks.pending_credits(6), 0);
+    locks
+        .acquire(D, &[(5, LockMode::Debit(7))], LockPolicy::NoWait)
+        .unwrap();
+    let pending = |credits, debits| Pending { credits, debits };
+    assert_eq!(locks.pending(5), pending(42, 7));
+    assert_eq!(locks.pending(6), pending(0, 0));
     assert_eq!(
         locks.acquire(C, &exclusive(&[5]), LockPolicy::NoWait),
         conflict(5, A)
@@ -105,9 +116,10 @@ fn credits_overlap_and_count_every_pending_amount() {
         conflict(5, A)
     );
     locks.release_all(A);
-    assert_eq!(locks.pending_credits(5), 32);
+    assert_eq!(locks.pending(5), pending(32, 7));
     locks.release_all(B);
-    assert_eq!(locks.pending_credits(5), 0);
+    locks.release_all(D);
+    assert_eq!(locks.pending(5), pending(0, 0));
     locks
         .acquire(C, &exclusive(&[5]), LockPolicy::NoWait)
         .unwrap();
@@ -447,6 +459,7 @@ fn stress_mutual_exclusion_and_no_deadlock() {
                     let mode = match rng.random_range(0..10) {
                         0 | 1 => LockMode::Shared,
                         2 | 3 => LockMode::Credit(1),
+                        4 | 5 => LockMode::Debit(1),
                         _ => LockMode::Exclusive,
                     };
                     request.push((account, mode));
@@ -481,8 +494,9 @@ fn stress_mutual_exclusion_and_no_deadlock() {
                             counter.store(before + 1, Ordering::Relaxed);
                             increments[account as usize] += 1;
                         }
-                        // Credits overlap: their additions must not be lost, not be exclusive.
-                        LockMode::Credit(amount) => {
+                        // Credits and debits overlap: their changes must not be lost, so they
+                        // add atomically (the test counts debits as additions too).
+                        LockMode::Credit(amount) | LockMode::Debit(amount) => {
                             counter.fetch_add(amount, Ordering::Relaxed);
                             increments[account as usize] += amount;
                         }

@@ -154,10 +154,11 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             return same_request(&record).map(|_| Logged::now(()));
         }
         self.refuse_transfer_id(id)?;
-        // A deposit is a credit: it commutes with the other credits to the account.
+        // A deposit is a credit and a withdrawal a debit: both commute with the other credits
+        // and debits of the account.
         let mode = match kind {
             MovementKind::Deposit => LockMode::Credit(amount),
-            MovementKind::Withdrawal => LockMode::Exclusive,
+            MovementKind::Withdrawal => LockMode::Debit(amount),
         };
         let locks = self
             .take_locks(&[(account, mode)], policy)
@@ -167,9 +168,8 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             Some(existing) => match kind {
                 MovementKind::Deposit => (!self.credit_fits(account, existing.balance))
                     .then_some(RefusalReason::Overflow),
-                MovementKind::Withdrawal => {
-                    (existing.balance < amount).then_some(RefusalReason::InsufficientFunds)
-                }
+                MovementKind::Withdrawal => (!self.debit_fits(account, existing.balance))
+                    .then_some(RefusalReason::InsufficientFunds),
             },
         };
         let lsn = self.log(vec![match refusal {
@@ -308,7 +308,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             return Err(LocalTransferError::DuplicateWithDifferentContent(id));
         }
         let request = [
-            (debit, LockMode::Exclusive),
+            (debit, LockMode::Debit(amount)),
             (credit, LockMode::Credit(amount)),
         ];
         let (outcome, locks) = match self.take_locks(&request, policy) {
@@ -316,7 +316,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
                 OnConflict::Retry => return Err(LocalTransferError::LockConflict { account }),
                 OnConflict::Abort => (Outcome::Aborted(AbortReason::LockConflict), None),
             },
-            Ok(locks) => match self.validate_transfer(debit, credit, amount)? {
+            Ok(locks) => match self.validate_transfer(debit, credit)? {
                 Some(reason) => (Outcome::Aborted(reason), Some(locks)),
                 None => (Outcome::Committed, Some(locks)),
             },
@@ -341,18 +341,18 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         Ok(Logged::after(lsn, outcome))
     }
 
-    /// Why a transfer of `amount` from `debit` to `credit` cannot happen now, if it cannot.
+    /// Why a transfer from `debit` to `credit`, whose locks (with its amount) are held, cannot
+    /// happen now, if it cannot.
     fn validate_transfer(
         &self,
         debit: AccountId,
         credit: AccountId,
-        amount: Amount,
     ) -> Result<Option<AbortReason>, StorageError> {
         let (Some(from), Some(to)) = (self.tables.account(debit)?, self.tables.account(credit)?)
         else {
             return Ok(Some(AbortReason::UnknownAccount));
         };
-        if from.balance < amount {
+        if !self.debit_fits(debit, from.balance) {
             return Ok(Some(AbortReason::InsufficientFunds));
         }
         if !self.credit_fits(credit, to.balance) {

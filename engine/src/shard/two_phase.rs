@@ -7,7 +7,14 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// Whether every credit pending on `account` (the caller's, taken, included) fits on top of
     /// its committed `balance`, whichever of them commit.
     pub(super) fn credit_fits(&self, account: AccountId, balance: Amount) -> bool {
-        u128::from(balance) + self.locks.pending_credits(account) <= u128::from(Amount::MAX)
+        u128::from(balance) + self.locks.pending(account).credits <= u128::from(Amount::MAX)
+    }
+
+    /// Whether the committed `balance` of `account` covers every debit pending on it (the
+    /// caller's, taken, included), whichever of them commit. Pending credits do not count: they
+    /// may abort.
+    pub(super) fn debit_fits(&self, account: AccountId, balance: Amount) -> bool {
+        u128::from(balance) >= self.locks.pending(account).debits
     }
 
     /// Why this prepared transaction cannot commit now, if it cannot (its locks are held).
@@ -20,7 +27,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
                 return Ok(Some(AbortReason::UnknownAccount));
             };
             let fits = match operation.kind {
-                OperationKind::Debit => account.balance >= operation.amount,
+                OperationKind::Debit => self.debit_fits(operation.account, account.balance),
                 OperationKind::Credit => self.credit_fits(operation.account, account.balance),
             };
             if !fits {
@@ -380,14 +387,14 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 }
 
-/// The locks a transaction's operations take: a credit commutes with other credits, a debit
-/// holds its account alone (see `LockMode`).
+/// The locks a transaction's operations take: credits and debits (escrowed) commute with each
+/// other (see `LockMode`).
 pub(super) fn lock_request(operations: &[Operation]) -> Vec<(AccountId, LockMode)> {
     operations
         .iter()
         .map(|operation| {
             let mode = match operation.kind {
-                OperationKind::Debit => LockMode::Exclusive,
+                OperationKind::Debit => LockMode::Debit(operation.amount),
                 OperationKind::Credit => LockMode::Credit(operation.amount),
             };
             (operation.account, mode)

@@ -4,7 +4,8 @@
 //! The path of every write: take the accounts' locks, validate against committed state, log one
 //! record (or one batch of records), wait for the group commit, apply everything durable in LSN
 //! order as one table batch, release the locks, answer. Locks are held until the change is applied,
-//! so validation always sees every earlier change to the same account.
+//! so validation always sees every earlier change to the same account, either applied or still
+//! pending under its lock (credits and debits share an account: `crate::lock::LockMode`).
 //!
 //! Every write comes in two halves, so that no thread blocks on an fsync: `*_logged` does
 //! everything up to the WAL append and returns a [`Logged`] answer, and [`Engine::finish`]

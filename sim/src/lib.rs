@@ -75,6 +75,8 @@ pub struct Scenario {
     pub transfers: usize,
     /// Fraction of picks that go to the first two accounts (hot accounts).
     pub hot_fraction: f64,
+    /// Which accounts transfers touch.
+    pub pattern: Pattern,
     pub drop_probability: f64,
     pub duplicate_probability: f64,
     pub delay_max: Duration,
@@ -108,8 +110,25 @@ impl Scenario {
             strike_probability: pick(&mut random, &[0.0, 0.005, 0.02]),
             partition_probability: pick(&mut random, &[0.0, 0.002, 0.01]),
             in_doubt_grace: Duration::from_millis(pick(&mut random, &[200.0, 2_000.0]) as u64),
+            pattern: [
+                Pattern::Picked,
+                Pattern::Picked,
+                Pattern::ManyToOne,
+                Pattern::OneToMany,
+            ][random.random_range(0..4)],
         }
     }
+}
+
+/// Which accounts a scenario's transfers touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// Both ends picked (with the scenario's hot fraction).
+    Picked,
+    /// Every transfer credits account 1 (a merchant): its credits overlap.
+    ManyToOne,
+    /// Every transfer debits account 1 (a payroll): its debits reserve their amounts.
+    OneToMany,
 }
 
 /// Deliberate bugs, for showing that the checks catch what they are for. Only the simulator's
@@ -1177,6 +1196,16 @@ impl Simulation {
 
     // ---- Clients. ----
 
+    /// An account other than `account`, uniformly (scenarios have at least four).
+    fn pick_other_than(&mut self, account: AccountId) -> AccountId {
+        loop {
+            let other = self.random.random_range(1..=self.scenario.accounts);
+            if other != account {
+                return other;
+            }
+        }
+    }
+
     fn pick_account(&mut self) -> AccountId {
         let accounts = self.scenario.accounts;
         if self.random.random_bool(self.scenario.hot_fraction) {
@@ -1216,18 +1245,16 @@ impl Simulation {
             self.ledger.cash.insert(cash.id, cash);
             self.clients[client].current = Some(Operation::Cash(cash));
         } else {
-            let debit = self.pick_account();
-            let credit = loop {
-                let credit = self.pick_account();
-                if credit != debit {
-                    break credit;
-                }
-                if self.scenario.accounts < 2 {
-                    unreachable!("scenarios have at least four accounts");
-                }
-                let credit = self.random.random_range(1..=self.scenario.accounts);
-                if credit != debit {
-                    break credit;
+            let (debit, credit) = match self.scenario.pattern {
+                Pattern::ManyToOne => (self.pick_other_than(1), 1),
+                Pattern::OneToMany => (1, self.pick_other_than(1)),
+                Pattern::Picked => {
+                    let debit = self.pick_account();
+                    let credit = match self.pick_account() {
+                        credit if credit != debit => credit,
+                        _ => self.pick_other_than(debit),
+                    };
+                    (debit, credit)
                 }
             };
             let amount = self.random.random_range(1..=INITIAL_BALANCE / 2);

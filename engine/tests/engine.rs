@@ -687,6 +687,10 @@ fn participant_messages_may_be_duplicated_late_or_reordered() {
     ));
     assert_eq!(
         prepare_one(&engine, 2, debit(1, 71)),
+        Vote::No(AbortReason::FundsHeld)
+    );
+    assert_eq!(
+        prepare_one(&engine, 3, debit(1, 101)),
         Vote::No(AbortReason::InsufficientFunds)
     );
     // Duplicate commit: OK, applied once.
@@ -1012,7 +1016,7 @@ fn a_coordinator_logs_its_decision_and_applies_its_own_part_in_one_step() {
     assert_eq!(prepare_one(&engine, 10, debit(1, 30)), Vote::Yes);
     assert_eq!(
         prepare_one(&engine, 11, debit(1, 71)),
-        Vote::No(AbortReason::InsufficientFunds),
+        Vote::No(AbortReason::FundsHeld),
         "30 are reserved"
     );
     let results = engine
@@ -1580,16 +1584,27 @@ fn pending_debits_reserve_their_amounts() {
     fund(&engine, 1, 100);
     assert_eq!(prepare_one(&engine, 1, debit(1, 60)), Vote::Yes);
     assert_eq!(prepare_one(&engine, 2, debit(1, 30)), Vote::Yes);
+    // The funds are there but held: a distinct, retryable reason.
     assert_eq!(
         prepare_one(&engine, 3, debit(1, 20)),
+        Vote::No(AbortReason::FundsHeld)
+    );
+    assert_eq!(
+        prepare_one(&engine, 7, debit(1, 101)),
         Vote::No(AbortReason::InsufficientFunds)
     );
     assert_eq!(prepare_one(&engine, 4, credit(1, 50)), Vote::Yes);
     assert_eq!(
         prepare_one(&engine, 5, debit(1, 20)),
-        Vote::No(AbortReason::InsufficientFunds),
+        Vote::No(AbortReason::FundsHeld),
         "a pending credit is not spendable"
     );
+    // A withdrawal of held funds records nothing: the same id succeeds once they are free.
+    let held = new_movement_id();
+    assert!(matches!(
+        engine.withdraw(held, 1, 20),
+        Err(MovementError::FundsHeld { account: 1 })
+    ));
     assert!(matches!(
         engine.withdraw(new_movement_id(), 1, 10).unwrap(),
         MovementOutcome::Applied {
@@ -1600,9 +1615,15 @@ fn pending_debits_reserve_their_amounts() {
     engine.abort(&[(1, AbortReason::Timeout)]).unwrap()[0]
         .as_ref()
         .unwrap();
-    assert_eq!(prepare_one(&engine, 6, debit(1, 20)), Vote::Yes);
-    for id in [2, 4, 6] {
+    assert!(matches!(
+        engine.withdraw(held, 1, 20).unwrap(),
+        MovementOutcome::Applied {
+            balance_after: 70,
+            ..
+        }
+    ));
+    for id in [2, 4] {
         engine.commit(&[id]).unwrap()[0].as_ref().unwrap();
     }
-    assert_eq!(engine.balance(1).unwrap(), 100 - 10 - 30 + 50 - 20);
+    assert_eq!(engine.balance(1).unwrap(), 100 - 10 - 20 - 30 + 50);
 }

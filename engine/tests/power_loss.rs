@@ -1109,6 +1109,9 @@ impl Cluster {
         match result {
             None => self.ledger.unknown_cash.push(cash),
             Some(Ok(outcome)) => self.hear_cash(cash, outcome)?,
+            // Funds there but held by pending debits: nothing done, nothing recorded; this client
+            // gives up on it.
+            Some(Err(MovementError::FundsHeld { .. })) if !cash.deposit => {}
             Some(Err(error)) => return Err(format!("{step}: unexpected engine error: {error}")),
         }
         Ok(())

@@ -49,6 +49,9 @@ pub enum AbortReason {
     InvalidRequest = 7,
     /// A coordinator asked about a transaction it has no decision for answers abort.
     PresumedAbort = 8,
+    /// The funds are there but held by pending debits of the account (escrow reservations):
+    /// a new transfer may succeed once they are decided.
+    FundsHeld = 9,
 }
 
 impl AbortReason {
@@ -66,6 +69,7 @@ impl AbortReason {
             6 => Self::Timeout,
             7 => Self::InvalidRequest,
             8 => Self::PresumedAbort,
+            9 => Self::FundsHeld,
             _ => return None,
         })
     }
@@ -82,6 +86,7 @@ impl std::fmt::Display for AbortReason {
             Self::Timeout => "timeout",
             Self::InvalidRequest => "invalid request",
             Self::PresumedAbort => "presumed abort",
+            Self::FundsHeld => "funds held",
         })
     }
 }

@@ -14,6 +14,7 @@ pub fn reason_to_wire(reason: EngineReason) -> WireReason {
         EngineReason::Timeout => WireReason::Timeout,
         EngineReason::InvalidRequest => WireReason::InvalidRequest,
         EngineReason::PresumedAbort => WireReason::PresumedAbort,
+        EngineReason::FundsHeld => WireReason::FundsHeld,
     }
 }
 
@@ -26,6 +27,7 @@ pub fn reason_from_wire(reason: WireReason) -> EngineReason {
         WireReason::Overflow => EngineReason::Overflow,
         WireReason::Timeout => EngineReason::Timeout,
         WireReason::PresumedAbort => EngineReason::PresumedAbort,
+        WireReason::FundsHeld => EngineReason::FundsHeld,
         WireReason::SelfTransfer | WireReason::ZeroAmount | WireReason::InvalidRequest => {
             EngineReason::InvalidRequest
         }

@@ -138,6 +138,7 @@ impl WireError for MovementError {
             // Another request with this id is running: retrying later returns its outcome.
             MovementError::InProgress(_) => ErrorCode::Overloaded,
             MovementError::LockConflict { .. } => ErrorCode::LockConflict,
+            MovementError::FundsHeld { .. } => ErrorCode::FundsHeld,
             MovementError::Storage(_) => ErrorCode::Internal,
         }
     }

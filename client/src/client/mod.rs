@@ -178,6 +178,7 @@ impl ClientError {
                 ErrorCode::Overloaded
                     | ErrorCode::ShuttingDown
                     | ErrorCode::LockConflict
+                    | ErrorCode::FundsHeld
                     | ErrorCode::ParticipantUnavailable
             ),
             ClientError::OutcomeUnknown { .. }
@@ -649,13 +650,14 @@ impl TallyClient {
                     // Refused before anything was done (a lock conflict of a deposit or
                     // withdrawal is not recorded, unlike a transfer's), so the next attempt may
                     // succeed, and an earlier attempt's fate is still open.
-                    ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::LockConflict => {
-                        ClientError::Remote {
-                            node,
-                            code: refusal.code,
-                            message: refusal.message,
-                        }
-                    }
+                    ErrorCode::Overloaded
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::LockConflict
+                    | ErrorCode::FundsHeld => ClientError::Remote {
+                        node,
+                        code: refusal.code,
+                        message: refusal.message,
+                    },
                     ErrorCode::WrongNode => match refusal.redirect_node_id {
                         Some(owner) if self.shared.pools.contains_key(&owner) => {
                             failure = Some(ClientError::Remote {

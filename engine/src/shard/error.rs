@@ -119,6 +119,10 @@ pub enum MovementError {
     InProgress(MovementId),
     #[error("lock conflict on account {account}")]
     LockConflict { account: AccountId },
+    /// A withdrawal the balance covers, but not with the debits pending on the account: nothing
+    /// is recorded, and a retry with the same id may succeed once they are decided.
+    #[error("the funds of account {account} are held by pending debits")]
+    FundsHeld { account: AccountId },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

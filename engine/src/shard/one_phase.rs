@@ -168,8 +168,12 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             Some(existing) => match kind {
                 MovementKind::Deposit => (!self.credit_fits(account, existing.balance))
                     .then_some(RefusalReason::Overflow),
-                MovementKind::Withdrawal => (!self.debit_fits(account, existing.balance))
-                    .then_some(RefusalReason::InsufficientFunds),
+                MovementKind::Withdrawal if self.debit_fits(account, existing.balance) => None,
+                // Held, not missing: a transient refusal, recorded nowhere, like a lock conflict.
+                MovementKind::Withdrawal if existing.balance >= amount => {
+                    return Err(MovementError::FundsHeld { account });
+                }
+                MovementKind::Withdrawal => Some(RefusalReason::InsufficientFunds),
             },
         };
         let lsn = self.log(vec![match refusal {
@@ -316,7 +320,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
                 OnConflict::Retry => return Err(LocalTransferError::LockConflict { account }),
                 OnConflict::Abort => (Outcome::Aborted(AbortReason::LockConflict), None),
             },
-            Ok(locks) => match self.validate_transfer(debit, credit)? {
+            Ok(locks) => match self.validate_transfer(debit, credit, amount)? {
                 Some(reason) => (Outcome::Aborted(reason), Some(locks)),
                 None => (Outcome::Committed, Some(locks)),
             },
@@ -341,19 +345,20 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         Ok(Logged::after(lsn, outcome))
     }
 
-    /// Why a transfer from `debit` to `credit`, whose locks (with its amount) are held, cannot
-    /// happen now, if it cannot.
+    /// Why a transfer of `amount` from `debit` to `credit`, whose locks are held, cannot happen
+    /// now, if it cannot.
     fn validate_transfer(
         &self,
         debit: AccountId,
         credit: AccountId,
+        amount: Amount,
     ) -> Result<Option<AbortReason>, StorageError> {
         let (Some(from), Some(to)) = (self.tables.account(debit)?, self.tables.account(credit)?)
         else {
             return Ok(Some(AbortReason::UnknownAccount));
         };
         if !self.debit_fits(debit, from.balance) {
-            return Ok(Some(AbortReason::InsufficientFunds));
+            return Ok(Some(two_phase::short_of_funds(from.balance, amount)));
         }
         if !self.credit_fits(credit, to.balance) {
             return Ok(Some(AbortReason::Overflow));

@@ -32,7 +32,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             };
             if !fits {
                 return Ok(Some(match operation.kind {
-                    OperationKind::Debit => AbortReason::InsufficientFunds,
+                    OperationKind::Debit => short_of_funds(account.balance, operation.amount),
                     OperationKind::Credit => AbortReason::Overflow,
                 }));
             }
@@ -384,6 +384,16 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// Transactions prepared (or being prepared) here whose decision is not applied yet.
     pub fn undecided_count(&self) -> usize {
         lock(&self.participant).undecided_count()
+    }
+}
+
+/// Why a debit of `amount` does not fit: the balance is short of it, or it would cover it but
+/// not together with the debits pending on the account (held funds, a retryable reason).
+pub(super) fn short_of_funds(balance: Amount, amount: Amount) -> AbortReason {
+    if balance >= amount {
+        AbortReason::FundsHeld
+    } else {
+        AbortReason::InsufficientFunds
     }
 }
 

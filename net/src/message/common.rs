@@ -30,6 +30,9 @@ wire_enum! {
         PresumedAbort = 9,
         /// The transaction is malformed, or reuses an id with different content.
         InvalidRequest = 10,
+        /// The funds are there but held by pending debits of the account: a new transfer may
+        /// succeed once they are decided.
+        FundsHeld = 11,
     }
 }
 

@@ -32,6 +32,9 @@ wire_enum! {
         Overflow = 14,
         /// A bug or an I/O failure on the node; the request may or may not have been applied.
         Internal = 15,
+        /// A withdrawal whose funds are there but held by pending debits of the account; nothing
+        /// was done (nothing recorded either): retry with the same id.
+        FundsHeld = 16,
     }
 }
 

@@ -150,6 +150,7 @@ fn abort_reason_name(reason: AbortReason) -> &'static str {
         AbortReason::Overflow => "overflow",
         AbortReason::Timeout => "timeout",
         AbortReason::PresumedAbort => "presumed_abort",
+        AbortReason::FundsHeld => "funds_held",
         AbortReason::InvalidRequest => "invalid_request",
     }
 }

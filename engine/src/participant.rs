@@ -141,7 +141,7 @@ impl Participant {
     /// waits for that batch anyway.
     pub fn vote_again(&self, request: &PreparedTransaction) -> Option<Answer<Vote>> {
         let entry = self.entries.get(&request.id)?;
-        let same = entry.subject == Subject::Transaction(request.clone());
+        let same = matches!(&entry.subject, Subject::Transaction(held) if held == request);
         Some(match entry.state {
             State::Deciding {
                 outcome: Outcome::Aborted(reason),

@@ -1,9 +1,10 @@
 //! The coordinator's driver: one task owns the I/O-free core (`engine::coordinator`), feeds it
 //! requests from connections and the results of its effects, and carries out the effects: engine
 //! calls (look-ups in place; prepares and decision logs in two halves, the WAL's group commit
-//! awaited as a future, see `engine_calls::durably`), PREPAREs and decisions to the other nodes
-//! over `Peers`, answers to the waiting clients. The rules of two-phase commit live
-//! in the core; this file only moves events and effects between it and the world.
+//! awaited as a future in the effect's own task, see `engine_calls::durably_in_task`), PREPAREs
+//! and decisions to the other nodes over `Peers`, answers to the waiting clients. The rules of
+//! two-phase commit live in the core; this file only moves events and effects between it and the
+//! world.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use net::{DecisionBatch, DecisionEntry, Message, PrepareBatch};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::convert::{op_to_wire, outcome_from_wire, outcome_to_wire, reason_from_wire};
-use crate::engine_calls::{NodeEngine, apply_decisions, durably, with_lock_wait};
+use crate::engine_calls::{NodeEngine, apply_decisions, durably_in_task, with_lock_wait};
 use crate::failpoint::{self, points};
 use crate::peers::Peers;
 
@@ -311,7 +312,7 @@ impl Driver {
                         )
                     })
                     .await;
-                    let result = durably(&engine, logged).await;
+                    let result = durably_in_task(&engine, logged).await;
                     let answer = result.map_err(|error| match error {
                         LocalTransferError::DuplicateWithDifferentContent(_) => {
                             Refusal::DuplicateWithDifferentContent
@@ -331,7 +332,7 @@ impl Driver {
                     let requests: Vec<PrepareRequest> =
                         entries.iter().map(|entry| entry.request(me)).collect();
                     let ids: Vec<TransferId> = requests.iter().map(|request| request.id).collect();
-                    let votes = durably(&engine, engine.prepare_logged(&requests))
+                    let votes = durably_in_task(&engine, engine.prepare_logged(&requests))
                         .await
                         .map(|votes| ids.into_iter().zip(votes).collect())
                         .map_err(|error| {
@@ -408,7 +409,7 @@ impl Driver {
                     failpoint::hit(points::COORDINATOR_AFTER_VOTES);
                 }
                 tokio::spawn(async move {
-                    let logged = durably(
+                    let logged = durably_in_task(
                         &engine,
                         engine.log_decisions_and_decide_logged(me, decisions, &local),
                     )
@@ -489,7 +490,9 @@ impl Driver {
             Effect::LogEnded { ids } => {
                 tokio::spawn(async move {
                     // Lazily: losing these records only means resending decisions after a restart.
-                    if let Err(error) = durably(&engine, engine.end_decisions_logged(&ids)).await {
+                    if let Err(error) =
+                        durably_in_task(&engine, engine.end_decisions_logged(&ids)).await
+                    {
                         tracing::error!(%error, "logging ENDED failed");
                     }
                 });

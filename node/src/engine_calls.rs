@@ -43,6 +43,15 @@ pub(crate) async fn durably<R: Send + 'static, E: From<StorageError>>(
     }
 }
 
+/// [`durably`] for a caller that already runs as a task of its own which nothing drops (the
+/// coordinator driver's effects): awaits the group commit in place, without a second task.
+pub(crate) async fn durably_in_task<R, E: From<StorageError>>(
+    engine: &NodeEngine,
+    logged: Result<Logged<R>, E>,
+) -> Result<R, E> {
+    Ok(engine.finish_durably(logged?).await?)
+}
+
 /// The first half of a one-phase write, tried again while it meets a lock conflict, for at most
 /// the engine's lock wait: the engine never waits for a lock on an async thread, so the wait is
 /// a timer here. `attempt` is told whether this is the last try.

@@ -87,13 +87,8 @@ pub struct OpenReport {
     pub in_doubt: Vec<PreparedTransaction>,
 }
 
-/// One transaction of a prepare batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrepareRequest {
-    pub id: TransferId,
-    pub coordinator: NodeId,
-    pub operations: Vec<Operation>,
-}
+/// One transaction of a prepare batch: what the participant holds once it is prepared.
+pub type PrepareRequest = PreparedTransaction;
 
 /// What a shard knows of a transfer id.
 #[derive(Debug, Clone, PartialEq, Eq)]

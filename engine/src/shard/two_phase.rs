@@ -60,16 +60,11 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         let mut wait_for: Option<Lsn> = None;
         let mut participant = lock(&self.participant);
         for request in batch {
-            let transaction = PreparedTransaction {
-                id: request.id,
-                coordinator: request.coordinator,
-                operations: request.operations.clone(),
-            };
             // A PREPARE of an id held here is answered from what is held; one begun earlier in
             // this very batch waits for the batch, as every new prepare does.
-            let answer = match participant.vote_again(&transaction) {
+            let answer = match participant.vote_again(request) {
                 Some(answer) => answer,
-                None => match self.vote_new(&mut participant, transaction, &mut records) {
+                None => match self.vote_new(&mut participant, request.clone(), &mut records) {
                     Ok(vote) => {
                         if vote == Vote::Yes {
                             begun.push(request.id);

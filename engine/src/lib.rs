@@ -5,6 +5,7 @@
 mod apply;
 pub mod coordinator;
 pub mod lock;
+pub mod log;
 pub use ::model;
 mod participant;
 pub mod record;
@@ -14,8 +15,9 @@ pub mod testing;
 pub mod wal;
 
 pub use apply::{ApplyError, plan_batch};
+pub use log::Log;
 pub use shard::{
     CreateAccountError, Disagreement, Engine, EngineOptions, LocalTransferError, Logged,
     MovementError, OnConflict, OpenReport, PrepareRequest, ReadError, ReadLocks, ShardAudit,
-    StorageCause, StorageError, StorageFailure, TransferStatus, Vote,
+    StorageCause, StorageError, StorageFailure, TransferStatus, Vote, apply_records,
 };

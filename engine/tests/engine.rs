@@ -22,7 +22,7 @@ use engine::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-type TestEngine = Engine<MemoryTables, MemoryStorage>;
+type TestEngine = Engine<MemoryTables, Wal<MemoryStorage>>;
 
 fn wal_options() -> WalOptions {
     WalOptions {

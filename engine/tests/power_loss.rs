@@ -58,7 +58,7 @@ use engine::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-type ShardEngine = Engine<MemoryTables, MemoryStorage>;
+type ShardEngine = Engine<MemoryTables, Wal<MemoryStorage>>;
 
 const SHARDS: usize = 3;
 /// Accounts `1..=ACCOUNTS`; account `a` lives on shard `a % SHARDS`.

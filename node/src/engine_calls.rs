@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use engine::model::{NodeId, Outcome, TransferId};
 use engine::tables::RocksTables;
-use engine::wal::FileStorage;
+use engine::wal::{FileStorage, Wal};
 use engine::{
     CreateAccountError, Engine, LocalTransferError, Logged, MovementError, ReadError, StorageCause,
     StorageError,
 };
 use net::{ErrorCode, ErrorResponse};
 
-pub(crate) type NodeEngine = Engine<RocksTables, FileStorage>;
+pub(crate) type NodeEngine = Engine<RocksTables, Wal<FileStorage>>;
 
 /// Runs blocking engine work (scans, reads that wait for locks, checkpoints) off the async
 /// threads. Never on the transfer path: writes go through [`durably`].

@@ -46,7 +46,7 @@ use engine::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-type SimEngine = Engine<MemoryTables, MemoryStorage>;
+type SimEngine = Engine<MemoryTables, Wal<MemoryStorage>>;
 
 /// Every account starts with this much.
 pub const INITIAL_BALANCE: Amount = 1_000;

@@ -27,6 +27,7 @@ use crate::lock::{
     LOCK_REQUEST_ACCOUNTS_MAX, LOCK_STRIPE_COUNT_DEFAULT, LockError, LockManager, LockMode,
     LockPolicy,
 };
+use crate::log::Log;
 use crate::model::{
     AbortReason, Account, AccountId, Amount, CoordinatorDecision, HISTORY_PAGE_MAX_ENTRIES,
     HistoryPage, MovementId, MovementKind, MovementOutcome, MovementRecord, NodeId,
@@ -37,7 +38,7 @@ pub use crate::participant::Vote;
 use crate::participant::{Answer, Decide, Participant, Status, Undo};
 use crate::record::{ENDED_IDS_MAX, Record};
 use crate::tables::Tables;
-use crate::wal::{FileStorage, Lsn, Storage, Wal, WalError};
+use crate::wal::{FileStorage, Lsn, Wal, WalError};
 
 mod error;
 mod one_phase;
@@ -182,12 +183,12 @@ enum Release {
 
 /// Something a one-phase write holds (its locks, its id's in-flight slot): given back when the
 /// guard drops, unless kept until the write's record is applied (`Engine::release_when_applied`).
-struct Held<'a, T: Tables, S: Storage> {
-    engine: &'a Engine<T, S>,
+struct Held<'a, T: Tables, L: Log> {
+    engine: &'a Engine<T, L>,
     release: Release,
 }
 
-impl<T: Tables, S: Storage> Held<'_, T, S> {
+impl<T: Tables, L: Log> Held<'_, T, L> {
     fn keep(self) -> Release {
         let release = self.release;
         std::mem::forget(self);
@@ -203,7 +204,7 @@ impl<T: Tables, S: Storage> Held<'_, T, S> {
     }
 }
 
-impl<T: Tables, S: Storage> Drop for Held<'_, T, S> {
+impl<T: Tables, L: Log> Drop for Held<'_, T, L> {
     fn drop(&mut self) {
         self.engine.release([self.release]);
     }
@@ -218,8 +219,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// See the module documentation.
-pub struct Engine<T: Tables, S: Storage = FileStorage> {
-    wal: Wal<S>,
+pub struct Engine<T: Tables, L: Log = Wal<FileStorage>> {
+    log: L,
     tables: T,
     locks: LockManager,
     options: EngineOptions,
@@ -242,30 +243,30 @@ pub struct Engine<T: Tables, S: Storage = FileStorage> {
     prepares_closed: AtomicU32,
 }
 
-impl<T: Tables, S: Storage> Engine<T, S> {
+impl<T: Tables, L: Log> Engine<T, L> {
     /// Opens the engine over an opened WAL and tables: replays the log from the tables' applied
     /// LSN + 1, then takes the locks of every prepared, undecided transaction again.
     pub fn open(
-        wal: Wal<S>,
+        log: L,
         tables: T,
         options: EngineOptions,
     ) -> Result<(Self, OpenReport), StorageError> {
         let applied_lsn_before = tables.applied_lsn()?;
-        let durable = wal.durable_lsn();
+        let durable = log.durable_lsn();
         if applied_lsn_before > durable {
             return Err(StorageError::Inconsistent(format!(
                 "tables are applied up to LSN {applied_lsn_before} but the log ends at {durable}"
             )));
         }
-        if applied_lsn_before + 1 < wal.first_lsn() {
+        if applied_lsn_before + 1 < log.first_lsn() {
             return Err(StorageError::Inconsistent(format!(
                 "tables are applied up to LSN {applied_lsn_before} but the log starts at {}",
-                wal.first_lsn()
+                log.first_lsn()
             )));
         }
         let mut records_replayed = 0;
         let mut batch = Vec::with_capacity(REPLAY_BATCH_RECORDS_MAX);
-        for record in wal.read_from(applied_lsn_before + 1)? {
+        for record in log.read_from(applied_lsn_before + 1)? {
             let record = record?;
             let decoded = Record::decode(record.kind, &record.payload).map_err(|source| {
                 StorageError::Record {
@@ -284,7 +285,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         let applied = tables.applied_lsn()?;
 
         let engine = Self {
-            wal,
+            log,
             tables,
             locks: LockManager::new(options.lock_stripe_count),
             options,
@@ -336,8 +337,9 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         self.options.lock_wait
     }
 
-    pub fn wal(&self) -> &Wal<S> {
-        &self.wal
+    /// The log this engine writes to: its WAL, or its replica group's log.
+    pub fn wal(&self) -> &L {
+        &self.log
     }
 
     pub fn tables(&self) -> &T {
@@ -352,7 +354,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         if let Some(failure) = self.failure.get() {
             return Err(StorageError::Failed(failure.clone()));
         }
-        if let Some(error) = self.wal.failure() {
+        if let Some(error) = self.log.failure() {
             return Err(StorageError::Failed(StorageFailure {
                 kind: Some(error.kind()),
                 message: format!("WAL: {error}"),
@@ -399,7 +401,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         &self,
         request: &[(AccountId, LockMode)],
         policy: LockPolicy,
-    ) -> Result<Held<'_, T, S>, Conflict> {
+    ) -> Result<Held<'_, T, L>, Conflict> {
         let owner = self.new_lock_owner();
         match self.locks.acquire(owner, request, policy) {
             Ok(()) => Ok(Held {
@@ -427,7 +429,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
             .map(|(kind, payload)| (*kind, payload.as_slice()))
             .collect();
         let mut pending = lock(&self.pending);
-        let last = match self.wal.append_batch(&borrowed) {
+        let last = match self.log.append_batch(&borrowed) {
             Ok(last) => last,
             Err(error @ WalError::Failed(_)) => {
                 return Err(self.fail(StorageFailure::of_wal(&error)));
@@ -447,7 +449,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// the tables reflect.
     pub fn settle(&self) -> Result<Lsn, StorageError> {
         let mut applied = lock(&self.applied);
-        let durable = self.wal.durable_lsn();
+        let durable = self.log.durable_lsn();
         while *applied < durable {
             self.check_writable()?;
             let mut records = Vec::new();
@@ -511,7 +513,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// Releases a logged answer: blocks until its records are durable, settles, returns it.
     pub fn finish<R>(&self, logged: Logged<R>) -> Result<R, StorageError> {
         if let Some(lsn) = logged.wait_for {
-            self.durable_result(self.wal.wait_durable(lsn))?;
+            self.durable_result(self.log.wait_durable(lsn))?;
             self.reach(lsn)?;
         }
         Ok(logged.answer)
@@ -520,7 +522,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// [`Engine::finish`] without blocking a thread: awaits the WAL's group commit.
     pub async fn finish_durably<R>(&self, logged: Logged<R>) -> Result<R, StorageError> {
         if let Some(lsn) = logged.wait_for {
-            self.durable_result(self.wal.durable(lsn).await)?;
+            self.durable_result(self.log.durable(lsn).await)?;
             self.reach(lsn)?;
         }
         Ok(logged.answer)
@@ -555,13 +557,14 @@ impl<T: Tables, S: Storage> Engine<T, S> {
         if let Err(error) = self.tables.flush() {
             return Err(self.fail(StorageFailure::of(&StorageError::Tables(error))));
         }
-        Ok(self.wal.truncate_below(applied + 1)?)
+        Ok(self.log.truncate_below(applied + 1)?)
     }
 }
 
 /// Applies consecutive records as one table batch, then clears the list; returns the LSN applied
-/// up to (0 when there was nothing to apply).
-fn apply_records<T: Tables>(
+/// up to (0 when there was nothing to apply). The first must follow the tables' applied LSN.
+/// Public for a replica that applies its group's committed records while no engine is open on it.
+pub fn apply_records<T: Tables>(
     tables: &T,
     records: &mut Vec<(Lsn, Record)>,
 ) -> Result<Lsn, StorageError> {

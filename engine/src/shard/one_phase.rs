@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<T: Tables, S: Storage> Engine<T, S> {
+impl<T: Tables, L: Log> Engine<T, L> {
     /// Creates an account with balance 0. Creating it again with the same owner and flags is the
     /// same success; with different ones it is `AccountExists`.
     pub fn create_account(
@@ -196,7 +196,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     }
 
     /// Takes `id`'s slot among the one-phase requests running; `None` while another has it.
-    fn enter_local_in_flight(&self, id: u128) -> Option<Held<'_, T, S>> {
+    fn enter_local_in_flight(&self, id: u128) -> Option<Held<'_, T, L>> {
         // Not `then_some`: it would build the guard, whose drop frees the slot, on refusal too.
         let entered = lock(&self.local_in_flight).insert(id);
         entered.then(|| Held {
@@ -211,7 +211,7 @@ impl<T: Tables, S: Storage> Engine<T, S> {
     /// Called holding the id's in-flight slot, which a new prepare of the id checks, so no
     /// transfer can take the id between these looks and the movement's record.
     fn refuse_transfer_id(&self, id: MovementId) -> Result<(), MovementError> {
-        let durable = self.wal.durable_lsn();
+        let durable = self.log.durable_lsn();
         if let Some(durable) = lock(&self.participant).durably_known(id, durable) {
             return Err(if durable {
                 MovementError::DuplicateWithDifferentContent(id)

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<T: Tables, S: Storage> Engine<T, S> {
+impl<T: Tables, L: Log> Engine<T, L> {
     fn existing_account(&self, id: AccountId) -> Result<Account, ReadError> {
         self.tables
             .account(id)?

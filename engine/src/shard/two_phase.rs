@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<T: Tables, S: Storage> Engine<T, S> {
+impl<T: Tables, L: Log> Engine<T, L> {
     /// Whether every credit pending on `account` (the caller's, taken, included) fits on top of
     /// its committed `balance`, whichever of them commit.
     pub(super) fn credit_fits(&self, account: AccountId, balance: Amount) -> bool {

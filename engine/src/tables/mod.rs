@@ -106,6 +106,55 @@ pub trait Tables: Send + Sync + 'static {
     fn flush(&self) -> Result<(), TablesError>;
 }
 
+/// Shared tables: a replica group's tables are written by its follower-side applier while no
+/// engine is open, and by the engine while the replica leads.
+impl<T: Tables + ?Sized> Tables for std::sync::Arc<T> {
+    fn applied_lsn(&self) -> Result<Lsn, TablesError> {
+        (**self).applied_lsn()
+    }
+    fn account(&self, id: AccountId) -> Result<Option<Account>, TablesError> {
+        (**self).account(id)
+    }
+    fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, TablesError> {
+        (**self).transfer(id)
+    }
+    fn movement(&self, id: MovementId) -> Result<Option<MovementRecord>, TablesError> {
+        (**self).movement(id)
+    }
+    fn prepared(&self, id: TransferId) -> Result<Option<PreparedTransaction>, TablesError> {
+        (**self).prepared(id)
+    }
+    fn all_prepared(&self) -> Result<Vec<PreparedTransaction>, TablesError> {
+        (**self).all_prepared()
+    }
+    fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, TablesError> {
+        (**self).decision(id)
+    }
+    fn unended_decisions(&self) -> Result<Vec<CoordinatorDecision>, TablesError> {
+        (**self).unended_decisions()
+    }
+    fn history(
+        &self,
+        account: AccountId,
+        before_lsn: Lsn,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, TablesError> {
+        (**self).history(account, before_lsn, limit)
+    }
+    fn totals(&self) -> Result<Totals, TablesError> {
+        (**self).totals()
+    }
+    fn scan_accounts(&self, visit: &mut dyn FnMut(&Account)) -> Result<(), TablesError> {
+        (**self).scan_accounts(visit)
+    }
+    fn write(&self, batch: &TableBatch) -> Result<(), TablesError> {
+        (**self).write(batch)
+    }
+    fn flush(&self) -> Result<(), TablesError> {
+        (**self).flush()
+    }
+}
+
 /// Key layout of the byte-oriented implementation: a one-byte prefix per table, then big-endian
 /// ids so that keys sort like the ids.
 #[cfg(feature = "rocksdb")]

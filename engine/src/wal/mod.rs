@@ -113,6 +113,10 @@ pub enum WalError {
     InvalidOptions(String),
     #[error("the WAL is closed")]
     Closed,
+    /// A replicated log's bound of bytes not yet committed is reached: nothing was appended;
+    /// retry later. (A [`Wal`] makes appenders wait instead.)
+    #[error("the log holds {pending_bytes} bytes not yet durable, its bound; retry later")]
+    Full { pending_bytes: usize },
 }
 
 impl WalError {
@@ -183,13 +187,15 @@ pub(crate) struct Queue {
     pub(crate) appenders_waiting_for_room: usize,
 }
 
-pub(crate) enum Waiter {
+/// Who waits for an LSN to become durable: a parked thread or an async task. Shared with the
+/// replicated log (crate `replica`), whose waiters wait for commits instead.
+pub enum Waiter {
     Thread(Thread),
     Task(Waker),
 }
 
 impl Waiter {
-    fn wake(self) {
+    pub fn wake(self) {
         match self {
             Waiter::Thread(thread) => thread.unpark(),
             Waiter::Task(waker) => waker.wake(),

@@ -9,6 +9,8 @@ missing=()
 if ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q 'install ok installed'; then
   missing+=(libclang-dev)
 fi
+# The Raft library (raft-rs, `prost-codec`) generates its message types with protoc at build time.
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 

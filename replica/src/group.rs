@@ -1,0 +1,561 @@
+//! [`Group`]: one replica of one shard's Raft group, as a core its host drives. The host (the
+//! node's driver task, or the simulator) ticks it, steps the messages other replicas send it,
+//! calls [`Group::process`] to turn Raft's `Ready` into WAL appends, messages and applied
+//! entries, and reports the WAL's durable LSN back with [`Group::persisted`]. The group does no
+//! network I/O and reads no clock; its only I/O is appending to the node's WAL, whose durability
+//! the host awaits.
+//!
+//! While the replica leads (and once everything committed before its term is applied), an
+//! [`Engine`] is open over the group's tables and a [`ReplicatedLog`]: the engine locks, validates
+//! and logs as on a single-copy node, its records become Raft entries, and it answers once they
+//! are committed. While the replica follows, no engine is open: committed entries are applied to
+//! the tables directly. A new leader's engine rebuilds its locks and in-doubt transactions from
+//! the tables, the way a restarted single-copy engine does.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use engine::tables::Tables;
+use engine::wal::{Lsn, Storage, Wal};
+use engine::{Engine, EngineOptions, OpenReport, StorageError, apply_records};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, HardState, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+
+use crate::log::{ReplicatedLog, Wake};
+use crate::payload;
+use crate::store::{self, RecoveredGroup};
+
+/// The engine a group's leader runs.
+pub type GroupEngine<T> = Engine<Arc<T>, ReplicatedLog>;
+
+/// Tunables of a [`Group`].
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Ticks without a leader's word before a follower stands for election: drawn per election
+    /// from `election_ticks_min..election_ticks_max` (raft-rs draws it).
+    pub election_ticks_min: usize,
+    pub election_ticks_max: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Largest data of one proposed entry (whole records; a single larger record goes alone).
+    pub entry_data_max_bytes: usize,
+    /// Bound on bytes of the engine's records queued or proposed and not yet committed.
+    pub uncommitted_bytes_max: usize,
+    /// Largest append message raft-rs builds (it always sends at least one entry).
+    pub message_max_bytes: u64,
+    /// Append messages in flight to one follower.
+    pub inflight_messages_max: usize,
+    pub engine: EngineOptions,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        Self {
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 2,
+            entry_data_max_bytes: 256 * 1024,
+            uncommitted_bytes_max: 16 * 1024 * 1024,
+            message_max_bytes: 512 * 1024,
+            inflight_messages_max: 256,
+            engine: EngineOptions::default(),
+        }
+    }
+}
+
+/// Why a group cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("group {group}: {reason}")]
+    Inconsistent { group: u32, reason: String },
+}
+
+/// What one [`Group::process`] produced for the host to carry out.
+#[derive(Default)]
+pub struct Output {
+    /// Messages to send now.
+    pub messages: Vec<Message>,
+    /// The WAL LSN the group waits for: once it is durable, call [`Group::persisted`].
+    pub wait_for: Option<Lsn>,
+    /// An engine was opened: this replica leads and serves.
+    pub opened: Option<OpenReport>,
+    /// The engine was closed: this replica stopped leading (or restarted its engine).
+    pub closed: bool,
+}
+
+impl Output {
+    fn merge(&mut self, other: Output) {
+        self.messages.extend(other.messages);
+        self.wait_for = self.wait_for.max(other.wait_for);
+        if other.opened.is_some() {
+            self.opened = other.opened;
+        }
+        self.closed |= other.closed;
+    }
+}
+
+/// A Ready's messages that may leave only once its appends are durable.
+struct Unpersisted {
+    number: u64,
+    wal_lsn: Lsn,
+    messages: Vec<Message>,
+}
+
+/// See the module documentation.
+pub struct Group<T: Tables, S: Storage> {
+    shard: u32,
+    raw: RawNode<MemStorage>,
+    storage: MemStorage,
+    wal: Arc<Wal<S>>,
+    tables: Arc<T>,
+    options: GroupOptions,
+    wake: Wake,
+    engine: Option<(Arc<GroupEngine<T>>, ReplicatedLog)>,
+    /// Leading, and waiting for this index to be applied before opening an engine.
+    open_at: Option<u64>,
+    unpersisted: VecDeque<Unpersisted>,
+    /// The highest WAL LSN this group appended.
+    last_wal_lsn: Lsn,
+}
+
+impl<T: Tables, S: Storage> Group<T, S> {
+    /// Opens replica `id` of shard `shard`'s group from what recovery found in the node's WAL,
+    /// or, for a group never seen, with `voters` as its first configuration. `wake` is called
+    /// whenever the group has work (records queued by its engine).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        shard: u32,
+        id: u64,
+        voters: &[u64],
+        recovered: Option<RecoveredGroup>,
+        wal: Arc<Wal<S>>,
+        tables: Arc<T>,
+        options: GroupOptions,
+        wake: Wake,
+    ) -> Result<Self, GroupError> {
+        let storage = MemStorage::new();
+        let recovered = recovered.unwrap_or_default();
+        let conf_state = match recovered.conf_state {
+            Some(conf_state) => conf_state,
+            None => {
+                let conf_state = ConfState {
+                    voters: voters.to_vec(),
+                    ..ConfState::default()
+                };
+                let lsn = wal
+                    .append(
+                        store::KIND_CONF_STATE,
+                        &store::encode_conf_state(shard, &conf_state),
+                    )
+                    .map_err(StorageError::from)?;
+                wal.wait_durable(lsn).map_err(StorageError::from)?;
+                conf_state
+            }
+        };
+        {
+            let mut core = storage.wl();
+            core.set_conf_state(conf_state);
+            core.append(&recovered.entries)?;
+            core.set_hardstate(recovered.hard_state.clone());
+        }
+        // Committed entries are handed over again from the start of the log; the records the
+        // tables already hold are skipped by LSN.
+        let config = raft::Config {
+            id,
+            election_tick: options.election_ticks_min,
+            min_election_tick: options.election_ticks_min,
+            max_election_tick: options.election_ticks_max,
+            heartbeat_tick: options.heartbeat_ticks,
+            applied: 0,
+            max_size_per_msg: options.message_max_bytes,
+            max_inflight_msgs: options.inflight_messages_max,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, storage.clone(), &crate::slog_bridge::logger())?;
+        Ok(Self {
+            shard,
+            raw,
+            storage,
+            wal,
+            tables,
+            options,
+            wake,
+            engine: None,
+            open_at: None,
+            unpersisted: VecDeque::new(),
+            last_wal_lsn: 0,
+        })
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// The engine, while this replica leads and serves.
+    pub fn engine(&self) -> Option<&Arc<GroupEngine<T>>> {
+        self.engine.as_ref().map(|(engine, _)| engine)
+    }
+
+    pub fn tables(&self) -> &Arc<T> {
+        &self.tables
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this replica knows of (0 when none).
+    pub fn leader(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// raft-rs's view of the group (progress of each follower when leading).
+    pub fn raft_status(&self) -> raft::Status<'_> {
+        self.raw.status()
+    }
+
+    /// One tick of the group's logical clock.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Stands for election now (used to place a group's first leader).
+    pub fn campaign(&mut self) -> Result<(), GroupError> {
+        Ok(self.raw.campaign()?)
+    }
+
+    /// Hands leadership to `to` (a voter that is up to date, or soon is).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// A message from another replica of this group. Messages raft refuses (from a peer it does
+    /// not know, a local kind) are dropped: the network may deliver anything.
+    pub fn step(&mut self, message: Message) {
+        if let Err(error) = self.raw.step(message) {
+            tracing::debug!(shard = self.shard, %error, "raft message dropped");
+        }
+    }
+
+    /// Proposes what the engine queued, then handles every `Ready`. Call after ticks, steps and
+    /// wake-ups.
+    pub fn process(&mut self) -> Result<Output, GroupError> {
+        let mut output = Output::default();
+        self.propose(&mut output)?;
+        while self.raw.has_ready() {
+            let step = self.process_ready()?;
+            output.merge(step);
+        }
+        Ok(output)
+    }
+
+    /// The WAL is durable up to `wal_lsn`: the Readies it covers are persisted. Returns the
+    /// messages that waited for it; call [`Group::process`] next (commits may follow).
+    pub fn persisted(&mut self, wal_lsn: Lsn) -> Vec<Message> {
+        let mut messages = Vec::new();
+        let mut number = None;
+        while let Some(front) = self.unpersisted.front() {
+            if front.wal_lsn > wal_lsn {
+                break;
+            }
+            let front = self.unpersisted.pop_front().expect("checked");
+            number = Some(front.number);
+            messages.extend(front.messages);
+        }
+        if let Some(number) = number {
+            self.raw.on_persist_ready(number);
+        }
+        messages
+    }
+
+    fn propose(&mut self, output: &mut Output) -> Result<(), GroupError> {
+        let Some((_, log)) = &self.engine else {
+            return Ok(());
+        };
+        let log = log.clone();
+        while let Some(data) = log.take_proposal(self.options.entry_data_max_bytes) {
+            if let Err(error) = self.raw.propose(Vec::new(), data) {
+                // A dropped proposal leaves a hole in the engine's LSNs: that engine cannot go
+                // on. A new one opens once what the log holds is applied, if this replica still
+                // leads then.
+                tracing::warn!(shard = self.shard, %error, "proposal dropped; restarting the engine");
+                self.close_engine(output)?;
+                if self.is_leader() {
+                    self.open_at = Some(self.last_index());
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn process_ready(&mut self) -> Result<Output, GroupError> {
+        let mut output = Output::default();
+        let mut ready = self.raw.ready();
+        if let Some(soft_state) = ready.ss() {
+            let leading = soft_state.raft_state == StateRole::Leader;
+            if !leading {
+                self.open_at = None;
+                if self.engine.is_some() {
+                    self.close_engine(&mut output)?;
+                }
+            } else if self.engine.is_none() && self.open_at.is_none() {
+                // The entry a new leader appends is the last of its log: once it is applied,
+                // everything any earlier leader committed is applied too.
+                self.open_at = Some(self.last_index());
+                tracing::info!(
+                    shard = self.shard,
+                    term = self.term(),
+                    "leading; the engine opens once index {} is applied",
+                    self.last_index()
+                );
+            }
+        }
+        output.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            return Err(GroupError::Inconsistent {
+                group: self.shard,
+                reason: "received a snapshot; installing snapshots is not supported yet".into(),
+            });
+        }
+        let mut records: Vec<(u8, Vec<u8>)> = Vec::new();
+        let entries = ready.take_entries();
+        if !entries.is_empty() {
+            self.storage.wl().append(&entries)?;
+            for entry in &entries {
+                let mut payload = Vec::with_capacity(entry.data.len() + 40);
+                store::encode_entry(self.shard, entry, &mut payload);
+                records.push((store::KIND_ENTRY, payload));
+            }
+        }
+        if let Some(hard_state) = ready.hs() {
+            self.storage.wl().set_hardstate(hard_state.clone());
+            records.push((
+                store::KIND_HARD_STATE,
+                store::encode_hard_state(self.shard, hard_state),
+            ));
+        }
+        if !records.is_empty() {
+            let borrowed: Vec<(u8, &[u8])> = records
+                .iter()
+                .map(|(kind, payload)| (*kind, payload.as_slice()))
+                .collect();
+            self.last_wal_lsn = self
+                .wal
+                .append_batch(&borrowed)
+                .map_err(StorageError::from)?;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(committed, &mut output)?;
+        let persisted_messages = ready.take_persisted_messages();
+        let number = ready.number();
+        self.raw.advance_append_async(ready);
+        // Every Ready is recorded, in order, even one that appended nothing: its messages wait
+        // for the appends of the Readies before it.
+        self.unpersisted.push_back(Unpersisted {
+            number,
+            wal_lsn: self.last_wal_lsn,
+            messages: persisted_messages,
+        });
+        output.wait_for = Some(self.last_wal_lsn);
+        Ok(output)
+    }
+
+    fn apply(
+        &mut self,
+        entries: Vec<raft::eraftpb::Entry>,
+        output: &mut Output,
+    ) -> Result<(), GroupError> {
+        let Some(last) = entries.last().map(|entry| entry.index) else {
+            return Ok(());
+        };
+        let mut engine_last_lsn = None;
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    let records =
+                        payload::decode(&entry.data).map_err(|error| GroupError::Inconsistent {
+                            group: self.shard,
+                            reason: format!("entry {}: {error}", entry.index),
+                        })?;
+                    if records.is_empty() {
+                        continue;
+                    }
+                    if self.engine.is_some() {
+                        // The engine's own records: it applies them itself once told they are
+                        // committed. An open engine never meets an earlier term's entry (it
+                        // opened after all of them were applied).
+                        if entry.term != self.term() {
+                            return Err(GroupError::Inconsistent {
+                                group: self.shard,
+                                reason: format!(
+                                    "entry {} of term {} committed under the engine of term {}",
+                                    entry.index,
+                                    entry.term,
+                                    self.term()
+                                ),
+                            });
+                        }
+                        engine_last_lsn = records.last().map(|(lsn, _)| *lsn);
+                    } else {
+                        self.apply_records(records, entry.index)?;
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let change = <ConfChange as prost::Message>::decode(&entry.data[..]).map_err(
+                        |error| GroupError::Inconsistent {
+                            group: self.shard,
+                            reason: format!("conf change entry {}: {error}", entry.index),
+                        },
+                    )?;
+                    let conf_state = self.raw.apply_conf_change(&change)?;
+                    self.store_conf_state(conf_state)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let change = <ConfChangeV2 as prost::Message>::decode(&entry.data[..])
+                        .map_err(|error| GroupError::Inconsistent {
+                            group: self.shard,
+                            reason: format!("conf change entry {}: {error}", entry.index),
+                        })?;
+                    let conf_state = self.raw.apply_conf_change(&change)?;
+                    self.store_conf_state(conf_state)?;
+                }
+            }
+        }
+        if let (Some(lsn), Some((engine, log))) = (engine_last_lsn, &self.engine) {
+            log.committed(lsn);
+            if let Err(error) = engine.settle() {
+                tracing::error!(shard = self.shard, %error, "the leader's engine failed to apply");
+            }
+        }
+        self.raw.advance_apply_to(last);
+        if let Some(open_at) = self.open_at
+            && last >= open_at
+        {
+            self.open_at = None;
+            self.open_engine(output)?;
+        }
+        Ok(())
+    }
+
+    /// Applies committed records to the tables (no engine open), skipping those they hold.
+    fn apply_records(
+        &mut self,
+        records: Vec<(Lsn, engine::record::Record)>,
+        index: u64,
+    ) -> Result<(), GroupError> {
+        let applied = self.tables.applied_lsn().map_err(StorageError::from)?;
+        let mut records: Vec<_> = records
+            .into_iter()
+            .filter(|(lsn, _)| *lsn > applied)
+            .collect();
+        let Some(&(first, _)) = records.first() else {
+            return Ok(());
+        };
+        if first != applied + 1 {
+            return Err(GroupError::Inconsistent {
+                group: self.shard,
+                reason: format!(
+                    "entry {index} carries LSN {first} but the tables are applied up to {applied}"
+                ),
+            });
+        }
+        apply_records(&self.tables, &mut records)?;
+        Ok(())
+    }
+
+    fn store_conf_state(&mut self, conf_state: ConfState) -> Result<(), GroupError> {
+        self.storage.wl().set_conf_state(conf_state.clone());
+        self.last_wal_lsn = self
+            .wal
+            .append(
+                store::KIND_CONF_STATE,
+                &store::encode_conf_state(self.shard, &conf_state),
+            )
+            .map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    fn open_engine(&mut self, output: &mut Output) -> Result<(), GroupError> {
+        let applied = self.tables.applied_lsn().map_err(StorageError::from)?;
+        let wake = self.wake.clone();
+        let log = ReplicatedLog::new(applied, self.options.uncommitted_bytes_max, wake);
+        let (engine, report) = Engine::open(
+            log.clone(),
+            self.tables.clone(),
+            self.options.engine.clone(),
+        )?;
+        tracing::info!(
+            shard = self.shard,
+            term = self.term(),
+            applied_lsn = applied,
+            in_doubt = report.in_doubt.len(),
+            "leader's engine open"
+        );
+        self.engine = Some((Arc::new(engine), log));
+        output.opened = Some(report);
+        Ok(())
+    }
+
+    /// Closes the engine: its waiting answers end `Closed`; what it committed is applied first,
+    /// so that from here on the follower path alone writes the tables.
+    fn close_engine(&mut self, output: &mut Output) -> Result<(), GroupError> {
+        if let Some((engine, log)) = self.engine.take() {
+            log.close();
+            if let Err(error) = engine.settle() {
+                tracing::error!(shard = self.shard, %error, "the closing engine failed to apply");
+            }
+            tracing::info!(
+                shard = self.shard,
+                term = self.term(),
+                "leader's engine closed"
+            );
+            output.closed = true;
+        }
+        Ok(())
+    }
+
+    /// The hard state raft-rs holds (for status and tests).
+    pub fn hard_state(&self) -> HardState {
+        self.raw.raft.hard_state()
+    }
+}
+
+impl<T: Tables, S: Storage> Drop for Group<T, S> {
+    /// Whoever waits on the engine's answers learns they will not come from here.
+    fn drop(&mut self) {
+        if let Some((_, log)) = self.engine.take() {
+            log.close();
+        }
+    }
+}

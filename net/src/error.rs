@@ -38,6 +38,12 @@ pub enum DecodeError {
         size_bytes: u16,
         max: u32,
     },
+    #[error("{field} is {size_bytes} bytes, more than the maximum of {max}")]
+    BytesTooLong {
+        field: &'static str,
+        size_bytes: u32,
+        max: u32,
+    },
 }
 
 impl DecodeError {
@@ -63,6 +69,12 @@ pub enum EncodeError {
     },
     #[error("{field} is {size_bytes} bytes, more than the maximum of {max}")]
     StringTooLong {
+        field: &'static str,
+        size_bytes: u64,
+        max: u32,
+    },
+    #[error("{field} is {size_bytes} bytes, more than the maximum of {max}")]
+    BytesTooLong {
         field: &'static str,
         size_bytes: u64,
         max: u32,

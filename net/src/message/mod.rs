@@ -64,6 +64,13 @@ macro_rules! messages {
                 }
             }
 
+            /// The size of this message's frame body in bytes, without the 24-byte header.
+            pub fn encoded_size_bytes(&self) -> usize {
+                match self {
+                    $( Message::$variant(message) => message.encoded_size_bytes(), )*
+                }
+            }
+
             pub(crate) fn encode_body(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
                 match self {
                     $( Message::$variant(message) => message.encode(buf), )*

@@ -14,6 +14,10 @@ proptest! {
         let frame = Frame { request_id, message };
         let mut buf = encode(&frame);
         let size = buf.len() as u32;
+        prop_assert_eq!(
+            frame.message.encoded_size_bytes(),
+            buf.len() - FRAME_HEADER_SIZE_BYTES as usize
+        );
         prop_assert_eq!(Frame::check(&buf), Ok(FrameCheck::Complete { frame_size_bytes: size }));
         prop_assert_eq!(Frame::decode(&mut buf), Ok(Some(frame)));
         prop_assert!(buf.is_empty());

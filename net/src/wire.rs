@@ -382,12 +382,11 @@ macro_rules! wire_struct {
         impl proptest::arbitrary::Arbitrary for $name {
             type Parameters = ();
             type Strategy = proptest::strategy::BoxedStrategy<Self>;
-            #[allow(unused_parens)]
             fn arbitrary_with(_: ()) -> Self::Strategy {
                 use proptest::strategy::Strategy;
-                // The leading `Just(())` keeps the tuple a strategy even for a struct with no fields.
-                (proptest::strategy::Just(()), $( $crate::wire::wire_field_strategy!($ty $(, $max)?), )* )
-                    .prop_map(|((), $( $field, )* )| Self { $( $field, )* })
+                // Nested pairs rather than one flat tuple: proptest's tuples stop at 12 elements.
+                $crate::wire::wire_nested_strategy!($( $crate::wire::wire_field_strategy!($ty $(, $max)?) ),*)
+                    .prop_map(|$crate::wire::wire_nested_pattern!($( $field ),*)| Self { $( $field, )* })
                     .boxed()
             }
         }
@@ -427,6 +426,28 @@ macro_rules! wire_field_decode {
     };
     ($reader:ident, $name:expr, $ty:ty, $max:expr) => {
         <$ty as $crate::wire::BoundedWire>::decode_bounded($reader, $max, $name)?
+    };
+}
+
+/// `(a, (b, (c, Just(()))))` from the strategies `a, b, c`; `Just(())` for none.
+#[cfg(test)]
+macro_rules! wire_nested_strategy {
+    () => {
+        proptest::strategy::Just(())
+    };
+    ($first:expr $(, $rest:expr)*) => {
+        ($first, $crate::wire::wire_nested_strategy!($( $rest ),*))
+    };
+}
+
+/// The pattern `(a, (b, (c, ())))` that takes apart a value of `wire_nested_strategy!`.
+#[cfg(test)]
+macro_rules! wire_nested_pattern {
+    () => {
+        ()
+    };
+    ($first:ident $(, $rest:ident)*) => {
+        ($first, $crate::wire::wire_nested_pattern!($( $rest ),*))
     };
 }
 
@@ -502,12 +523,12 @@ macro_rules! wire_enum {
     };
 }
 
-#[cfg(test)]
-pub(crate) use wire_field_strategy;
 pub(crate) use {
     wire_enum, wire_field_decode, wire_field_encode, wire_field_size, wire_field_size_min,
     wire_struct,
 };
+#[cfg(test)]
+pub(crate) use {wire_field_strategy, wire_nested_pattern, wire_nested_strategy};
 
 /// Generators for bounded fields: small lists and strings (so cases stay fast), always within the
 /// field's maximum. Boundary sizes are covered by dedicated tests.

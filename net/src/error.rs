@@ -1,7 +1,7 @@
 //! Typed failures of encoding and decoding frames; malformed input from a peer is always one of
 //! these values, never a panic.
 
-use crate::frame::FRAME_BODY_SIZE_MAX_BYTES;
+use crate::frame::{FRAME_BODY_SIZE_MAX_BYTES, PROTOCOL_VERSION};
 use crate::message::ErrorCode;
 
 /// Why bytes received from a peer are not a valid frame. Every variant closes the connection after
@@ -10,7 +10,7 @@ use crate::message::ErrorCode;
 pub enum DecodeError {
     #[error("bad magic {found:#010x}")]
     BadMagic { found: u32 },
-    #[error("unsupported protocol version {version}")]
+    #[error("unsupported protocol version {version} (version {PROTOCOL_VERSION} is spoken here)")]
     UnsupportedVersion { version: u8 },
     #[error(
         "frame body of {body_size_bytes} bytes exceeds the maximum of {FRAME_BODY_SIZE_MAX_BYTES}"
@@ -38,6 +38,12 @@ pub enum DecodeError {
         size_bytes: u16,
         max: u32,
     },
+    #[error("{field} is {size_bytes} bytes, more than the maximum of {max}")]
+    BytesTooLong {
+        field: &'static str,
+        size_bytes: u32,
+        max: u32,
+    },
 }
 
 impl DecodeError {
@@ -63,6 +69,12 @@ pub enum EncodeError {
     },
     #[error("{field} is {size_bytes} bytes, more than the maximum of {max}")]
     StringTooLong {
+        field: &'static str,
+        size_bytes: u64,
+        max: u32,
+    },
+    #[error("{field} is {size_bytes} bytes, more than the maximum of {max}")]
+    BytesTooLong {
         field: &'static str,
         size_bytes: u64,
         max: u32,

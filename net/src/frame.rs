@@ -6,7 +6,7 @@
 //! | offset | size | field                                                    |
 //! |--------|------|----------------------------------------------------------|
 //! | 0      | 4    | magic, the bytes `T A L Y`                               |
-//! | 4      | 1    | protocol version, 1                                      |
+//! | 4      | 1    | protocol version, 2 (1 only in an error frame)           |
 //! | 5      | 1    | flags, 0 (reserved: senders write 0, receivers ignore)   |
 //! | 6      | 2    | kind (`MessageKind`)                                     |
 //! | 8      | 8    | request id, echoed by the response                       |
@@ -21,13 +21,18 @@
 use bytes::{Buf, BufMut, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
-use crate::message::{Message, MessageKind};
+use crate::message::{ErrorCode, Message, MessageKind};
 use crate::wire::Reader;
 
 /// `T A L Y` read as a little-endian `u32`.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"TALY");
-/// The only protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build speaks and writes (docs/protocol.md section 10 says what each
+/// version added).
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The version of an error frame that every version reads (docs/protocol.md section 10): an
+/// `UnsupportedVersion` reply is written in it, and a version-1 frame is read if and only if it
+/// is an `ErrorResponse`, whose header and body layouts are frozen.
+const FROZEN_ERROR_FRAME_VERSION: u8 = 1;
 
 const HEADER_MAGIC_OFFSET: usize = 0;
 const HEADER_MAGIC_SIZE: usize = 4;
@@ -111,10 +116,17 @@ impl Frame {
                 found: u32::from_le_bytes(found),
             });
         }
-        if buf.len() > HEADER_VERSION_OFFSET && buf[HEADER_VERSION_OFFSET] != PROTOCOL_VERSION {
-            return Err(DecodeError::UnsupportedVersion {
-                version: buf[HEADER_VERSION_OFFSET],
-            });
+        if buf.len() > HEADER_VERSION_OFFSET {
+            let version = buf[HEADER_VERSION_OFFSET];
+            let kind_end = HEADER_KIND_OFFSET + HEADER_KIND_SIZE;
+            // A version-1 frame is refused as soon as its kind shows it is not an error frame.
+            let supported = version == PROTOCOL_VERSION
+                || (version == FROZEN_ERROR_FRAME_VERSION
+                    && (buf.len() < kind_end
+                        || read_u16(buf, HEADER_KIND_OFFSET) == MessageKind::ErrorResponse.code()));
+            if !supported {
+                return Err(DecodeError::UnsupportedVersion { version });
+            }
         }
         if buf.len() < FRAME_HEADER_SIZE_BYTES as usize {
             return Ok(FrameCheck::Incomplete);
@@ -191,7 +203,7 @@ impl Frame {
         let start = buf.len();
         buf.reserve(FRAME_HEADER_SIZE_BYTES as usize + 64);
         buf.put_u32_le(FRAME_MAGIC);
-        buf.put_u8(PROTOCOL_VERSION);
+        buf.put_u8(self.version_on_wire());
         buf.put_u8(0);
         buf.put_u16_le(self.message.kind().code());
         buf.put_u64_le(self.request_id);
@@ -223,6 +235,17 @@ impl Frame {
             })
         );
         Ok(())
+    }
+
+    /// The header's version byte: `PROTOCOL_VERSION`, except for an `UnsupportedVersion` reply,
+    /// which is written in the frozen version 1 so that a peer of any version can read it.
+    fn version_on_wire(&self) -> u8 {
+        match &self.message {
+            Message::ErrorResponse(error) if error.code == ErrorCode::UnsupportedVersion => {
+                FROZEN_ERROR_FRAME_VERSION
+            }
+            _ => PROTOCOL_VERSION,
+        }
     }
 
     /// Encodes into a fresh buffer; convenient for tests and one-off frames.

@@ -2,12 +2,13 @@
 //! declare a message once and derive its encoder, decoder and test generator from that one list.
 //!
 //! Integers are little-endian and sized (never `usize`). A list is a `u32` count followed by its
-//! entries; a string is a `u16` byte length followed by UTF-8; an optional string is a `u8`
-//! presence flag (0 or 1) followed, when present, by the string. Every list and string has a named
-//! maximum that the decoder checks against both the limit and the bytes actually left in the body
-//! before allocating, so a hostile count can never make us reserve memory.
+//! entries; a string is a `u16` byte length followed by UTF-8; a byte string (`Bytes`) is a `u32`
+//! length followed by that many opaque bytes; an optional string is a `u8` presence flag (0 or 1)
+//! followed, when present, by the string. Every list, string and byte string has a named maximum
+//! that the decoder checks against both the limit and the bytes actually left in the body before
+//! allocating, so a hostile count can never make us reserve memory.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 
@@ -66,12 +67,18 @@ impl<'a> Reader<'a> {
     pub(crate) fn u128(&mut self, field: &'static str) -> Result<u128, DecodeError> {
         Ok(u128::from_le_bytes(self.array(field)?))
     }
+
+    pub(crate) fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array(field)?))
+    }
 }
 
 /// A value with a fixed-shape encoding. `ENCODED_SIZE_MIN_BYTES` is the smallest encoding, used to
-/// reject list counts that the remaining body cannot possibly hold.
+/// reject list counts that the remaining body cannot possibly hold; `encoded_size_bytes` is the
+/// size of this value's encoding, so that a sender can fill a frame without encoding twice.
 pub(crate) trait Wire: Sized {
     const ENCODED_SIZE_MIN_BYTES: u32;
+    fn encoded_size_bytes(&self) -> usize;
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError>;
     fn decode(reader: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError>;
 }
@@ -79,6 +86,7 @@ pub(crate) trait Wire: Sized {
 /// A variable-length value (list or string) whose maximum is given by the field that holds it.
 pub(crate) trait BoundedWire: Sized {
     const ENCODED_SIZE_MIN_BYTES: u32;
+    fn encoded_size_bytes(&self) -> usize;
     fn encode_bounded(
         &self,
         buf: &mut BytesMut,
@@ -96,6 +104,9 @@ macro_rules! wire_integer {
     ($($ty:ty => $read:ident),*) => {$(
         impl Wire for $ty {
             const ENCODED_SIZE_MIN_BYTES: u32 = std::mem::size_of::<$ty>() as u32;
+            fn encoded_size_bytes(&self) -> usize {
+                std::mem::size_of::<$ty>()
+            }
             fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
                 buf.put_slice(&self.to_le_bytes());
                 Ok(())
@@ -106,10 +117,13 @@ macro_rules! wire_integer {
         }
     )*};
 }
-wire_integer!(u8 => u8, u16 => u16, u32 => u32, u64 => u64, u128 => u128);
+wire_integer!(u8 => u8, u16 => u16, u32 => u32, u64 => u64, u128 => u128, i64 => i64);
 
 impl Wire for bool {
     const ENCODED_SIZE_MIN_BYTES: u32 = 1;
+    fn encoded_size_bytes(&self) -> usize {
+        1
+    }
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
         buf.put_u8(u8::from(*self));
         Ok(())
@@ -123,21 +137,50 @@ impl Wire for bool {
     }
 }
 
+/// Writes the `u32` length prefix of a list or byte string of `len` entries, or fails with
+/// `too_long` when it is over `max`.
+fn put_length_prefix(
+    buf: &mut BytesMut,
+    len: usize,
+    max: u32,
+    too_long: impl FnOnce(u64) -> EncodeError,
+) -> Result<(), EncodeError> {
+    let prefix = u32::try_from(len).ok().filter(|prefix| *prefix <= max);
+    buf.put_u32_le(prefix.ok_or_else(|| too_long(len as u64))?);
+    Ok(())
+}
+
+/// Reads the `u32` length prefix of a list or byte string, failing with `too_long` when it is
+/// over `max`.
+fn read_length_prefix(
+    reader: &mut Reader<'_>,
+    max: u32,
+    field: &'static str,
+    too_long: impl FnOnce(u32) -> DecodeError,
+) -> Result<u32, DecodeError> {
+    let prefix = reader.u32(field)?;
+    if prefix > max {
+        return Err(too_long(prefix));
+    }
+    Ok(prefix)
+}
+
 impl<T: Wire> BoundedWire for Vec<T> {
     const ENCODED_SIZE_MIN_BYTES: u32 = 4;
+    fn encoded_size_bytes(&self) -> usize {
+        4 + self.iter().map(Wire::encoded_size_bytes).sum::<usize>()
+    }
     fn encode_bounded(
         &self,
         buf: &mut BytesMut,
         max: u32,
         field: &'static str,
     ) -> Result<(), EncodeError> {
-        let count = u32::try_from(self.len()).ok().filter(|count| *count <= max);
-        let count = count.ok_or(EncodeError::TooManyEntries {
+        put_length_prefix(buf, self.len(), max, |count| EncodeError::TooManyEntries {
             field,
-            count: self.len() as u64,
+            count,
             max,
         })?;
-        buf.put_u32_le(count);
         for item in self {
             item.encode(buf)?;
         }
@@ -148,10 +191,11 @@ impl<T: Wire> BoundedWire for Vec<T> {
         max: u32,
         field: &'static str,
     ) -> Result<Self, DecodeError> {
-        let count = reader.u32(field)?;
-        if count > max {
-            return Err(DecodeError::TooManyEntries { field, count, max });
-        }
+        let count = read_length_prefix(reader, max, field, |count| DecodeError::TooManyEntries {
+            field,
+            count,
+            max,
+        })?;
         // The count must also fit in what is left of the body, so the capacity below is bounded by
         // the bytes we actually received, not by what the peer claims.
         if u64::from(count) * u64::from(T::ENCODED_SIZE_MIN_BYTES)
@@ -169,6 +213,9 @@ impl<T: Wire> BoundedWire for Vec<T> {
 
 impl BoundedWire for String {
     const ENCODED_SIZE_MIN_BYTES: u32 = 2;
+    fn encoded_size_bytes(&self) -> usize {
+        2 + self.len()
+    }
     fn encode_bounded(
         &self,
         buf: &mut BytesMut,
@@ -206,8 +253,51 @@ impl BoundedWire for String {
     }
 }
 
+/// Opaque bytes: a `u32` length, then the bytes. `Bytes` rather than `Vec<u8>` (which would be a
+/// list of `u8`, the same on the wire) so that a decoded payload is one copy and clones share it.
+impl BoundedWire for Bytes {
+    const ENCODED_SIZE_MIN_BYTES: u32 = 4;
+    fn encoded_size_bytes(&self) -> usize {
+        4 + self.len()
+    }
+    fn encode_bounded(
+        &self,
+        buf: &mut BytesMut,
+        max: u32,
+        field: &'static str,
+    ) -> Result<(), EncodeError> {
+        put_length_prefix(buf, self.len(), max, |size_bytes| {
+            EncodeError::BytesTooLong {
+                field,
+                size_bytes,
+                max,
+            }
+        })?;
+        buf.put_slice(self);
+        Ok(())
+    }
+    fn decode_bounded(
+        reader: &mut Reader<'_>,
+        max: u32,
+        field: &'static str,
+    ) -> Result<Self, DecodeError> {
+        let size_bytes =
+            read_length_prefix(reader, max, field, |size_bytes| DecodeError::BytesTooLong {
+                field,
+                size_bytes,
+                max,
+            })?;
+        // `take` refuses a length the rest of the body cannot hold before anything is copied.
+        let bytes = reader.take(size_bytes as usize, field)?;
+        Ok(Bytes::copy_from_slice(bytes))
+    }
+}
+
 impl BoundedWire for Option<String> {
     const ENCODED_SIZE_MIN_BYTES: u32 = 1;
+    fn encoded_size_bytes(&self) -> usize {
+        1 + self.as_ref().map_or(0, BoundedWire::encoded_size_bytes)
+    }
     fn encode_bounded(
         &self,
         buf: &mut BytesMut,
@@ -252,8 +342,20 @@ macro_rules! wire_struct {
             $( $(#[$field_meta])* pub $field: $ty, )*
         }
 
+        impl $name {
+            /// The bytes this value takes on the wire (for a message: its frame body, without
+            /// the 24-byte header), whether or not it is within its limits.
+            pub fn encoded_size_bytes(&self) -> usize {
+                <Self as $crate::wire::Wire>::encoded_size_bytes(self)
+            }
+        }
+
         impl $crate::wire::Wire for $name {
             const ENCODED_SIZE_MIN_BYTES: u32 = 0 $( + $crate::wire::wire_field_size_min!($ty $(, $max)?) )*;
+
+            fn encoded_size_bytes(&self) -> usize {
+                0 $( + $crate::wire::wire_field_size!(self.$field, $ty $(, $max)?) )*
+            }
 
             #[allow(unused_variables)]
             fn encode(&self, buf: &mut bytes::BytesMut) -> Result<(), $crate::error::EncodeError> {
@@ -280,12 +382,11 @@ macro_rules! wire_struct {
         impl proptest::arbitrary::Arbitrary for $name {
             type Parameters = ();
             type Strategy = proptest::strategy::BoxedStrategy<Self>;
-            #[allow(unused_parens)]
             fn arbitrary_with(_: ()) -> Self::Strategy {
                 use proptest::strategy::Strategy;
-                // The leading `Just(())` keeps the tuple a strategy even for a struct with no fields.
-                (proptest::strategy::Just(()), $( $crate::wire::wire_field_strategy!($ty $(, $max)?), )* )
-                    .prop_map(|((), $( $field, )* )| Self { $( $field, )* })
+                // Nested pairs rather than one flat tuple: proptest's tuples stop at 12 elements.
+                $crate::wire::wire_nested_strategy!($( $crate::wire::wire_field_strategy!($ty $(, $max)?) ),*)
+                    .prop_map(|$crate::wire::wire_nested_pattern!($( $field ),*)| Self { $( $field, )* })
                     .boxed()
             }
         }
@@ -298,6 +399,15 @@ macro_rules! wire_field_size_min {
     };
     ($ty:ty, $max:expr) => {
         <$ty as $crate::wire::BoundedWire>::ENCODED_SIZE_MIN_BYTES
+    };
+}
+
+macro_rules! wire_field_size {
+    ($value:expr, $ty:ty) => {
+        <$ty as $crate::wire::Wire>::encoded_size_bytes(&$value)
+    };
+    ($value:expr, $ty:ty, $max:expr) => {
+        <$ty as $crate::wire::BoundedWire>::encoded_size_bytes(&$value)
     };
 }
 
@@ -316,6 +426,28 @@ macro_rules! wire_field_decode {
     };
     ($reader:ident, $name:expr, $ty:ty, $max:expr) => {
         <$ty as $crate::wire::BoundedWire>::decode_bounded($reader, $max, $name)?
+    };
+}
+
+/// `(a, (b, (c, Just(()))))` from the strategies `a, b, c`; `Just(())` for none.
+#[cfg(test)]
+macro_rules! wire_nested_strategy {
+    () => {
+        proptest::strategy::Just(())
+    };
+    ($first:expr $(, $rest:expr)*) => {
+        ($first, $crate::wire::wire_nested_strategy!($( $rest ),*))
+    };
+}
+
+/// The pattern `(a, (b, (c, ())))` that takes apart a value of `wire_nested_strategy!`.
+#[cfg(test)]
+macro_rules! wire_nested_pattern {
+    () => {
+        ()
+    };
+    ($first:ident $(, $rest:ident)*) => {
+        ($first, $crate::wire::wire_nested_pattern!($( $rest ),*))
     };
 }
 
@@ -365,6 +497,9 @@ macro_rules! wire_enum {
 
         impl $crate::wire::Wire for $name {
             const ENCODED_SIZE_MIN_BYTES: u32 = std::mem::size_of::<$repr>() as u32;
+            fn encoded_size_bytes(&self) -> usize {
+                std::mem::size_of::<$repr>()
+            }
             fn encode(&self, buf: &mut bytes::BytesMut) -> Result<(), $crate::error::EncodeError> {
                 $crate::wire::Wire::encode(&self.code(), buf)
             }
@@ -388,11 +523,12 @@ macro_rules! wire_enum {
     };
 }
 
-#[cfg(test)]
-pub(crate) use wire_field_strategy;
 pub(crate) use {
-    wire_enum, wire_field_decode, wire_field_encode, wire_field_size_min, wire_struct,
+    wire_enum, wire_field_decode, wire_field_encode, wire_field_size, wire_field_size_min,
+    wire_struct,
 };
+#[cfg(test)]
+pub(crate) use {wire_field_strategy, wire_nested_pattern, wire_nested_strategy};
 
 /// Generators for bounded fields: small lists and strings (so cases stay fast), always within the
 /// field's maximum. Boundary sizes are covered by dedicated tests.
@@ -418,6 +554,16 @@ impl BoundedStrategy for String {
         let chars_max = (max / 4).min(24);
         proptest::string::string_regex(&format!("\\PC{{0,{chars_max}}}"))
             .expect("valid regex")
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+impl BoundedStrategy for Bytes {
+    fn strategy(max: u32) -> proptest::strategy::BoxedStrategy<Self> {
+        use proptest::strategy::Strategy;
+        proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..=(max.min(32) as usize))
+            .prop_map(Bytes::from)
             .boxed()
     }
 }

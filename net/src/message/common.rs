@@ -64,6 +64,9 @@ pub enum TransferOutcome {
 
 impl Wire for TransferOutcome {
     const ENCODED_SIZE_MIN_BYTES: u32 = 2;
+    fn encoded_size_bytes(&self) -> usize {
+        2
+    }
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
         match self {
             TransferOutcome::Committed => encode_state(buf, 1, None),
@@ -93,6 +96,9 @@ pub enum TransferState {
 
 impl Wire for TransferState {
     const ENCODED_SIZE_MIN_BYTES: u32 = 2;
+    fn encoded_size_bytes(&self) -> usize {
+        2
+    }
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
         match self {
             TransferState::Committed => encode_state(buf, 1, None),
@@ -123,6 +129,9 @@ pub enum Vote {
 
 impl Wire for Vote {
     const ENCODED_SIZE_MIN_BYTES: u32 = 2;
+    fn encoded_size_bytes(&self) -> usize {
+        2
+    }
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
         match self {
             Vote::Yes => encode_state(buf, 1, None),
@@ -141,6 +150,9 @@ impl Wire for Vote {
 
 impl<T: Wire> Wire for Option<T> {
     const ENCODED_SIZE_MIN_BYTES: u32 = 1;
+    fn encoded_size_bytes(&self) -> usize {
+        1 + self.as_ref().map_or(0, Wire::encoded_size_bytes)
+    }
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
         match self {
             None => buf.put_u8(0),

@@ -35,6 +35,10 @@ wire_enum! {
         /// A withdrawal whose funds are there but held by pending debits of the account; nothing
         /// was done (nothing recorded either): retry with the same id.
         FundsHeld = 16,
+        /// This node holds a replica of the account's shard but is not its leader;
+        /// `redirect_node_id` names the leader this node knows, or is absent while it knows none
+        /// (an election is running). Nothing was done: retry at that node, or after a backoff.
+        NotLeader = 17,
     }
 }
 
@@ -42,7 +46,8 @@ wire_struct! {
     /// Answers any request that failed, and any malformed frame just before the connection closes.
     pub struct ErrorResponse {
         pub code: ErrorCode,
-        /// Set only with `ErrorCode::WrongNode`.
+        /// Set only with `ErrorCode::WrongNode` (always) and `ErrorCode::NotLeader` (when a leader
+        /// is known).
         pub redirect_node_id: Option<NodeId>,
         pub message: String [ERROR_MESSAGE_SIZE_MAX_BYTES],
     }
@@ -71,6 +76,20 @@ impl ErrorResponse {
         Self {
             redirect_node_id: Some(owner),
             ..Self::new(ErrorCode::WrongNode, "account is owned by another node")
+        }
+    }
+
+    /// A `NotLeader` error for `shard`, pointing the client at the leader this node knows, if any.
+    pub fn not_leader(leader: Option<NodeId>, shard: u32) -> Self {
+        let message = match leader {
+            Some(leader) => format!("not the leader of shard {shard}; node {leader} is"),
+            None => {
+                format!("not the leader of shard {shard}; no leader known (an election is running)")
+            }
+        };
+        Self {
+            redirect_node_id: leader,
+            ..Self::new(ErrorCode::NotLeader, message)
         }
     }
 }

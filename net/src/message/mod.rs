@@ -9,6 +9,7 @@ mod client;
 mod common;
 mod error;
 mod peer;
+mod raft;
 
 use bytes::BytesMut;
 
@@ -18,6 +19,7 @@ pub use common::{
 };
 pub use error::{ERROR_MESSAGE_SIZE_MAX_BYTES, ErrorCode, ErrorResponse};
 pub use peer::*;
+pub use raft::*;
 
 use crate::error::{DecodeError, EncodeError};
 use crate::wire::{Reader, Wire};
@@ -61,6 +63,13 @@ macro_rules! messages {
             pub fn kind(&self) -> MessageKind {
                 match self {
                     $( Message::$variant(_) => MessageKind::$variant, )*
+                }
+            }
+
+            /// The size of this message's frame body in bytes, without the 24-byte header.
+            pub fn encoded_size_bytes(&self) -> usize {
+                match self {
+                    $( Message::$variant(message) => message.encoded_size_bytes(), )*
                 }
             }
 
@@ -131,6 +140,7 @@ messages! {
     Heartbeat = 0x0204,
     SnapshotLock = 0x0205,
     SnapshotRelease = 0x0206,
+    RaftMessages = 0x0207,
 
     Votes = 0x0281,
     Acks = 0x0282,
@@ -138,6 +148,7 @@ messages! {
     HeartbeatReply = 0x0284,
     SnapshotLocked = 0x0285,
     SnapshotReleased = 0x0286,
+    RaftMessagesReceived = 0x0287,
 }
 
 impl MessageKind {

@@ -157,10 +157,12 @@ fn each_kind_of_malformation_has_its_error() {
     assert_eq!(Frame::check(b"TAL"), Ok(FrameCheck::Incomplete));
 
     let mut bad_version = valid.clone();
-    bad_version[4] = 2;
+    bad_version[4] = PROTOCOL_VERSION + 1;
     assert_eq!(
         Frame::check(&bad_version[..5]),
-        Err(DecodeError::UnsupportedVersion { version: 2 })
+        Err(DecodeError::UnsupportedVersion {
+            version: PROTOCOL_VERSION + 1
+        })
     );
 
     let mut too_large = valid.clone();
@@ -202,4 +204,44 @@ fn each_kind_of_malformation_has_its_error() {
         Frame::parse(&long_body),
         Err(DecodeError::TrailingBytes { unread_bytes: 1 })
     );
+}
+
+/// docs/protocol.md sections 2 and 10: a version-1 frame is refused as soon as its kind shows it
+/// is not an error frame, and a version-1 error frame (an `UnsupportedVersion` reply always is
+/// one) is read, so that peers of any two versions understand each other's refusal.
+#[test]
+fn version_1_is_read_only_in_error_frames() {
+    assert_eq!(PROTOCOL_VERSION, 2);
+    let mut version_1_request = Frame::new(5, super::support::transfer(1))
+        .to_bytes()
+        .unwrap()
+        .to_vec();
+    version_1_request[4] = 1;
+    reseal(&mut version_1_request);
+    let refused = DecodeError::UnsupportedVersion { version: 1 };
+    // Undecided while the kind has not arrived (an error frame may follow), refused once it has.
+    assert_eq!(
+        Frame::check(&version_1_request[..7]),
+        Ok(FrameCheck::Incomplete)
+    );
+    assert_eq!(Frame::check(&version_1_request[..8]), Err(refused.clone()));
+    assert_eq!(Frame::parse(&version_1_request), Err(refused.clone()));
+    assert_eq!(refused.error_code(), ErrorCode::UnsupportedVersion);
+
+    let reply = Frame::new(
+        0,
+        ErrorResponse::new(ErrorCode::UnsupportedVersion, "version 2 is spoken here"),
+    );
+    let reply_bytes = reply.to_bytes().unwrap();
+    assert_eq!(reply_bytes[4], 1, "the reply is in the frozen version 1");
+    assert_eq!(Frame::parse(&reply_bytes), Ok(reply));
+
+    // Every other frame, error frames included, is written in the current version; a version-1
+    // error frame of any code is read.
+    let wrong_node = Frame::new(8, ErrorResponse::wrong_node(3));
+    let mut wrong_node_bytes = wrong_node.to_bytes().unwrap().to_vec();
+    assert_eq!(wrong_node_bytes[4], PROTOCOL_VERSION);
+    wrong_node_bytes[4] = 1;
+    reseal(&mut wrong_node_bytes);
+    assert_eq!(Frame::parse(&wrong_node_bytes), Ok(wrong_node));
 }

@@ -3,6 +3,7 @@
 
 mod decoder_fuzz;
 mod protocol_doc;
+mod raft;
 mod round_trip;
 mod server;
 mod support;

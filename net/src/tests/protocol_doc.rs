@@ -74,6 +74,44 @@ pub(crate) fn example_error_response() -> Frame {
     Frame::new(8, ErrorResponse::wrong_node(3))
 }
 
+/// Node 1 appends entry 7 (term 3, data "tx") of shard 0's log to node 2 (Raft peer 2).
+pub(crate) fn example_raft_messages() -> Frame {
+    let append = RaftMessage {
+        msg_type: RaftMessageType::MsgAppend,
+        to: 2,
+        from: 1,
+        term: 3,
+        log_term: 3,
+        index: 6,
+        entries: vec![RaftEntry {
+            entry_type: RaftEntryType::Normal,
+            term: 3,
+            index: 7,
+            data: bytes::Bytes::from_static(b"tx"),
+            context: bytes::Bytes::new(),
+        }],
+        commit: 6,
+        commit_term: 3,
+        snapshot: None,
+        request_snapshot: 0,
+        reject: false,
+        reject_hint: 0,
+        context: bytes::Bytes::new(),
+        deprecated_priority: 0,
+        priority: 0,
+    };
+    Frame::new(
+        12,
+        RaftMessages {
+            from: 1,
+            messages: vec![ShardRaftMessage {
+                shard: 0,
+                message: append,
+            }],
+        },
+    )
+}
+
 #[test]
 fn transfer_request_example_matches() {
     check("transfer-request", example_transfer_request());
@@ -89,6 +127,11 @@ fn error_response_example_matches() {
     check("error-response", example_error_response());
 }
 
+#[test]
+fn raft_messages_example_matches() {
+    check("raft-messages", example_raft_messages());
+}
+
 /// Run with `--ignored --nocapture` to print the examples when a layout change is intended.
 #[test]
 #[ignore]
@@ -97,6 +140,7 @@ fn print_examples() {
         ("transfer-request", example_transfer_request()),
         ("transfer-response", example_transfer_response()),
         ("error-response", example_error_response()),
+        ("raft-messages", example_raft_messages()),
     ] {
         let bytes = frame.to_bytes().unwrap();
         println!("{name}:");

@@ -14,6 +14,10 @@ proptest! {
         let frame = Frame { request_id, message };
         let mut buf = encode(&frame);
         let size = buf.len() as u32;
+        prop_assert_eq!(
+            frame.message.encoded_size_bytes(),
+            buf.len() - FRAME_HEADER_SIZE_BYTES as usize
+        );
         prop_assert_eq!(Frame::check(&buf), Ok(FrameCheck::Complete { frame_size_bytes: size }));
         prop_assert_eq!(Frame::decode(&mut buf), Ok(Some(frame)));
         prop_assert!(buf.is_empty());
@@ -201,4 +205,28 @@ fn error_messages_are_cut_to_fit() {
     assert!(error.message.len() <= ERROR_MESSAGE_SIZE_MAX_BYTES as usize);
     let frame = Frame::new(3, error);
     assert_eq!(Frame::decode(&mut encode(&frame)).unwrap(), Some(frame));
+}
+
+#[test]
+fn not_leader_round_trips_with_and_without_a_leader() {
+    for (leader, text) in [
+        (Some(4), "not the leader of shard 9; node 4 is"),
+        (
+            None,
+            "not the leader of shard 9; no leader known (an election is running)",
+        ),
+    ] {
+        let error = ErrorResponse::not_leader(leader, 9);
+        assert_eq!(
+            (error.code, error.redirect_node_id, error.message.as_str()),
+            (ErrorCode::NotLeader, leader, text)
+        );
+        let frame = Frame::new(6, error);
+        let mut buf = encode(&frame);
+        // Code 17, then the redirect option (present, or absent) where WrongNode has it.
+        assert_eq!(buf[24..27], [17, 0, u8::from(leader.is_some())]);
+        assert_eq!(Frame::decode(&mut buf).unwrap(), Some(frame));
+    }
+    assert_eq!(ErrorCode::from_code(17), Some(ErrorCode::NotLeader));
+    assert_eq!(ErrorCode::from_code(18), None);
 }

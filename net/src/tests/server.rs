@@ -71,6 +71,17 @@ async fn raw_exchange(address: SocketAddr, input: &[u8]) -> Vec<Frame> {
 }
 
 async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> Vec<Frame> {
+    let received = read_bytes_until_closed(stream).await;
+    let mut buf = BytesMut::from(&received[..]);
+    let mut frames = Vec::new();
+    while let Some(frame) = Frame::decode(&mut buf).expect("the server only sends valid frames") {
+        frames.push(frame);
+    }
+    assert!(buf.is_empty(), "server sent a partial frame");
+    frames
+}
+
+async fn read_bytes_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
     let mut received = Vec::new();
     let read = tokio::time::timeout(HANG_TIMEOUT, async {
         loop {
@@ -82,13 +93,7 @@ async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> Vec<Frame> 
     });
     read.await
         .expect("server must close the connection, not hang");
-    let mut buf = BytesMut::from(&received[..]);
-    let mut frames = Vec::new();
-    while let Some(frame) = Frame::decode(&mut buf).expect("the server only sends valid frames") {
-        frames.push(frame);
-    }
-    assert!(buf.is_empty(), "server sent a partial frame");
-    frames
+    received
 }
 
 async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Frame {
@@ -262,6 +267,44 @@ async fn malformed_input_gets_an_error_frame_then_close_and_others_are_unaffecte
     // An unfinished frame followed by close is simply dropped.
     assert!(raw_exchange(server.address, &valid[..30]).await.is_empty());
     server.stop().await;
+}
+
+/// docs/protocol.md section 10: a version-1 request (from a client not yet upgraded) is answered
+/// `UnsupportedVersion` with request id 0, in a version-1 frame that such a client can read, and
+/// the connection is closed without handling anything.
+#[tokio::test]
+async fn a_version_1_request_is_answered_unsupported_version_in_a_version_1_frame() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut version_1_request = encode(&Frame::new(41, transfer(1))).to_vec();
+    version_1_request[4] = 1;
+    reseal(&mut version_1_request);
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    let _ = stream.write_all(&version_1_request).await;
+    let received = read_bytes_until_closed(&mut stream).await;
+    assert_eq!(received.get(4), Some(&1), "{received:?}");
+    let mut buf = BytesMut::from(&received[..]);
+    let reply = Frame::decode(&mut buf).unwrap().expect("one whole frame");
+    assert!(buf.is_empty(), "nothing but the refusal: {buf:?}");
+    assert_eq!(
+        (error_code(&reply), reply.request_id),
+        (ErrorCode::UnsupportedVersion, 0)
+    );
+    server.stop().await;
+}
+
+/// A client of this version talking to a version-1 server reads its version-1 refusal.
+#[tokio::test]
+async fn a_version_1_refusal_reaches_the_caller_as_unsupported_version() {
+    let refusal = ErrorResponse::new(ErrorCode::UnsupportedVersion, "version 1 is spoken here");
+    assert_eq!(encode(&Frame::new(0, refusal.clone()))[4], 1);
+    let address = fake_server(Some(refusal.into())).await;
+    let client = Client::connect(address, ClientConfig::default())
+        .await
+        .unwrap();
+    match client.call(GetBalance { account: 1 }).await {
+        Err(ClientError::Remote(error)) => assert_eq!(error.code, ErrorCode::UnsupportedVersion),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// docs/protocol.md section 3: the error frame for a malformed frame is sent at once, so it can

@@ -13,6 +13,7 @@ pub mod log;
 pub mod payload;
 mod slog_bridge;
 pub mod store;
+pub mod wire;
 
 pub use group::{Group, GroupEngine, GroupError, GroupOptions, Output};
 pub use log::ReplicatedLog;

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::convert::{op_to_wire, outcome_from_wire, outcome_to_wire, reason_from_wire};
 use crate::engine_calls::{NodeEngine, apply_decisions, durably_in_task, with_lock_wait};
 use crate::failpoint::{self, points};
-use crate::peers::Peers;
+use crate::router::Router;
 
 /// Requests waiting for the driver; one more is answered `Overloaded` by the caller.
 const REQUESTS_QUEUED_MAX: usize = 16 * 1024;
@@ -87,7 +87,7 @@ pub(crate) struct Coordinator {
 pub(crate) struct Driver {
     core: Core,
     engine: Arc<NodeEngine>,
-    peers: Arc<Peers>,
+    router: Arc<Router>,
     requests: mpsc::Receiver<Request>,
     completions: mpsc::UnboundedReceiver<Completion>,
     completion_sender: mpsc::UnboundedSender<Completion>,
@@ -98,16 +98,17 @@ pub(crate) struct Driver {
 }
 
 impl Coordinator {
-    /// A coordinator for node `me` and the driver to run it; loads the decisions to resend.
+    /// A coordinator for shard `me` (the parties of two-phase commit are shards, each acting
+    /// through its leader) and the driver to run it; loads the decisions to resend.
     pub fn new(
         me: NodeId,
         engine: Arc<NodeEngine>,
-        peers: Arc<Peers>,
+        router: Arc<Router>,
     ) -> Result<(Coordinator, Driver), StorageError> {
         let limits = CoordinatorLimits {
             batch_transfers_max: net::BATCH_ENTRIES_MAX as usize,
             ids_per_effect_max: net::BATCH_ENTRIES_MAX as usize,
-            vote_timeout: peers.timeout(),
+            vote_timeout: router.peers().timeout(),
             ..CoordinatorLimits::default()
         };
         let epoch = Instant::now();
@@ -128,7 +129,7 @@ impl Coordinator {
             Driver {
                 core,
                 engine,
-                peers,
+                router,
                 requests,
                 completions,
                 completion_sender,
@@ -351,10 +352,11 @@ impl Driver {
                 participant,
                 entries,
             } => {
-                let peers = self.peers.clone();
+                let router = self.router.clone();
                 tokio::spawn(async move {
                     let request = PrepareBatch {
                         coordinator: me,
+                        shard: participant,
                         entries: entries
                             .into_iter()
                             .map(|entry| net::PrepareEntry {
@@ -364,7 +366,8 @@ impl Driver {
                             .collect(),
                     };
                     let count = request.entries.len();
-                    let votes = match peers.call(participant, request).await {
+                    // Idempotent: a prepare seen twice votes the same.
+                    let votes = match router.call(participant, request, true).await {
                         Ok(Message::Votes(votes)) => Ok(votes
                             .votes
                             .into_iter()
@@ -448,7 +451,7 @@ impl Driver {
                 participant,
                 decisions,
             } => {
-                let peers = self.peers.clone();
+                let router = self.router.clone();
                 tokio::spawn(async move {
                     let acknowledged = if participant == me {
                         // Only decisions logged by an older version list this node.
@@ -461,6 +464,7 @@ impl Driver {
                     } else {
                         let request = DecisionBatch {
                             coordinator: me,
+                            shard: participant,
                             decisions: decisions
                                 .iter()
                                 .map(|(id, outcome)| DecisionEntry {
@@ -469,7 +473,7 @@ impl Driver {
                                 })
                                 .collect(),
                         };
-                        match peers.call(participant, request).await {
+                        match router.call(participant, request, true).await {
                             Ok(Message::Acks(acks)) => acks.txids,
                             Ok(other) => {
                                 tracing::error!(participant, kind = ?other.kind(), "decisions answered with the wrong kind");
@@ -507,7 +511,7 @@ impl Driver {
 pub(crate) async fn resolve_in_doubt_loop(
     me: NodeId,
     engine: Arc<NodeEngine>,
-    peers: Arc<Peers>,
+    router: Arc<Router>,
     coordinator: Coordinator,
     recovered: Vec<TransferId>,
     grace: Duration,
@@ -538,7 +542,7 @@ pub(crate) async fn resolve_in_doubt_loop(
                         .await
                         .ok()
                 } else {
-                    ask(&peers, me, asked, chunk.to_vec()).await
+                    ask(&router, me, asked, chunk.to_vec()).await
                 };
                 if let Some(decisions) = answers {
                     apply_resolved(&engine, asked, decisions).await;
@@ -550,16 +554,17 @@ pub(crate) async fn resolve_in_doubt_loop(
 }
 
 async fn ask(
-    peers: &Peers,
+    router: &Router,
     me: NodeId,
     coordinator: NodeId,
     ids: Vec<TransferId>,
 ) -> Option<Vec<(TransferId, Outcome)>> {
     let request = net::DecisionInquiry {
         participant: me,
+        shard: coordinator,
         txids: ids,
     };
-    match peers.call(coordinator, request).await {
+    match router.call(coordinator, request, true).await {
         Ok(Message::InquiryAnswer(answer)) => Some(
             answer
                 .decisions

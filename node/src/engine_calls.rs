@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 
 use engine::model::{NodeId, Outcome, TransferId};
 use engine::tables::RocksTables;
-use engine::wal::{FileStorage, Wal};
+use engine::wal::WalError;
 use engine::{
-    CreateAccountError, Engine, LocalTransferError, Logged, MovementError, ReadError, StorageCause,
+    CreateAccountError, LocalTransferError, Logged, MovementError, ReadError, StorageCause,
     StorageError,
 };
 use net::{ErrorCode, ErrorResponse};
 
-pub(crate) type NodeEngine = Engine<RocksTables, Wal<FileStorage>>;
+/// The engine of a shard this node leads: over the shard's tables and its replica group's log.
+pub(crate) type NodeEngine = replica::GroupEngine<RocksTables>;
 
 /// Runs blocking engine work (scans, reads that wait for locks, checkpoints) off the async
 /// threads. Never on the transfer path: writes go through [`durably`].
@@ -111,6 +112,19 @@ pub(crate) fn engine_error_of<E: WireError + ?Sized>(error: &E) -> ErrorResponse
                      restart it once the disk is fixed): {failure}"
                 ),
             );
+        }
+        // The replica stopped leading while the request ran: its log closed. Whatever became of
+        // the request, resending it (with its id) to the new leader is safe.
+        Some(StorageError::Wal(WalError::Closed)) => {
+            return ErrorResponse::new(
+                ErrorCode::NotLeader,
+                "this replica stopped leading the shard while the request ran; resend it with \
+                 the same id (it is applied at most once)",
+            );
+        }
+        // The group's bound of uncommitted records: nothing was logged.
+        Some(StorageError::Wal(error @ WalError::Full { .. })) => {
+            return ErrorResponse::new(ErrorCode::Overloaded, error.to_string());
         }
         Some(storage) => {
             tracing::error!(error = %storage, kind = ?storage.io_kind(), "request failed")

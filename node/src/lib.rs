@@ -1,4 +1,5 @@
-//! A Tally node: participant for its shard, coordinator for the transfers it receives.
+//! A Tally node: a replica of each shard the cluster file gives it; for the shards it leads, the
+//! participant and the coordinator of two-phase commit.
 //! `server::start` runs one until SIGINT or SIGTERM; the `tally` crate is its command line.
 
 mod convert;
@@ -7,4 +8,8 @@ mod engine_calls;
 pub mod failpoint;
 mod node;
 mod peers;
+mod replication;
+mod router;
 pub mod server;
+mod shard;
+mod snapshot;

@@ -1,34 +1,41 @@
-//! `tally start`: one node. Opens the shard (WAL, then tables, then replay), serves clients and
-//! peers, runs the coordinator's batch loop, decision resends and in-doubt resolution, and
-//! checkpoints now and then; stops cleanly on SIGINT or SIGTERM.
+//! `tally start`: one node. Opens its WAL (the Raft log of every group it hosts) and the tables
+//! of each shard it holds a replica of, runs the replication driver (which opens a shard's
+//! service, coordinator and in-doubt resolution included, while this node leads it), serves
+//! clients and peers, and flushes the tables now and then; on SIGINT or SIGTERM it hands its
+//! leaderships over, then stops.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use engine::model::NodeId;
-use engine::tables::RocksTables;
+use engine::tables::{RocksTables, Tables};
 use engine::wal::Wal;
-use engine::{Engine, EngineOptions};
 use net::{Server, ServerConfig};
+use replica::{Group, GroupOptions};
+use tokio::sync::Notify;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::coordinator::resolve_in_doubt_loop;
 use crate::engine_calls::blocking;
 use crate::failpoint;
 use crate::node::{Node, NodeHandler};
+use crate::peers::Peers;
+use crate::replication;
+use crate::router::Router;
+use crate::shard::ShardServer;
 use client::config::ClusterConfig;
 
 /// A peer that does not answer within this long counts as unavailable: the transfers waiting on
 /// it abort (participant unavailable).
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
-/// A transaction in doubt this long is asked about; decisions normally take milliseconds.
-const IN_DOUBT_GRACE: Duration = Duration::from_secs(1);
-/// How often the tables are flushed and the WAL below them deleted.
+/// How long a stopping node waits for the groups it leads to elect other leaders.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the tables are flushed.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 /// Threads for engine calls that may block: audit scans, history pages, status look-ups, reads
 /// waiting (at most 50 ms) for shared locks, checkpoints. Writes never take one (they await the
@@ -91,31 +98,63 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
     let wal_dir = data_dir.join("wal");
     let (wal, wal_report) = Wal::open_directory(&wal_dir, failpoint::wal_options()?)
         .with_context(|| format!("cannot open the WAL in {}", wal_dir.display()))?;
-    let tables_dir = data_dir.join("tables");
-    let tables = RocksTables::open(&tables_dir)
-        .with_context(|| format!("cannot open the tables in {}", tables_dir.display()))?;
-    let (engine, report) = Engine::open(wal, tables, EngineOptions::default())
-        .context("cannot recover the shard from its WAL")?;
+    let wal = Arc::new(wal);
+    let mut recovered = replica::store::recover(&wal)
+        .with_context(|| format!("cannot recover the replicated log from {}", wal_dir.display()))?;
     tracing::info!(
         segments = wal_report.segments,
         last_lsn = wal_report.last_lsn,
         torn_bytes_dropped = wal_report.torn_bytes_dropped,
-        applied_lsn_before = report.applied_lsn_before,
-        records_replayed = report.records_replayed,
-        in_doubt = report.in_doubt.len(),
-        "recovered"
+        groups = recovered.len(),
+        "WAL recovered"
     );
-    for transaction in &report.in_doubt {
-        tracing::info!(transaction = %transaction.id, coordinator = transaction.coordinator, "in doubt after restart");
-    }
-    let engine = Arc::new(engine);
-    let (node, driver) = Node::new(me.id, config, engine.clone(), PEER_TIMEOUT)
-        .context("cannot load the coordinator's decisions")?;
-    if driver.unended_count() > 0 {
-        tracing::info!(
-            count = driver.unended_count(),
-            "decisions to resend after restart"
+    if let Some(stray) = recovered.keys().find(|shard| !me.shards.contains(shard)) {
+        bail!(
+            "the WAL in {} holds a replica of shard {stray}, which the cluster file {} does not give node {}",
+            wal_dir.display(),
+            options.cluster.display(),
+            me.id
         );
+    }
+
+    let wake = Arc::new(Notify::new());
+    let peers = Arc::new(Peers::new(config.clone(), PEER_TIMEOUT));
+    let router = Arc::new(Router::new(config.clone(), peers));
+    let mut groups = BTreeMap::new();
+    let mut shards = BTreeMap::new();
+    for &shard in &me.shards {
+        let tables_dir = data_dir.join(format!("shard-{shard}"));
+        let tables = Arc::new(
+            RocksTables::open(&tables_dir)
+                .with_context(|| format!("cannot open the tables in {}", tables_dir.display()))?,
+        );
+        let voters: Vec<u64> = config
+            .replicas_of(shard)
+            .iter()
+            .map(|node| u64::from(*node))
+            .collect();
+        let fresh = !recovered.contains_key(&shard);
+        let wake = wake.clone();
+        let mut group = Group::open(
+            shard,
+            u64::from(me.id),
+            &voters,
+            recovered.remove(&shard),
+            wal.clone(),
+            tables.clone(),
+            GroupOptions::default(),
+            Arc::new(move || wake.notify_one()),
+        )
+        .with_context(|| format!("cannot open the replica of shard {shard}"))?;
+        // A new group's first leader is the replica the cluster file names, so that leaders
+        // start spread over the nodes; a group of one leads at once.
+        if voters.len() == 1 || (fresh && config.preferred_leader(shard) == me.id) {
+            group
+                .campaign()
+                .with_context(|| format!("shard {shard} cannot stand for election"))?;
+        }
+        shards.insert(shard, Arc::new(ShardServer::new(shard, tables)));
+        groups.insert(shard, group);
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -123,12 +162,24 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         .max_blocking_threads(BLOCKING_THREADS_MAX)
         .build()
         .context("cannot start the async runtime")?;
-    let recovered: Vec<_> = report
-        .in_doubt
-        .iter()
-        .map(|transaction| transaction.id)
-        .collect();
     let served = runtime.block_on(async {
+        let (driver, replication) = replication::Driver::new(
+            me.id,
+            groups,
+            shards.clone(),
+            wal.clone(),
+            router.clone(),
+            wake,
+        );
+        let node = Arc::new(Node {
+            id: me.id,
+            config: config.clone(),
+            router,
+            started: Instant::now(),
+            shards,
+            replication: replication.clone(),
+            wal: wal.clone(),
+        });
         // Its bound on requests in flight per connection is what a peer's connection may send
         // (node-to-node traffic shares one): both are `net::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX`.
         let server_config = ServerConfig::default();
@@ -141,43 +192,43 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", me.address))?;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(driver.run());
-        tasks.spawn(resolve_in_doubt_loop(
-            node.id,
-            node.engine.clone(),
-            node.peers.clone(),
-            node.coordinator.clone(),
-            recovered,
-            IN_DOUBT_GRACE,
-        ));
         tasks.spawn(checkpoint_loop(node.clone()));
         tracing::info!(address = %me.address, "serving");
-        let result = server.run(shutdown_signal()).await;
+        let result = server
+            .run(async move {
+                shutdown_signal().await;
+                // Leaderships go to other replicas while this node still answers, so that the
+                // groups it led elect at once instead of after an election timeout.
+                replication.hand_over(HAND_OVER_TIMEOUT).await;
+            })
+            .await;
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let flushed = node.clone();
+        blocking(move || checkpoint(&flushed)).await;
         result.context("server failed")
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
-    drop(node);
     served?;
-    match Arc::try_unwrap(engine) {
-        Ok(engine) => {
-            if let Err(error) = engine.checkpoint() {
-                tracing::warn!(%error, "final checkpoint failed; the next start replays more");
-            }
-        }
-        Err(_) => tracing::warn!("engine still in use at shutdown; skipping the final checkpoint"),
-    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Makes every shard's tables durable (the replicated log is replayed from the start of what it
+/// keeps anyway; a flush shortens that replay only).
+fn checkpoint(node: &Node) {
+    for server in node.shards.values() {
+        if let Err(error) = server.tables.flush() {
+            tracing::error!(shard = server.shard, %error, "flushing the tables failed");
+        }
+    }
 }
 
 async fn checkpoint_loop(node: Arc<Node>) {
     loop {
         tokio::time::sleep(CHECKPOINT_INTERVAL).await;
-        let engine = node.engine.clone();
-        match blocking(move || engine.checkpoint()).await {
-            Ok(deleted) => tracing::debug!(segments_deleted = deleted, "checkpoint"),
-            Err(error) => tracing::error!(%error, "checkpoint failed"),
-        }
+        let flushed = node.clone();
+        blocking(move || checkpoint(&flushed)).await;
     }
 }
 

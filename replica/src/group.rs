@@ -279,6 +279,11 @@ impl<T: Tables, S: Storage> Group<T, S> {
         Ok(output)
     }
 
+    /// The WAL LSN the oldest unpersisted `Ready` waits for, if any.
+    pub fn awaiting(&self) -> Option<Lsn> {
+        self.unpersisted.front().map(|front| front.wal_lsn)
+    }
+
     /// The WAL is durable up to `wal_lsn`: the Readies it covers are persisted. Returns the
     /// messages that waited for it; call [`Group::process`] next (commits may follow).
     pub fn persisted(&mut self, wal_lsn: Lsn) -> Vec<Message> {
@@ -543,6 +548,19 @@ impl<T: Tables, S: Storage> Group<T, S> {
             output.closed = true;
         }
         Ok(())
+    }
+
+    /// How many replicas vote in this group.
+    pub fn voter_count(&self) -> usize {
+        self.raw.raft.prs().conf().voters().ids().len()
+    }
+
+    /// Stops the group after a failure of its storage: the engine's waiting answers end with
+    /// that failure (a sticky storage failure for the engine). The host drives the group no more.
+    pub fn fail(&mut self, reason: &str) {
+        if let Some((_, log)) = &self.engine {
+            log.fail(Arc::new(std::io::Error::other(reason.to_string())));
+        }
     }
 
     /// The hard state raft-rs holds (for status and tests).

@@ -17,3 +17,4 @@ pub mod wire;
 
 pub use group::{Group, GroupEngine, GroupError, GroupOptions, Output};
 pub use log::ReplicatedLog;
+pub use raft::eraftpb::Message as RaftMessage;

@@ -173,6 +173,7 @@ wire_struct! {
     /// One node's totals at the audit cut. Sums are `u128` so they cannot overflow.
     pub struct NodeAudit {
         pub node_id: NodeId,
+        pub shard: u32,
         pub balances_sum: u128,
         pub deposits_sum: u128,
         pub withdrawals_sum: u128,

@@ -38,8 +38,12 @@ wire_struct! {
 
 wire_struct! {
     /// Asks a participant to prepare each transaction; answered by `Votes` in the same order.
+    /// Parties of two-phase commit are shards: `coordinator` is the coordinating shard (the debit
+    /// account's), `shard` the participant shard asked, whose leader answers (any other replica
+    /// answers `NotLeader`).
     pub struct PrepareBatch {
         pub coordinator: NodeId,
+        pub shard: u32,
         pub entries: Vec<PrepareEntry> [BATCH_ENTRIES_MAX],
     }
 }
@@ -66,8 +70,10 @@ wire_struct! {
 
 wire_struct! {
     /// The coordinator's decisions; answered by `Acks` once each is applied (or discarded).
+    /// `coordinator` is the deciding shard, `shard` the participant shard told.
     pub struct DecisionBatch {
         pub coordinator: NodeId,
+        pub shard: u32,
         pub decisions: Vec<DecisionEntry> [BATCH_ENTRIES_MAX],
     }
 }
@@ -80,8 +86,10 @@ wire_struct! {
 
 wire_struct! {
     /// A participant with in-doubt transactions asks their coordinator for the decisions.
+    /// `participant` is the asking shard, `shard` the coordinating shard asked.
     pub struct DecisionInquiry {
         pub participant: NodeId,
+        pub shard: u32,
         pub txids: Vec<TransferId> [BATCH_ENTRIES_MAX],
     }
 }
@@ -113,12 +121,13 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// One node's part of a consistent cut across shards. With `whole_shard` false the node takes
+    /// One shard's part of a consistent cut across shards, taken by its leader. With `whole_shard` false the node takes
     /// shared locks on `accounts` (all its own) and reads them; with `whole_shard` true it refuses
     /// new prepares, waits for its prepared transactions to be decided, and takes its audit. Either
     /// way it holds that state until `SnapshotRelease` with the same id, or until `lease_ms` pass.
     pub struct SnapshotLock {
         pub snapshot_id: TransferId,
+        pub shard: u32,
         pub accounts: Vec<AccountId> [BALANCES_PER_REQUEST_MAX],
         pub whole_shard: bool,
         pub lease_ms: u32,
@@ -137,6 +146,7 @@ wire_struct! {
     /// Ends the snapshot: releases its locks, or opens prepares again. Unknown ids are fine.
     pub struct SnapshotRelease {
         pub snapshot_id: TransferId,
+        pub shard: u32,
     }
 }
 

@@ -1,0 +1,386 @@
+//! The replication driver: one task owns every replica group this node hosts (`replica::Group`)
+//! and moves events between them and the world. It ticks them on a timer, steps the Raft messages
+//! other nodes send (`RaftMessages` frames), proposes what their leaders' engines queued, appends
+//! what each `Ready` asks to the node's one WAL, awaits the group commit without blocking (one
+//! fdatasync covers every group's appends), sends messages (a leader's at once, the others' once
+//! their appends are durable), and opens or closes each shard's service as leadership changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::model::NodeId;
+use engine::tables::RocksTables;
+use engine::wal::{FileStorage, Lsn, Wal};
+use net::{Message, RaftMessages, ShardRaftMessage};
+use replica::{Group, RaftMessage, wire};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::router::Router;
+use crate::shard::ShardServer;
+
+/// The period of a Raft tick. Elections take 10 to 20 ticks without a leader's word (0.5 to 1 s),
+/// heartbeats go every 2 (100 ms).
+pub(crate) const TICK: Duration = Duration::from_millis(50);
+/// Incoming Raft frames waiting for the driver; more are dropped (Raft resends).
+const INBOX_MAX: usize = 4096;
+/// A `RaftMessages` frame is cut before its body reaches this size (the frame limit is 1 MiB).
+const FRAME_BODY_TARGET_BYTES: usize = 768 * 1024;
+
+pub(crate) type NodeGroup = Group<RocksTables, FileStorage>;
+
+/// What the driver is told.
+pub(crate) enum Input {
+    /// Raft messages from another node.
+    Messages(Vec<ShardRaftMessage>),
+    /// The WAL is durable up to here, or failed.
+    Durable(Result<Lsn, engine::wal::WalError>),
+    /// Hand every leadership to another replica (before the node stops); answered once done or
+    /// given up.
+    HandOver(oneshot::Sender<()>),
+    /// The state of each group, for status.
+    Status(oneshot::Sender<Vec<GroupStatus>>),
+}
+
+/// One group as this replica sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupStatus {
+    pub shard: u32,
+    pub leader: NodeId,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    /// Leading: each follower's matched index.
+    pub followers: Vec<(NodeId, u64)>,
+}
+
+/// How other parts of the node reach the driver.
+#[derive(Clone)]
+pub(crate) struct Replication {
+    inputs: mpsc::Sender<Input>,
+}
+
+impl Replication {
+    /// Raft messages from another node; dropped when the driver is behind (Raft resends).
+    pub fn deliver(&self, messages: Vec<ShardRaftMessage>) {
+        let _ = self.inputs.try_send(Input::Messages(messages));
+    }
+
+    pub async fn status(&self) -> Vec<GroupStatus> {
+        let (reply, answer) = oneshot::channel();
+        if self.inputs.send(Input::Status(reply)).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Hands this node's leaderships over, waiting at most `timeout`.
+    pub async fn hand_over(&self, timeout: Duration) {
+        let (reply, answer) = oneshot::channel();
+        if self.inputs.send(Input::HandOver(reply)).await.is_ok() {
+            let _ = tokio::time::timeout(timeout, answer).await;
+        }
+    }
+}
+
+/// See the module documentation.
+pub(crate) struct Driver {
+    me: NodeId,
+    groups: BTreeMap<u32, NodeGroup>,
+    shards: BTreeMap<u32, Arc<ShardServer>>,
+    wal: Arc<Wal<FileStorage>>,
+    router: Arc<Router>,
+    inputs: mpsc::Receiver<Input>,
+    input_sender: mpsc::Sender<Input>,
+    wake: Arc<Notify>,
+    /// The WAL LSN the groups wait for, and the one a waiter task is already awaiting.
+    wanted: Lsn,
+    awaited: Lsn,
+    hand_over: Option<oneshot::Sender<()>>,
+    /// Groups stopped by a failure of their storage.
+    failed: std::collections::BTreeSet<u32>,
+}
+
+impl Driver {
+    /// The driver and the handle to reach it. `wake` is the `Notify` the groups' logs were given.
+    pub fn new(
+        me: NodeId,
+        groups: BTreeMap<u32, NodeGroup>,
+        shards: BTreeMap<u32, Arc<ShardServer>>,
+        wal: Arc<Wal<FileStorage>>,
+        router: Arc<Router>,
+        wake: Arc<Notify>,
+    ) -> (Self, Replication) {
+        let (input_sender, inputs) = mpsc::channel(INBOX_MAX);
+        (
+            Self {
+                me,
+                groups,
+                shards,
+                wal,
+                router,
+                inputs,
+                input_sender: input_sender.clone(),
+                wake,
+                wanted: 0,
+                awaited: 0,
+                hand_over: None,
+                failed: std::collections::BTreeSet::new(),
+            },
+            Replication {
+                inputs: input_sender,
+            },
+        )
+    }
+
+    /// Runs until the node stops (the task is aborted).
+    pub async fn run(mut self) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wake = self.wake.clone();
+        loop {
+            tokio::select! {
+                biased;
+                input = self.inputs.recv() => {
+                    let Some(input) = input else { return };
+                    self.input(input);
+                }
+                () = wake.notified() => {}
+                _ = ticks.tick() => {
+                    for (shard, group) in &mut self.groups {
+                        if !self.failed.contains(shard) {
+                            group.tick();
+                        }
+                    }
+                    self.check_hand_over();
+                }
+            }
+            while let Ok(input) = self.inputs.try_recv() {
+                self.input(input);
+            }
+            self.process();
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Messages(messages) => {
+                for message in messages {
+                    if let Some(group) = self.groups.get_mut(&message.shard) {
+                        group.step(wire::from_wire(message.message));
+                    }
+                }
+            }
+            Input::Durable(Ok(lsn)) => {
+                self.persisted(lsn);
+            }
+            Input::Durable(Err(error)) => {
+                for (shard, group) in &mut self.groups {
+                    self.failed.insert(*shard);
+                    stop(group, &self.shards[shard], &error.to_string());
+                }
+            }
+            Input::HandOver(reply) => {
+                self.hand_over = Some(reply);
+                self.check_hand_over();
+            }
+            Input::Status(reply) => {
+                let status = self.groups.values().map(status_of).collect();
+                let _ = reply.send(status);
+            }
+        }
+    }
+
+    /// Asks each group this replica leads to elect another replica; answers the hand-over once
+    /// none is led here any more.
+    fn check_hand_over(&mut self) {
+        if self.hand_over.is_none() {
+            return;
+        }
+        let mut leading = false;
+        for group in self.groups.values_mut() {
+            if !group.is_leader() {
+                continue;
+            }
+            leading = true;
+            let status = group.raft_status();
+            let best = status.progress.and_then(|progress| {
+                progress
+                    .iter()
+                    .filter(|(id, _)| **id != status.id)
+                    .max_by_key(|(_, p)| p.matched)
+                    .map(|(id, _)| *id)
+            });
+            if let Some(to) = best {
+                group.transfer_leader(to);
+            }
+        }
+        if !leading && let Some(reply) = self.hand_over.take() {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Releases what waited for the WAL up to `lsn`; returns whether any group moved.
+    fn persisted(&mut self, lsn: Lsn) -> bool {
+        let mut outgoing = Vec::new();
+        let mut moved = false;
+        for group in self.groups.values_mut() {
+            if self.failed.contains(&group.shard()) {
+                continue;
+            }
+            if group.awaiting().is_some_and(|awaited| awaited <= lsn) {
+                moved = true;
+                let shard = group.shard();
+                outgoing.extend(group.persisted(lsn).into_iter().map(|m| (shard, m)));
+            }
+        }
+        self.send(outgoing);
+        moved
+    }
+
+    /// Handles every group's work until none has any, sends what it produced, and makes sure a
+    /// task awaits the WAL LSN the groups wait for.
+    fn process(&mut self) {
+        // Bounded: the loop ends when nothing moves, which Raft reaches within a few rounds.
+        for _ in 0..64 {
+            let mut outgoing: Vec<(u32, RaftMessage)> = Vec::new();
+            let mut moved = false;
+            for (shard, group) in &mut self.groups {
+                if self.failed.contains(shard) {
+                    continue;
+                }
+                let output = match group.process() {
+                    Ok(output) => output,
+                    Err(error) => {
+                        // A group that cannot go on (its storage failed, or its log is
+                        // inconsistent) takes no further part: it answers nothing, votes for
+                        // nothing, serves nothing, until the node restarts. The other replicas
+                        // go on without it.
+                        tracing::error!(shard, %error, "replica group failed; it stops here until restart");
+                        self.failed.insert(*shard);
+                        stop(group, &self.shards[shard], &error.to_string());
+                        continue;
+                    }
+                };
+                let server = &self.shards[shard];
+                server.set_leader(group.leader());
+                self.router.learn_leader(*shard, group.leader() as NodeId);
+                if output.closed {
+                    server.close();
+                }
+                if let Some(report) = &output.opened
+                    && let Some(engine) = group.engine()
+                    && let Err(error) = server.open(engine.clone(), report, &self.router)
+                {
+                    tracing::error!(shard, %error, "cannot start serving");
+                }
+                if let Some(lsn) = output.wait_for {
+                    self.wanted = self.wanted.max(lsn);
+                }
+                moved |= output.wait_for.is_some()
+                    || output.closed
+                    || output.opened.is_some()
+                    || !output.messages.is_empty();
+                outgoing.extend(output.messages.into_iter().map(|m| (*shard, m)));
+            }
+            self.send(outgoing);
+            moved |= self.persisted(self.wal.durable_lsn());
+            if !moved {
+                break;
+            }
+        }
+        if self.wanted > self.wal.durable_lsn() && self.wanted > self.awaited {
+            self.awaited = self.wanted;
+            let wal = self.wal.clone();
+            let inputs = self.input_sender.clone();
+            let lsn = self.wanted;
+            tokio::spawn(async move {
+                let result = wal.durable(lsn).await;
+                if let Err(error) = &result {
+                    tracing::error!(%error, "the WAL failed: every group stops here until restart");
+                }
+                let _ = inputs.send(Input::Durable(result.map(|()| lsn))).await;
+            });
+        }
+    }
+
+    /// Sends messages, one frame per destination node (cut at the frame size target); Raft
+    /// tolerates what gets lost.
+    fn send(&self, messages: Vec<(u32, RaftMessage)>) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut per_node: HashMap<NodeId, Vec<Vec<ShardRaftMessage>>> = HashMap::new();
+        let mut sizes: HashMap<NodeId, usize> = HashMap::new();
+        for (shard, message) in messages {
+            let to = message.to as NodeId;
+            let message = ShardRaftMessage {
+                shard,
+                message: wire::to_wire(&message),
+            };
+            let size = message.encoded_size_bytes();
+            let frames = per_node.entry(to).or_default();
+            let used = sizes.entry(to).or_default();
+            if frames.is_empty()
+                || *used + size > FRAME_BODY_TARGET_BYTES
+                || frames.last().is_some_and(|frame| {
+                    frame.len() >= net::RAFT_MESSAGES_PER_FRAME_MAX as usize
+                })
+            {
+                frames.push(Vec::new());
+                *used = 0;
+            }
+            *used += size;
+            frames.last_mut().expect("pushed").push(message);
+        }
+        for (to, frames) in per_node {
+            for messages in frames {
+                let peers = self.router.peers().clone();
+                let frame = RaftMessages {
+                    from: self.me,
+                    messages,
+                };
+                tokio::spawn(async move {
+                    if let Err(error) = peers.call(to, Message::RaftMessages(frame)).await {
+                        tracing::debug!(to, %error, "raft messages not delivered");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Stops a group whose storage failed. A replica of a group of several stops serving (the others
+/// elect a leader; reads here could be stale). The only replica of a group keeps serving with its
+/// engine failed: writes are refused as after any storage failure, reads are still answered (no
+/// one else can have committed anything).
+fn stop(group: &mut NodeGroup, server: &ShardServer, reason: &str) {
+    group.fail(reason);
+    if group.voter_count() > 1 {
+        server.close();
+    }
+}
+
+fn status_of(group: &NodeGroup) -> GroupStatus {
+    let status = group.raft_status();
+    let followers = status
+        .progress
+        .map(|progress| {
+            progress
+                .iter()
+                .filter(|(id, _)| **id != status.id)
+                .map(|(id, p)| (*id as NodeId, p.matched))
+                .collect()
+        })
+        .unwrap_or_default();
+    GroupStatus {
+        shard: group.shard(),
+        leader: group.leader() as NodeId,
+        term: group.term(),
+        commit_index: group.commit_index(),
+        applied_index: group.applied_index(),
+        last_index: group.last_index(),
+        followers,
+    }
+}

@@ -69,6 +69,7 @@ impl FakeCluster {
                 id,
                 address,
                 shards: vec![id - 1],
+                leads: Vec::new(),
             });
             seen.push(node_seen);
             servers.push(server);
@@ -397,6 +398,7 @@ async fn a_transfer_that_may_have_left_stays_unknown_when_later_attempts_cannot_
             id: 1,
             address,
             shards: vec![0],
+            leads: Vec::new(),
         }],
     )
     .expect("valid");
@@ -643,6 +645,7 @@ async fn a_closed_connection_is_replaced() {
             id: 1,
             address: address.clone(),
             shards: vec![0],
+            leads: Vec::new(),
         }],
     )
     .expect("valid");

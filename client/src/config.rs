@@ -1,9 +1,12 @@
-//! The cluster file: which nodes exist, where they listen, and which shards each one owns; and the
-//! shard map every client and node uses to find the owner of an account.
+//! The cluster file: which nodes exist, where they listen, and which shards each one holds a
+//! replica of; and the shard map every client and node uses to find an account's shard and the
+//! nodes that hold it.
 //!
 //! # The cluster file
 //!
-//! TOML, one `[[node]]` table per node:
+//! TOML, one `[[node]]` table per node. A shard listed by several nodes is a replica group: each
+//! of those nodes holds a replica of it, and one of them at a time leads it. Here each of the three
+//! shards has three replicas, and each node is the first leader of one shard:
 //!
 //! ```toml
 //! # How many shards the account space is cut into. Fixed for the life of the cluster: changing
@@ -13,31 +16,45 @@
 //! [[node]]
 //! id = 1                       # non-zero, unique
 //! address = "127.0.0.1:7101"   # host:port the node listens on, unique
-//! shards = [0]                 # the shards this node owns
+//! shards = [0, 1, 2]           # the shards this node holds a replica of
+//! leads = [0]                  # optional: the shards whose first leader this node should be
 //!
 //! [[node]]
 //! id = 2
 //! address = "127.0.0.1:7102"
-//! shards = [1]
+//! shards = [0, 1, 2]
+//! leads = [1]
 //!
 //! [[node]]
 //! id = 3
 //! address = "127.0.0.1:7103"
-//! shards = [2]
+//! shards = [0, 1, 2]
+//! leads = [2]
 //! ```
+//!
+//! Without replication each shard is listed by one node (`shards = [0]`, `[1]`, `[2]`, no
+//! `leads`), which is what [`ClusterConfig::local`] writes.
 //!
 //! Rules, checked by [`ClusterConfig::validate`]: `shard_count` is 1 to [`SHARD_COUNT_MAX`];
 //! there are 1 to [`NODES_MAX`] nodes; node ids are non-zero and unique; addresses are `host:port`
-//! and unique; every shard `0..shard_count` is owned by exactly one node. Unknown keys are
-//! refused, so a misspelt key is an error rather than a silent default.
+//! and unique; every shard `0..shard_count` is listed in the `shards` of at least 1 and at most
+//! [`REPLICAS_MAX`] nodes, and a node lists a shard at most once; `leads` (absent means `[]`)
+//! holds only shards of the node's own `shards`, each at most once, and a shard is in the `leads`
+//! of at most one node. Unknown keys are refused, so a misspelt key is an error rather than a
+//! silent default.
 //!
 //! # The shard map
 //!
 //! An account lives in shard [`shard_of`] `= splitmix64(account) % shard_count`, and the shard is
-//! owned by the node that lists it. Every client and every node computes this independently, so
-//! the function must never change: a different hash would send requests for existing accounts to
-//! nodes that do not hold them. `docs/protocol.md` (section 12) defines it for clients in other
-//! languages, with test vectors that a test here reads from the document and checks.
+//! held by the nodes that list it ([`ClusterConfig::replicas_of`]). Every client and every node
+//! computes this independently, so the function must never change: a different hash would send
+//! requests for existing accounts to nodes that do not hold them. `docs/protocol.md` (section 12)
+//! defines it for clients in other languages, with test vectors that a test here reads from the
+//! document and checks.
+//!
+//! Which replica leads a shard changes at run time (an election picks it); the file names only
+//! the one that should lead first, [`ClusterConfig::preferred_leader`]: the node whose `leads` has
+//! the shard, else its first replica in file order. That is where a client starts looking.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -49,6 +66,9 @@ use serde::{Deserialize, Serialize};
 pub const SHARD_COUNT_MAX: u32 = 65_536;
 /// Most nodes a cluster may have: as many as one `ClusterStatus` or `AuditReport` can describe.
 pub const NODES_MAX: u32 = CLUSTER_NODES_MAX;
+/// Most replicas a shard may have (nodes listing it). A Raft group of 7 survives 3 failures;
+/// larger groups cost every write more messages for little more safety. Bounds the replica table.
+pub const REPLICAS_MAX: u32 = 7;
 /// Largest cluster file [`ClusterConfig::load`] reads; a real one is a few hundred bytes per node.
 pub const CLUSTER_FILE_SIZE_MAX_BYTES: u64 = 1024 * 1024;
 
@@ -107,31 +127,48 @@ pub enum ConfigError {
         first: NodeId,
         second: NodeId,
     },
-    /// A node lists a shard at or above `shard_count`.
+    /// A node's `shards` has a shard at or above `shard_count`.
     #[error("node {id}: shard {shard} is out of range (shard_count is {shard_count})")]
     ShardOutOfRange {
         id: NodeId,
         shard: u32,
         shard_count: u32,
     },
-    /// A shard is listed twice (by two nodes, or twice by one).
-    #[error("shard {shard} is listed by both node {first} and node {second}")]
-    ShardOwnedTwice {
+    /// A node's `shards` or `leads` has a shard twice.
+    #[error("node {id}: shard {shard} appears twice in its {field}")]
+    ShardRepeated {
+        id: NodeId,
+        /// `shards` or `leads`.
+        field: &'static str,
+        shard: u32,
+    },
+    /// More than [`REPLICAS_MAX`] nodes list a shard in their `shards`.
+    #[error(
+        "node {id}: shard {shard} is already in the shards of {REPLICAS_MAX} earlier nodes, the most replicas a shard may have"
+    )]
+    TooManyReplicas { id: NodeId, shard: u32 },
+    /// A shard below `shard_count` is in no node's `shards`.
+    #[error("shard {shard} is in no node's shards: it needs at least one replica")]
+    ShardWithoutReplica { shard: u32 },
+    /// A node's `leads` has a shard that is not in its own `shards`.
+    #[error("node {id}: leads shard {shard}, which is not in its shards")]
+    LeadsShardNotHeld { id: NodeId, shard: u32 },
+    /// A shard is in the `leads` of two nodes.
+    #[error("shard {shard} is in the leads of both node {first} and node {second}")]
+    ShardLedTwice {
         shard: u32,
         first: NodeId,
         second: NodeId,
     },
-    /// A shard below `shard_count` is listed by no node.
-    #[error("shard {shard} is not owned by any node")]
-    ShardUnowned { shard: u32 },
 }
 
 /// A validated cluster: its nodes and the shard map.
 ///
 /// Read the fields freely. Build a config only through [`ClusterConfig::new`],
-/// [`ClusterConfig::parse`], [`ClusterConfig::load`] or [`ClusterConfig::local`]: they validate it
-/// and build the shard-to-node table that [`ClusterConfig::owner_of`] reads; a config whose fields
-/// were changed afterwards must be rebuilt with `new`.
+/// [`ClusterConfig::parse`], [`ClusterConfig::load`], [`ClusterConfig::local`] or
+/// [`ClusterConfig::local_replicated`]: they validate it and build the shard tables that
+/// [`ClusterConfig::replicas_of`] and [`ClusterConfig::preferred_leader`] read; a config whose
+/// fields were changed afterwards must be rebuilt with `new`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ClusterFile")]
 pub struct ClusterConfig {
@@ -140,9 +177,20 @@ pub struct ClusterConfig {
     /// The nodes, in file order.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
-    /// `owners[shard]` is the node owning `shard`; derived from `nodes`, so not serialized.
+    /// The shard tables, derived from `nodes`, so not serialized.
     #[serde(skip)]
-    owners: Vec<NodeId>,
+    map: ShardMap,
+}
+
+/// Who holds and who should first lead each shard, derived from the nodes at construction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ShardMap {
+    /// The replicas of every shard, shard after shard, each shard's in file order.
+    replicas: Vec<NodeId>,
+    /// Shard `s`'s replicas are `replicas[starts[s]..starts[s + 1]]`; `shard_count + 1` entries.
+    starts: Vec<u32>,
+    /// `preferred_leaders[shard]`: the node whose `leads` has it, else its first replica.
+    preferred_leaders: Vec<NodeId>,
 }
 
 /// One `[[node]]` entry of the cluster file.
@@ -153,8 +201,13 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// Where the node listens, as `host:port` (e.g. `127.0.0.1:7101`).
     pub address: String,
-    /// The shards this node owns.
+    /// The shards this node holds a replica of.
     pub shards: Vec<u32>,
+    /// The shards whose first leader this node should be: it campaigns first when the group is
+    /// new. Each is also in `shards`. Absent in the file means empty, and an empty list is not
+    /// written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leads: Vec<u32>,
 }
 
 /// The cluster file as written, before validation.
@@ -177,11 +230,11 @@ impl TryFrom<ClusterFile> for ClusterConfig {
 impl ClusterConfig {
     /// Validates the nodes and builds the shard map.
     pub fn new(shard_count: u32, nodes: Vec<NodeConfig>) -> Result<Self, ConfigError> {
-        let owners = owner_table(shard_count, &nodes)?;
+        let map = shard_map(shard_count, &nodes)?;
         Ok(ClusterConfig {
             shard_count,
             nodes,
-            owners,
+            map,
         })
     }
 
@@ -229,36 +282,63 @@ impl ClusterConfig {
     /// Panics if the fields were changed after the config was built, even into another valid
     /// config: the shard map would be stale, which is a bug of the caller, not bad input.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let owners = owner_table(self.shard_count, &self.nodes)?;
+        let map = shard_map(self.shard_count, &self.nodes)?;
         assert_eq!(
-            owners, self.owners,
+            map, self.map,
             "the shard map is stale: the config was changed after it was built"
         );
         Ok(())
     }
 
     /// A cluster of `nodes` nodes on this machine: node `i` (from 1) listens on
-    /// `127.0.0.1:(base_port + i - 1)` and owns shard `i - 1`, one shard per node.
+    /// `127.0.0.1:(base_port + i - 1)` and holds shard `i - 1`, one shard per node and one replica
+    /// per shard. The same as [`ClusterConfig::local_replicated`] with one replica.
     ///
     /// Panics if `nodes` is 0 or more than [`NODES_MAX`], or the ports would pass 65535.
     pub fn local(nodes: u32, base_port: u16) -> Self {
+        ClusterConfig::local_replicated(nodes, 1, base_port)
+    }
+
+    /// A replicated cluster of `nodes` nodes on this machine, listening as in
+    /// [`ClusterConfig::local`], with `nodes` shards: shard `s` has `min(replicas, nodes)`
+    /// replicas, on nodes `s + 1`, `s + 2`, ... (wrapping from the last node to node 1), and node
+    /// `s + 1` leads it first, so that the leaders start spread over the nodes. A shard of one
+    /// replica has no election, so with one replica no `leads` is written.
+    ///
+    /// Panics if `nodes` is 0 or more than [`NODES_MAX`], `replicas` is 0 or more than
+    /// [`REPLICAS_MAX`], or the ports would pass 65535.
+    pub fn local_replicated(nodes: u32, replicas: u32, base_port: u16) -> Self {
         assert!(
             (1..=NODES_MAX).contains(&nodes),
             "a local cluster has 1 to {NODES_MAX} nodes, not {nodes}"
+        );
+        assert!(
+            (1..=REPLICAS_MAX).contains(&replicas),
+            "a shard has 1 to {REPLICAS_MAX} replicas, not {replicas}"
         );
         let port_last = u32::from(base_port) + nodes - 1;
         assert!(
             port_last <= u32::from(u16::MAX),
             "ports {base_port}..={port_last} do not fit in 1..=65535"
         );
+        let replicas = replicas.min(nodes);
+        let shard_count = nodes;
         let nodes = (1..=nodes)
             .map(|id| NodeConfig {
                 id,
                 address: format!("127.0.0.1:{}", u32::from(base_port) + id - 1),
-                shards: vec![id - 1],
+                // Shard s is on nodes s + 1 + k (wrapping) for k < replicas, so node `id` holds
+                // the shards s with (id - 1 - s) mod nodes < replicas.
+                shards: (0..shard_count)
+                    .filter(|&shard| (id - 1 + shard_count - shard) % shard_count < replicas)
+                    .collect(),
+                leads: if replicas > 1 {
+                    vec![id - 1]
+                } else {
+                    Vec::new()
+                },
             })
             .collect::<Vec<_>>();
-        let shard_count = nodes.len() as u32;
         ClusterConfig::new(shard_count, nodes).expect("a local cluster is valid by construction")
     }
 
@@ -270,19 +350,47 @@ impl ClusterConfig {
         shard_of(account, self.shard_count)
     }
 
-    /// The node owning `account`'s shard.
+    /// The preferred leader of `account`'s shard ([`ClusterConfig::owner_of_shard`]).
     pub fn owner_of(&self, account: AccountId) -> NodeId {
         self.owner_of_shard(self.shard_of(account))
     }
 
-    /// The node owning `shard`. Panics if `shard >= shard_count`.
+    /// The preferred leader of `shard` ([`ClusterConfig::preferred_leader`]): in a cluster
+    /// without replication the one node holding it; in a replicated cluster only where a client
+    /// starts looking for its leader, which may have changed since. Panics if
+    /// `shard >= shard_count`.
     pub fn owner_of_shard(&self, shard: u32) -> NodeId {
+        self.preferred_leader(shard)
+    }
+
+    /// The node that should lead `shard` first: the one whose `leads` has it, else its first
+    /// replica in file order. Panics if `shard >= shard_count`.
+    pub fn preferred_leader(&self, shard: u32) -> NodeId {
+        self.map.preferred_leaders[self.shard_index(shard)]
+    }
+
+    /// The nodes holding a replica of `shard`, in file order; never empty. Panics if
+    /// `shard >= shard_count`.
+    pub fn replicas_of(&self, shard: u32) -> &[NodeId] {
+        let index = self.shard_index(shard);
+        let (start, end) = (self.map.starts[index], self.map.starts[index + 1]);
+        &self.map.replicas[start as usize..end as usize]
+    }
+
+    /// The shards node `id` holds a replica of, in its file order; empty for a node that is not
+    /// in the cluster.
+    pub fn shards_of(&self, id: NodeId) -> &[u32] {
+        self.node(id).map_or(&[], |node| node.shards.as_slice())
+    }
+
+    /// `shard` as an index of the shard tables. Panics if `shard >= shard_count`.
+    fn shard_index(&self, shard: u32) -> usize {
         assert!(
             shard < self.shard_count,
             "shard {shard} out of range 0..{}",
             self.shard_count
         );
-        self.owners[shard as usize]
+        shard as usize
     }
 
     /// The node with this id, if the cluster has one.
@@ -308,8 +416,9 @@ fn splitmix64(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Validates `nodes` against `shard_count` and returns `owners[shard]`, in one pass over the file.
-fn owner_table(shard_count: u32, nodes: &[NodeConfig]) -> Result<Vec<NodeId>, ConfigError> {
+/// Validates `nodes` against `shard_count` and builds the shard tables, in two passes over the
+/// file: one to check every rule and count each shard's replicas, one to fill the tables.
+fn shard_map(shard_count: u32, nodes: &[NodeConfig]) -> Result<ShardMap, ConfigError> {
     if shard_count == 0 {
         return Err(ConfigError::NoShards);
     }
@@ -324,8 +433,13 @@ fn owner_table(shard_count: u32, nodes: &[NodeConfig]) -> Result<Vec<NodeId>, Co
             node_count: nodes.len() as u64,
         });
     }
-    // 0 marks a shard with no owner yet: node ids are non-zero.
-    let mut owners = vec![0 as NodeId; shard_count as usize];
+    let shards = shard_count as usize;
+    // Per shard: how many nodes list it, and the last node that did, as its index + 1 (0: none
+    // yet), which tells a shard a node lists twice and the shards the current node holds.
+    let mut replica_counts = vec![0u32; shards];
+    let mut last_holder = vec![0u32; shards];
+    // The node whose `leads` has the shard; 0 (never a node id) for none yet.
+    let mut leaders = vec![0 as NodeId; shards];
     for (index, node) in nodes.iter().enumerate() {
         if node.id == 0 {
             return Err(ConfigError::NodeIdZero);
@@ -349,30 +463,86 @@ fn owner_table(shard_count: u32, nodes: &[NodeConfig]) -> Result<Vec<NodeId>, Co
                 });
             }
         }
+        // At most NODES_MAX, so the cast is exact.
+        let mark = index as u32 + 1;
         for &shard in &node.shards {
-            let Some(owner) = owners.get_mut(shard as usize) else {
+            let Some(holder) = last_holder.get_mut(shard as usize) else {
                 return Err(ConfigError::ShardOutOfRange {
                     id: node.id,
                     shard,
                     shard_count,
                 });
             };
-            if *owner != 0 {
-                return Err(ConfigError::ShardOwnedTwice {
+            if *holder == mark {
+                return Err(ConfigError::ShardRepeated {
+                    id: node.id,
+                    field: "shards",
                     shard,
-                    first: *owner,
-                    second: node.id,
                 });
             }
-            *owner = node.id;
+            let count = &mut replica_counts[shard as usize];
+            if *count == REPLICAS_MAX {
+                return Err(ConfigError::TooManyReplicas { id: node.id, shard });
+            }
+            *holder = mark;
+            *count += 1;
+        }
+        for &shard in &node.leads {
+            if last_holder.get(shard as usize) != Some(&mark) {
+                return Err(ConfigError::LeadsShardNotHeld { id: node.id, shard });
+            }
+            match leaders[shard as usize] {
+                0 => leaders[shard as usize] = node.id,
+                first if first == node.id => {
+                    return Err(ConfigError::ShardRepeated {
+                        id: node.id,
+                        field: "leads",
+                        shard,
+                    });
+                }
+                first => {
+                    return Err(ConfigError::ShardLedTwice {
+                        shard,
+                        first,
+                        second: node.id,
+                    });
+                }
+            }
         }
     }
-    if let Some(shard) = owners.iter().position(|&owner| owner == 0) {
-        return Err(ConfigError::ShardUnowned {
+    if let Some(shard) = replica_counts.iter().position(|&count| count == 0) {
+        return Err(ConfigError::ShardWithoutReplica {
             shard: shard as u32,
         });
     }
-    Ok(owners)
+    // At most SHARD_COUNT_MAX * REPLICAS_MAX replicas in all, which fits a u32.
+    let mut starts = Vec::with_capacity(shards + 1);
+    starts.push(0u32);
+    for count in &replica_counts {
+        starts.push(starts[starts.len() - 1] + count);
+    }
+    let mut replicas = vec![0 as NodeId; starts[shards] as usize];
+    let mut next = starts[..shards].to_vec();
+    for node in nodes {
+        for &shard in &node.shards {
+            let slot = &mut next[shard as usize];
+            replicas[*slot as usize] = node.id;
+            *slot += 1;
+        }
+    }
+    let preferred_leaders = leaders
+        .iter()
+        .zip(&starts)
+        .map(|(&leader, &start)| match leader {
+            0 => replicas[start as usize],
+            leader => leader,
+        })
+        .collect();
+    Ok(ShardMap {
+        replicas,
+        starts,
+        preferred_leaders,
+    })
 }
 
 /// Whether `address` has the form `host:port` with a non-empty host and a port in 1..=65535.
@@ -425,11 +595,30 @@ shards = [2]
 "#;
 
     fn node(id: NodeId, address: &str, shards: &[u32]) -> NodeConfig {
+        leader(id, address, shards, &[])
+    }
+
+    fn leader(id: NodeId, address: &str, shards: &[u32], leads: &[u32]) -> NodeConfig {
         NodeConfig {
             id,
             address: address.to_string(),
             shards: shards.to_vec(),
+            leads: leads.to_vec(),
         }
+    }
+
+    /// The TOML example of the module documentation, read from this file.
+    fn documented_example() -> String {
+        const SOURCE: &str = include_str!("config.rs");
+        let start = SOURCE
+            .find("//! ```toml\n")
+            .expect("the module docs have a TOML example");
+        SOURCE[start..]
+            .lines()
+            .skip(1)
+            .take_while(|line| *line != "//! ```")
+            .map(|line| format!("{}\n", line.trim_start_matches("//!").trim_start()))
+            .collect()
     }
 
     /// Parses `text` expecting failure, and returns the one-line message.
@@ -462,6 +651,51 @@ shards = [2]
     }
 
     #[test]
+    fn parses_the_replicated_example_of_the_module_docs() {
+        let config = ClusterConfig::parse(&documented_example()).expect("valid");
+        assert_eq!(config, ClusterConfig::local_replicated(3, 3, 7101));
+        for shard in 0..3 {
+            assert_eq!(config.replicas_of(shard), [1, 2, 3]);
+            assert_eq!(config.preferred_leader(shard), shard + 1);
+        }
+    }
+
+    #[test]
+    fn replicas_and_preferred_leaders() {
+        let config = ClusterConfig::new(
+            3,
+            vec![
+                node(10, "a:1", &[0, 1]),
+                leader(20, "a:2", &[1, 2], &[2]),
+                leader(30, "a:3", &[2, 0], &[0]),
+                node(40, "a:4", &[1]),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(config.replicas_of(0), [10, 30]);
+        assert_eq!(config.replicas_of(1), [10, 20, 40]);
+        assert_eq!(config.replicas_of(2), [20, 30]);
+        // Named in `leads`, else the first replica.
+        let preferred = [30, 10, 20];
+        for shard in 0..3 {
+            assert_eq!(config.preferred_leader(shard), preferred[shard as usize]);
+            assert_eq!(config.owner_of_shard(shard), preferred[shard as usize]);
+        }
+        for account in 0..50 {
+            let shard = config.shard_of(account);
+            assert_eq!(config.owner_of(account), preferred[shard as usize]);
+        }
+        assert_eq!(config.shards_of(30), [2, 0]);
+        assert_eq!(config.shards_of(99), [] as [u32; 0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "shard 3 out of range 0..3")]
+    fn replicas_of_a_shard_out_of_range_panics() {
+        let _ = ClusterConfig::local_replicated(3, 3, 7101).replicas_of(3);
+    }
+
+    #[test]
     fn to_toml_round_trips() {
         let configs = [
             ClusterConfig::local(1, 9000),
@@ -474,6 +708,12 @@ shards = [2]
                 ],
             )
             .expect("valid"),
+            ClusterConfig::local_replicated(5, 3, 7101),
+            ClusterConfig::new(
+                2,
+                vec![node(1, "a:1", &[0, 1]), leader(2, "a:2", &[1, 0], &[1, 0])],
+            )
+            .expect("valid"),
         ];
         for config in configs {
             let text = config.to_toml();
@@ -483,6 +723,17 @@ shards = [2]
                 "{text}"
             );
         }
+    }
+
+    /// Files written before replicas existed have no `leads`, and must stay byte for byte the same
+    /// when written back.
+    #[test]
+    fn a_file_without_leads_is_written_without_leads() {
+        let text = ClusterConfig::local(3, 7101).to_toml();
+        assert!(!text.contains("leads"), "{text}");
+        assert_eq!(ClusterConfig::parse(&text).expect("valid").to_toml(), text);
+        let text = ClusterConfig::local_replicated(3, 2, 7101).to_toml();
+        assert!(text.contains("leads = [0]"), "{text}");
     }
 
     #[test]
@@ -575,17 +826,15 @@ shards = [2]
             "node 7: shard 2 is out of range (shard_count is 2)",
         );
         check_error(
-            "shard_count = 2\n[[node]]\nid = 1\naddress = \"a:1\"\nshards = [0, 1]\n[[node]]\nid = 2\naddress = \"a:2\"\nshards = [1]",
-            "shard 1 is listed by both node 1 and node 2",
-        );
-        check_error(
-            "shard_count = 2\n[[node]]\nid = 1\naddress = \"a:1\"\nshards = [0, 0]",
-            "shard 0 is listed by both node 1 and node 1",
+            "shard_count = 2\n[[node]]\nid = 1\naddress = \"a:1\"\nshards = [0, 1, 0]",
+            "node 1: shard 0 appears twice in its shards",
         );
         check_error(
             "shard_count = 3\n[[node]]\nid = 1\naddress = \"a:1\"\nshards = [0, 2]",
-            "shard 1 is not owned by any node",
+            "shard 1 is in no node's shards: it needs at least one replica",
         );
+
+        check_leads_errors();
 
         let too_many = (1..=NODES_MAX + 1)
             .map(|id| node(id, &format!("a:{id}"), &[]))
@@ -594,6 +843,60 @@ shards = [2]
             ClusterConfig::new(1, too_many),
             Err(ConfigError::TooManyNodes { node_count: 257 })
         ));
+    }
+
+    /// A file of nodes 1 and 2 holding both shards of 2, with `leads` of their own.
+    fn with_leads(first: &str, second: &str) -> String {
+        format!(
+            "shard_count = 2\n[[node]]\nid = 1\naddress = \"a:1\"\nshards = [0, 1]\nleads = {first}\n\
+             [[node]]\nid = 2\naddress = \"a:2\"\nshards = [1]\nleads = {second}"
+        )
+    }
+
+    fn check_leads_errors() {
+        ClusterConfig::parse(&with_leads("[0]", "[1]")).expect("valid");
+        let cases = [
+            (
+                "[]",
+                "[0]",
+                "node 2: leads shard 0, which is not in its shards",
+            ),
+            (
+                "[2]",
+                "[]",
+                "node 1: leads shard 2, which is not in its shards",
+            ),
+            (
+                "[1, 0, 1]",
+                "[]",
+                "node 1: shard 1 appears twice in its leads",
+            ),
+            (
+                "[1]",
+                "[1]",
+                "shard 1 is in the leads of both node 1 and node 2",
+            ),
+        ];
+        for (first, second, expected) in cases {
+            check_error(&with_leads(first, second), expected);
+        }
+    }
+
+    /// Many replicas are fine up to REPLICAS_MAX; one more is refused, naming the node too many.
+    #[test]
+    fn a_shard_has_at_most_replicas_max_replicas() {
+        let nodes = |count: u32| -> Vec<NodeConfig> {
+            (1..=count)
+                .map(|id| node(id, &format!("a:{id}"), &[0]))
+                .collect()
+        };
+        let config = ClusterConfig::new(1, nodes(REPLICAS_MAX)).expect("valid");
+        assert_eq!(config.replicas_of(0), [1, 2, 3, 4, 5, 6, 7]);
+        let error = ClusterConfig::new(1, nodes(REPLICAS_MAX + 1)).expect_err("too many");
+        assert_eq!(
+            error.to_string(),
+            "node 8: shard 0 is already in the shards of 7 earlier nodes, the most replicas a shard may have"
+        );
     }
 
     #[test]
@@ -612,6 +915,15 @@ shards = [2]
     }
 
     #[test]
+    #[should_panic(expected = "the shard map is stale")]
+    fn validate_catches_a_changed_leader() {
+        let mut config = ClusterConfig::local_replicated(3, 3, 7101);
+        config.nodes[0].leads = vec![1];
+        config.nodes[1].leads = vec![0];
+        let _ = config.validate();
+    }
+
+    #[test]
     fn local_numbers_nodes_ports_and_shards() {
         let config = ClusterConfig::local(3, 9000);
         assert_eq!(config.shard_count, 3);
@@ -623,6 +935,44 @@ shards = [2]
                 node(3, "127.0.0.1:9002", &[2]),
             ]
         );
+    }
+
+    #[test]
+    fn local_replicated_spreads_replicas_and_leaders() {
+        let config = ClusterConfig::local_replicated(5, 3, 9000);
+        assert_eq!(config.shard_count, 5);
+        assert_eq!(
+            config.nodes[0],
+            leader(1, "127.0.0.1:9000", &[0, 3, 4], &[0])
+        );
+        assert_eq!(
+            config.nodes[4],
+            leader(5, "127.0.0.1:9004", &[2, 3, 4], &[4])
+        );
+        // Shard s on nodes s + 1, s + 2, s + 3, wrapping; listed in file order.
+        assert_eq!(config.replicas_of(0), [1, 2, 3]);
+        assert_eq!(config.replicas_of(3), [1, 4, 5]);
+        assert_eq!(config.replicas_of(4), [1, 2, 5]);
+        for shard in 0..5 {
+            assert_eq!(config.preferred_leader(shard), shard + 1);
+        }
+
+        // No more replicas than nodes.
+        let config = ClusterConfig::local_replicated(2, 3, 9000);
+        assert_eq!(config.replicas_of(0), [1, 2]);
+        assert_eq!(config.preferred_leader(1), 2);
+
+        // One replica: the unreplicated cluster, without `leads`.
+        assert_eq!(
+            ClusterConfig::local_replicated(3, 1, 9000),
+            ClusterConfig::local(3, 9000)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "a shard has 1 to 7 replicas, not 8")]
+    fn local_replicated_refuses_more_than_replicas_max() {
+        let _ = ClusterConfig::local_replicated(10, 8, 9000);
     }
 
     #[test]

@@ -55,6 +55,7 @@ impl Cluster {
                     id,
                     address: format!("127.0.0.1:{}", ports[id as usize - 1]),
                     shards: vec![id - 1],
+                    leads: Vec::new(),
                 })
                 .collect(),
         )

@@ -1,5 +1,18 @@
-//! The client library: typed calls to a Tally cluster that route each request to the node owning
-//! its account, follow redirects, and retry exactly when a retry cannot apply a request twice.
+//! The client library: typed calls to a Tally cluster that route each request to the leader of
+//! its account's shard, follow redirects and leaders, and retry exactly when a retry cannot apply a
+//! request twice.
+//!
+//! # Leaders
+//!
+//! A shard is held by one node or by a replica group of several ([`ClusterConfig::replicas_of`]),
+//! one of which leads it and serves its requests. The client remembers, per shard, the node it
+//! last found leading it, starting with [`ClusterConfig::preferred_leader`], and sends requests
+//! about an account there. The remembered leaders are shared by every clone of a client. A
+//! follower answers `NotLeader` naming the leader it knows, if any; the client moves its memory
+//! to that node when it is a replica of the shard, and otherwise (no leader known: an election is
+//! running), like after a node it could not reach, to the next replica of the shard in file order.
+//! An update is made only if the memory still names the node that failed, so that many requests
+//! failing on one node at once move it one step, not one step each.
 //!
 //! # Retries
 //!
@@ -10,15 +23,27 @@
 //! | attempt ended with                          | then                                           |
 //! |---------------------------------------------|------------------------------------------------|
 //! | an answer                                   | return it                                      |
-//! | connect failure (nothing was sent)          | retry                                          |
-//! | `Overloaded`, `ShuttingDown` or `LockConflict` | retry (the node refused before doing anything) |
+//! | connect failure (nothing was sent)          | next replica\*, retry                          |
+//! | `Overloaded`, `LockConflict` or `FundsHeld` | retry (refused before doing anything)          |
+//! | `ShuttingDown` (nothing was done)           | next replica\*, retry                          |
+//! | `NotLeader` naming another replica          | remember it, resend there at once (an attempt) |
+//! | `NotLeader` naming no other replica         | next replica\*, retry (nothing was done)       |
 //! | `WrongNode` naming a node of the config     | resend there at once (counts as an attempt)    |
 //! | any other error code                        | return [`ClientError::Remote`]                 |
-//! | sent, then timeout or connection lost       | retry (a write with the same id)               |
+//! | sent, then timeout or connection lost       | next replica\*, retry (a write: the same id)   |
 //!
-//! Every write is idempotent: the node deduplicates transfers, deposits and withdrawals by their
-//! id and account creations by the account id, so a resend returns the recorded outcome (an
-//! answer, or a recorded refusal such as `InsufficientFunds`) and can never apply twice.
+//! "Another replica" is a replica of the request's shard other than the node that answered.
+//!
+//! \* For a request about an account, the next replica of its shard becomes the remembered
+//! leader and gets the retry. Requests any node serves (`GetBalances`, `Audit`) go to the next
+//! node of the config instead, and requests to one named node (`GetTransferStatus`,
+//! `GetClusterStatus`) to the same node again. "Retry" is after a backoff; "at once" is not.
+//!
+//! `NotLeader` and the other refusals of rows 3 to 6 mean the node did nothing with the request, so
+//! every request is resent after them. Every write is idempotent: the node deduplicates
+//! transfers, deposits and withdrawals by their id and account creations by the account id, so a
+//! resend returns the recorded outcome (an answer, or a recorded refusal such as
+//! `InsufficientFunds`) and can never apply twice.
 //!
 //! When the attempts run out, the last failure is returned ([`ClientError::Unavailable`], or the
 //! last refusal), except for an idempotent write that some attempt may have delivered: no later
@@ -167,7 +192,8 @@ pub enum ClientError {
 
 impl ClientError {
     /// Whether the request surely was not applied and the same request, sent again later, may
-    /// succeed: the node was unreachable, overloaded, shutting down, or met a transient conflict.
+    /// succeed: the node was unreachable, overloaded, shutting down, not the leader (an election
+    /// may have been running), or met a transient conflict.
     /// [`ClientError::OutcomeUnknown`] is not retryable in this sense: resolve it first (by
     /// resending with the same id; see its documentation).
     pub fn is_retryable(&self) -> bool {
@@ -180,6 +206,7 @@ impl ClientError {
                     | ErrorCode::LockConflict
                     | ErrorCode::FundsHeld
                     | ErrorCode::ParticipantUnavailable
+                    | ErrorCode::NotLeader
             ),
             ClientError::OutcomeUnknown { .. }
             | ClientError::Inconsistent(_)
@@ -190,8 +217,8 @@ impl ClientError {
     }
 }
 
-/// A client of one cluster. Cheap to clone: clones share the connections. `Send + Sync`, for use
-/// from many tasks at once.
+/// A client of one cluster. Cheap to clone: clones share the connections and the remembered
+/// leaders. `Send + Sync`, for use from many tasks at once.
 #[derive(Clone)]
 pub struct TallyClient {
     shared: Arc<Shared>,
@@ -201,6 +228,43 @@ struct Shared {
     config: ClusterConfig,
     options: ClientOptions,
     pools: HashMap<NodeId, NodePool>,
+    leaders: Leaders,
+}
+
+/// The node each shard was last found led by, one atomic per shard, so that reading it takes no
+/// lock. Starts at each shard's preferred leader; only ever holds a replica of the shard.
+struct Leaders(Box<[AtomicU32]>);
+
+impl Leaders {
+    fn new(config: &ClusterConfig) -> Self {
+        let leaders = (0..config.shard_count)
+            .map(|shard| AtomicU32::new(config.preferred_leader(shard)))
+            .collect();
+        Leaders(leaders)
+    }
+
+    fn get(&self, shard: u32) -> NodeId {
+        self.0[shard as usize].load(Ordering::Relaxed)
+    }
+
+    /// Remembers `leader` for `shard` in place of `failed`, unless another request has already
+    /// replaced `failed`: its news is at least as new. Returns the node now remembered.
+    fn replace(&self, shard: u32, failed: NodeId, leader: NodeId) -> NodeId {
+        match self.0[shard as usize].compare_exchange(
+            failed,
+            leader,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => {
+                if leader != failed {
+                    tracing::debug!(shard, failed, leader, "remembering a new leader");
+                }
+                leader
+            }
+            Err(current) => current,
+        }
+    }
 }
 
 /// The connections to one node.
@@ -305,6 +369,9 @@ requests! {
 /// Where the attempts of one request go.
 #[derive(Debug, Clone, Copy)]
 enum Route {
+    /// To the remembered leader of this shard, following `NotLeader` among its replicas and
+    /// `WrongNode` redirects.
+    Shard(u32),
     /// To this node, and to whichever node it redirects to.
     Node(NodeId),
     /// For requests any node serves: to this node first, then after each failed attempt to the
@@ -363,6 +430,7 @@ impl TallyClient {
             .collect();
         TallyClient {
             shared: Arc::new(Shared {
+                leaders: Leaders::new(&config),
                 config,
                 options,
                 pools,
@@ -375,7 +443,7 @@ impl TallyClient {
         &self.shared.config
     }
 
-    /// Creates an account on its owner. Repeating it with the same content succeeds again.
+    /// Creates an account on its shard's leader. Repeating it with the same content succeeds again.
     pub async fn create_account(
         &self,
         account: AccountId,
@@ -387,7 +455,7 @@ impl TallyClient {
             flags,
             owner,
         };
-        self.send_to_owner(account, request).await
+        self.send_to_leader(account, request).await
     }
 
     /// Adds `amount` to `account` from outside the system, at most once per `id`: resent with
@@ -407,7 +475,7 @@ impl TallyClient {
             account,
             amount,
         };
-        self.send_to_owner(account, request).await
+        self.send_to_leader(account, request).await
     }
 
     /// Takes `amount` out of `account`, at most once per `id`, resent like
@@ -424,25 +492,25 @@ impl TallyClient {
             account,
             amount,
         };
-        self.send_to_owner(account, request).await
+        self.send_to_leader(account, request).await
     }
 
     /// The committed balance of one account.
     pub async fn balance(&self, account: AccountId) -> Result<u64, ClientError> {
-        let answer = self.send_to_owner(account, GetBalance { account }).await?;
+        let answer = self.send_to_leader(account, GetBalance { account }).await?;
         Ok(answer.balance)
     }
 
-    /// A consistent multi-account read: sent as one `GetBalances` to the owner of `accounts[0]`
-    /// (saving a hop when all are on one node), which reads all of them at one consistent cut
-    /// across shards; any node serves it, so when that one cannot be reached the next nodes of
-    /// the cluster file are tried in turn. One balance per account, in
-    /// the order asked. At most [`net::BALANCES_PER_REQUEST_MAX`] accounts; none asks nothing.
+    /// A consistent multi-account read: sent as one `GetBalances` to the remembered leader of
+    /// `accounts[0]`'s shard (saving a hop when all are on one node), which reads all of them at
+    /// one consistent cut across shards; any node serves it, so when that one cannot be reached
+    /// the next nodes of the cluster file are tried in turn. One balance per account, in the
+    /// order asked. At most [`net::BALANCES_PER_REQUEST_MAX`] accounts; none asks nothing.
     pub async fn balances(&self, accounts: &[AccountId]) -> Result<Vec<Balance>, ClientError> {
         let Some(&first) = accounts.first() else {
             return Ok(Vec::new());
         };
-        let node = self.config().owner_of(first);
+        let node = self.shared.leaders.get(self.config().shard_of(first));
         let request = GetBalances {
             accounts: accounts.to_vec(),
         };
@@ -477,10 +545,11 @@ impl TallyClient {
             limit,
             cursor,
         };
-        self.send_to_owner(account, request).await
+        self.send_to_leader(account, request).await
     }
 
-    /// Moves `amount` from `debit` to `credit`; sent to the owner of `debit`, which coordinates.
+    /// Moves `amount` from `debit` to `credit`; sent to the leader of `debit`'s shard, which
+    /// coordinates.
     /// An abort is an answer (`TransferOutcome::Aborted`), not an error. Resent with the same id
     /// when an attempt gets no answer; if none does, [`ClientError::OutcomeUnknown`] carries the
     /// id to resolve with [`TallyClient::transfer_status`].
@@ -497,7 +566,7 @@ impl TallyClient {
             credit,
             amount,
         };
-        let answer = self.send_to_owner(debit, request).await?;
+        let answer = self.send_to_leader(debit, request).await?;
         Ok(answer.outcome)
     }
 
@@ -597,13 +666,14 @@ impl TallyClient {
         }
     }
 
-    async fn send_to_owner<R: Request>(
+    /// Sends a request about `account` to its shard's leader.
+    async fn send_to_leader<R: Request>(
         &self,
         account: AccountId,
         request: R,
     ) -> Result<R::Answer, ClientError> {
-        let node = self.config().owner_of(account);
-        self.send(Route::Node(node), request, self.policy()).await
+        let shard = self.config().shard_of(account);
+        self.send(Route::Shard(shard), request, self.policy()).await
     }
 
     /// The retry loop of every request (see the module documentation for the policy).
@@ -613,8 +683,8 @@ impl TallyClient {
         request: R,
         policy: Policy,
     ) -> Result<R::Answer, ClientError> {
-        let nodes = &self.config().nodes;
         let mut node = match route {
+            Route::Shard(shard) => self.shared.leaders.get(shard),
             Route::Node(node) | Route::EachNodeInTurn { from: node } => node,
         };
         let mut backoff_bound = self.shared.options.backoff_initial;
@@ -636,6 +706,9 @@ impl TallyClient {
             let end = self
                 .attempt(node, request.clone().into(), policy.attempt_timeout)
                 .await;
+            // Whether this node is of no use to the request for now (down, draining, or not the
+            // leader), so that the next attempt should go elsewhere.
+            let mut move_on = true;
             let error = match end {
                 AttemptEnd::Answer(message) => {
                     let kind = message.kind();
@@ -646,55 +719,37 @@ impl TallyClient {
                 }
                 AttemptEnd::Invalid(reason) => return Err(ClientError::InvalidRequest(reason)),
                 AttemptEnd::NotSent(reason) => ClientError::Unavailable { node, reason },
-                AttemptEnd::Refused(refusal) => match refusal.code {
-                    // Refused before anything was done (a lock conflict of a deposit or
-                    // withdrawal is not recorded, unlike a transfer's), so the next attempt may
-                    // succeed, and an earlier attempt's fate is still open.
-                    ErrorCode::Overloaded
-                    | ErrorCode::ShuttingDown
-                    | ErrorCode::LockConflict
-                    | ErrorCode::FundsHeld => ClientError::Remote {
-                        node,
-                        code: refusal.code,
-                        message: refusal.message,
-                    },
-                    ErrorCode::WrongNode => match refusal.redirect_node_id {
-                        Some(owner) if self.shared.pools.contains_key(&owner) => {
-                            failure = Some(ClientError::Remote {
-                                node,
-                                code: refusal.code,
-                                message: refusal.message,
-                            });
-                            node = owner;
-                            redirected = true;
-                            continue;
+                AttemptEnd::Refused(refusal) => {
+                    if let Some(target) = self.redirect(route, node, &refusal)? {
+                        failure = Some(remote(node, refusal));
+                        node = target;
+                        redirected = true;
+                        continue;
+                    }
+                    match refusal.code {
+                        // Refused before anything was done (a lock conflict of a deposit or
+                        // withdrawal is not recorded, unlike a transfer's), so the next attempt
+                        // may succeed, and an earlier attempt's fate is still open.
+                        ErrorCode::Overloaded | ErrorCode::LockConflict | ErrorCode::FundsHeld => {
+                            move_on = false;
                         }
-                        redirect => return Err(ClientError::BadRedirect { node, redirect }),
-                    },
-                    // A definite answer about this request (a resent idempotent write is
-                    // answered from the node's record of it), so it ends the request.
-                    code => {
-                        let message = refusal.message;
-                        return Err(ClientError::Remote {
-                            node,
-                            code,
-                            message,
-                        });
+                        // Nothing was done either, and this node will not do it soon.
+                        ErrorCode::ShuttingDown | ErrorCode::NotLeader => {}
+                        // A definite answer about this request (a resent idempotent write is
+                        // answered from the node's record of it), so it ends the request.
+                        _ => return Err(remote(node, refusal)),
                     }
-                },
-                AttemptEnd::NoAnswer(reason) => match R::EFFECT {
-                    Effect::Read => ClientError::Unavailable { node, reason },
-                    Effect::IdempotentWrite => {
+                    remote(node, refusal)
+                }
+                AttemptEnd::NoAnswer(reason) => {
+                    if R::EFFECT == Effect::IdempotentWrite {
                         maybe_delivered = true;
-                        ClientError::Unavailable { node, reason }
                     }
-                },
+                    ClientError::Unavailable { node, reason }
+                }
             };
             failure = Some(error);
-            if let Route::EachNodeInTurn { .. } = route {
-                let index = nodes.iter().position(|config| config.id == node);
-                node = nodes[index.map_or(0, |index| (index + 1) % nodes.len())].id;
-            }
+            node = self.next_node(route, node, move_on);
         }
         let error = failure.expect("every attempt that does not return records its failure");
         if !maybe_delivered {
@@ -716,6 +771,80 @@ impl TallyClient {
             id: request.id(),
             reason: format!("{reason}; after {} attempts", policy.attempts_max),
         })
+    }
+
+    /// Where `refusal` from `node` sends the request at once, if anywhere: a `WrongNode` redirect
+    /// to a node of the config, or a `NotLeader` naming a replica of the request's shard other
+    /// than `node`. A replica so named becomes the shard's remembered leader. A `WrongNode`
+    /// redirect outside the config is an error: the client's config and the cluster's differ.
+    fn redirect(
+        &self,
+        route: Route,
+        node: NodeId,
+        refusal: &ErrorResponse,
+    ) -> Result<Option<NodeId>, ClientError> {
+        let redirect = refusal.redirect_node_id;
+        let target = match refusal.code {
+            ErrorCode::WrongNode => match redirect {
+                Some(owner) if self.shared.pools.contains_key(&owner) => owner,
+                redirect => return Err(ClientError::BadRedirect { node, redirect }),
+            },
+            ErrorCode::NotLeader => match (route, redirect) {
+                (Route::Shard(shard), Some(leader))
+                    if leader != node && self.config().replicas_of(shard).contains(&leader) =>
+                {
+                    leader
+                }
+                _ => {
+                    tracing::debug!(
+                        node,
+                        ?redirect,
+                        "not the leader, and names no other replica of the shard"
+                    );
+                    return Ok(None);
+                }
+            },
+            _ => return Ok(None),
+        };
+        if let Route::Shard(shard) = route {
+            if self.config().replicas_of(shard).contains(&target) {
+                self.shared.leaders.replace(shard, node, target);
+            }
+        }
+        Ok(Some(target))
+    }
+
+    /// The node of the attempt after a failed one on `node`; `move_on` when `node` is of no use
+    /// to the request for now. A request about a shard then moves the shard's remembered leader
+    /// from `node` to its next replica (in file order, wrapping), and goes wherever the memory
+    /// now points.
+    fn next_node(&self, route: Route, node: NodeId, move_on: bool) -> NodeId {
+        match route {
+            Route::Shard(shard) if move_on => {
+                let replicas = self.config().replicas_of(shard);
+                // A node outside the replicas (a WrongNode redirect's target) moves to the first.
+                let next = replicas
+                    .iter()
+                    .position(|&replica| replica == node)
+                    .map_or(0, |index| (index + 1) % replicas.len());
+                self.shared.leaders.replace(shard, node, replicas[next])
+            }
+            Route::Shard(_) | Route::Node(_) => node,
+            Route::EachNodeInTurn { .. } => {
+                let nodes = &self.config().nodes;
+                let index = nodes.iter().position(|config| config.id == node);
+                nodes[index.map_or(0, |index| (index + 1) % nodes.len())].id
+            }
+        }
+    }
+}
+
+/// A refusal as the caller sees it.
+fn remote(node: NodeId, refusal: ErrorResponse) -> ClientError {
+    ClientError::Remote {
+        node,
+        code: refusal.code,
+        message: refusal.message,
     }
 }
 

@@ -44,8 +44,8 @@ impl Handler for FakeNode {
     }
 }
 
-/// Fake nodes 1..=node_count, node `i` owning shard `i - 1`; the nodes in `down` have an address
-/// nothing listens on.
+/// Fake nodes 1..=node_count, holding shards as in `ClusterConfig::local_replicated` (with one
+/// replica: node `i` holds shard `i - 1`); the nodes in `down` have an address nothing listens on.
 struct FakeCluster {
     config: ClusterConfig,
     seen: Vec<Arc<Mutex<Vec<Message>>>>,
@@ -54,22 +54,28 @@ struct FakeCluster {
 
 impl FakeCluster {
     async fn start(node_count: u32, down: &[NodeId], script: Script) -> FakeCluster {
-        let mut nodes = Vec::new();
+        FakeCluster::start_replicated(node_count, 1, down, script).await
+    }
+
+    async fn start_replicated(
+        node_count: u32,
+        replicas: u32,
+        down: &[NodeId],
+        script: Script,
+    ) -> FakeCluster {
+        let mut nodes = ClusterConfig::local_replicated(node_count, replicas, 1).nodes;
         let mut seen = Vec::new();
         let mut servers = Vec::new();
-        for id in 1..=node_count {
+        for node in &mut nodes {
             let node_seen = Arc::new(Mutex::new(Vec::new()));
-            let (address, server) = if down.contains(&id) {
+            let (address, server) = if down.contains(&node.id) {
                 (closed_address(), None)
             } else {
-                let (address, server) = serve(id, node_seen.clone(), script.clone(), None).await;
+                let (address, server) =
+                    serve(node.id, node_seen.clone(), script.clone(), None).await;
                 (address, Some(server))
             };
-            nodes.push(NodeConfig {
-                id,
-                address,
-                shards: vec![id - 1],
-            });
+            node.address = address;
             seen.push(node_seen);
             servers.push(server);
         }
@@ -98,6 +104,13 @@ impl FakeCluster {
         (1..)
             .find(|&account| self.config.owner_of(account) == id)
             .expect("every node owns some account")
+    }
+
+    /// An account of `shard`.
+    fn account_in(&self, shard: u32) -> AccountId {
+        (1..)
+            .find(|&account| self.config.shard_of(account) == shard)
+            .expect("every shard has accounts")
     }
 }
 
@@ -397,6 +410,7 @@ async fn a_transfer_that_may_have_left_stays_unknown_when_later_attempts_cannot_
             id: 1,
             address,
             shards: vec![0],
+            leads: Vec::new(),
         }],
     )
     .expect("valid");
@@ -643,6 +657,7 @@ async fn a_closed_connection_is_replaced() {
             id: 1,
             address: address.clone(),
             shards: vec![0],
+            leads: Vec::new(),
         }],
     )
     .expect("valid");
@@ -842,4 +857,375 @@ fn new_transfer_ids_differ() {
 fn the_client_is_send_and_sync() {
     fn check<T: Send + Sync + Clone + 'static>() {}
     check::<TallyClient>();
+}
+
+// Replica groups: following and remembering leaders.
+
+fn not_leader(leader: Option<NodeId>) -> Reply {
+    Reply::Answer(ErrorResponse::not_leader(leader, 0).into())
+}
+
+/// The shard of the account a request is about, in a cluster of `shard_count` shards.
+fn shard_of_request(request: &Message, shard_count: u32) -> u32 {
+    let account = match request {
+        Message::Transfer(transfer) => transfer.debit,
+        Message::Deposit(deposit) => deposit.account,
+        Message::GetBalance(get) => get.account,
+        other => panic!("unexpected {other:?}"),
+    };
+    crate::config::shard_of(account, shard_count)
+}
+
+/// Answers a transfer, deposit or balance read as applied, the balance `1000 * node + account`.
+fn served(node: NodeId, request: &Message) -> Reply {
+    match request {
+        Message::Transfer(_) => committed(request),
+        Message::Deposit(_) => moved(request),
+        Message::GetBalance(get) => Reply::Answer(
+            Balance {
+                account: get.account,
+                balance: 1000 * u64::from(node) + get.account,
+            }
+            .into(),
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A script where `leader` serves every request and every other node answers `follower()`.
+fn led_by(leader: NodeId, follower: impl Fn() -> Reply + Send + Sync + 'static) -> Script {
+    script(move |node, request, _| {
+        if node == leader {
+            served(node, request)
+        } else {
+            follower()
+        }
+    })
+}
+
+impl TallyClient {
+    /// The node this client takes to lead `shard`.
+    fn remembered_leader(&self, shard: u32) -> NodeId {
+        self.shared.leaders.get(shard)
+    }
+}
+
+#[tokio::test]
+async fn not_leader_naming_a_replica_is_followed_and_remembered() {
+    // Three replicas of each of three shards; node 3 leads them all, and the others say so.
+    let cluster = FakeCluster::start_replicated(3, 3, &[], led_by(3, || not_leader(Some(3)))).await;
+    let client = cluster.client(fast_options());
+    let debit = cluster.account_in(0);
+    assert_eq!(client.remembered_leader(0), 1, "the preferred leader first");
+    let outcome = client.transfer(11, debit, 99, 5).await.expect("transfer");
+    assert_eq!(outcome, TransferOutcome::Committed);
+    assert_eq!(transfer_ids(&cluster.seen(1)), vec![11]);
+    assert_eq!(client.remembered_leader(0), 3);
+    // Remembered: the next request of the shard goes straight there.
+    client.transfer(12, debit, 99, 5).await.expect("transfer");
+    assert_eq!(transfer_ids(&cluster.seen(1)), vec![11]);
+    assert!(cluster.seen(2).is_empty());
+    assert_eq!(transfer_ids(&cluster.seen(3)), vec![11, 12]);
+    // Reads and deposits are resent after NotLeader too: it says nothing was done.
+    let account = cluster.account_in(1);
+    assert_eq!(client.balance(account).await.expect("read"), 3000 + account);
+    let deposited = client.deposit(21, account, 7).await.expect("deposit");
+    assert_eq!(deposited.id, 21);
+    assert_eq!(cluster.seen(2).len(), 1, "only the read asked node 2");
+    assert_eq!(client.remembered_leader(1), 3);
+    assert_eq!(client.remembered_leader(2), 3, "shard 2's preferred leader");
+}
+
+#[tokio::test]
+async fn not_leader_without_a_leader_moves_to_the_next_replica() {
+    // An election: no one knows the leader, which is node 2.
+    let cluster = FakeCluster::start_replicated(3, 3, &[], led_by(2, || not_leader(None))).await;
+    let client = cluster.client(fast_options());
+    client
+        .transfer(31, cluster.account_in(0), 99, 5)
+        .await
+        .expect("transfer");
+    assert_eq!(transfer_ids(&cluster.seen(1)), vec![31]);
+    assert_eq!(transfer_ids(&cluster.seen(2)), vec![31]);
+    assert!(cluster.seen(3).is_empty(), "node 2 is next after node 1");
+    assert_eq!(client.remembered_leader(0), 2);
+    // Shard 2 starts at node 3, then wraps to node 1, then node 2.
+    client
+        .transfer(32, cluster.account_in(2), 99, 5)
+        .await
+        .expect("transfer");
+    assert_eq!(transfer_ids(&cluster.seen(3)), vec![32]);
+    assert_eq!(transfer_ids(&cluster.seen(1)), vec![31, 32]);
+    assert_eq!(transfer_ids(&cluster.seen(2)), vec![31, 32]);
+    assert_eq!(client.remembered_leader(2), 2);
+}
+
+#[tokio::test]
+async fn a_dead_remembered_leader_is_skipped_for_the_next_replica() {
+    let cluster =
+        FakeCluster::start_replicated(3, 3, &[1], script(|node, request, _| served(node, request)))
+            .await;
+    let client = cluster.client(fast_options());
+    let account = cluster.account_in(0);
+    assert_eq!(client.balance(account).await.expect("read"), 2000 + account);
+    assert_eq!(client.remembered_leader(0), 2);
+    client.balance(account).await.expect("read");
+    assert_eq!(cluster.seen(2).len(), 2);
+    assert!(cluster.seen(3).is_empty());
+}
+
+#[tokio::test]
+async fn a_leader_that_does_not_answer_is_skipped_and_a_write_resent_with_its_id() {
+    let cluster = FakeCluster::start_replicated(
+        3,
+        3,
+        &[],
+        script(|node, request, _| match node {
+            1 => Reply::Hang,
+            _ => served(node, request),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let outcome = client
+        .transfer(41, cluster.account_in(0), 99, 5)
+        .await
+        .expect("transfer");
+    assert_eq!(outcome, TransferOutcome::Committed);
+    assert_eq!(transfer_ids(&cluster.seen(1)), vec![41]);
+    assert_eq!(transfer_ids(&cluster.seen(2)), vec![41]);
+    assert_eq!(client.remembered_leader(0), 2);
+}
+
+#[tokio::test]
+async fn not_leader_naming_a_node_outside_the_replicas_is_not_followed() {
+    // Four nodes, two replicas a shard: shard s on nodes s + 1 and s + 2. The first replica of
+    // shards 0 to 2 names a node that holds no replica of it (3), no node at all (9), or itself.
+    let cluster = FakeCluster::start_replicated(
+        4,
+        2,
+        &[],
+        script(
+            |node, request, _| match (node, shard_of_request(request, 4)) {
+                (1, 0) => not_leader(Some(3)),
+                (2, 1) => not_leader(Some(9)),
+                (3, 2) => not_leader(Some(3)),
+                _ => served(node, request),
+            },
+        ),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    assert_eq!(cluster.config.replicas_of(0), [1, 2]);
+    assert_eq!(cluster.config.replicas_of(1), [2, 3]);
+    client
+        .transfer(51, cluster.account_in(0), 99, 5)
+        .await
+        .expect("transfer");
+    for (id, shard) in [(52, 1), (53, 2)] {
+        client
+            .transfer(id, cluster.account_in(shard), 99, 5)
+            .await
+            .expect("transfer");
+    }
+    assert_eq!(transfer_ids(&cluster.seen(1)), vec![51]);
+    assert_eq!(transfer_ids(&cluster.seen(2)), vec![51, 52]);
+    assert_eq!(transfer_ids(&cluster.seen(3)), vec![52, 53]);
+    assert_eq!(transfer_ids(&cluster.seen(4)), vec![53]);
+    let remembered: Vec<NodeId> = (0..3)
+        .map(|shard| client.remembered_leader(shard))
+        .collect();
+    assert_eq!(remembered, [2, 3, 4]);
+}
+
+#[tokio::test]
+async fn the_remembered_leader_is_shared_by_clones() {
+    let cluster = FakeCluster::start_replicated(3, 3, &[], led_by(3, || not_leader(Some(3)))).await;
+    let client = cluster.client(fast_options());
+    let clone = client.clone();
+    let account = cluster.account_in(0);
+    client.balance(account).await.expect("read");
+    assert_eq!(clone.remembered_leader(0), 3);
+    clone.balance(account).await.expect("read");
+    assert_eq!(
+        cluster.seen(1).len(),
+        1,
+        "the clone went straight to node 3"
+    );
+    assert_eq!(cluster.seen(3).len(), 2);
+}
+
+#[tokio::test]
+async fn not_leader_on_every_attempt_is_returned_unless_a_write_may_have_left() {
+    let cluster =
+        FakeCluster::start_replicated(3, 3, &[], script(|_, _, _| not_leader(None))).await;
+    let client = cluster.client(fast_options());
+    let error = client
+        .balance(cluster.account_in(0))
+        .await
+        .expect_err("no leader");
+    assert!(
+        matches!(
+            error,
+            ClientError::Remote {
+                code: ErrorCode::NotLeader,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+    // Around the replicas once: nodes 1, 2, 3.
+    for node in 1..=3 {
+        assert_eq!(cluster.seen(node).len(), 1);
+    }
+
+    // The first attempt may have been applied before its node lost the lead.
+    let cluster = FakeCluster::start_replicated(
+        3,
+        3,
+        &[],
+        script(|node, _, _| match node {
+            1 => Reply::Hang,
+            _ => not_leader(None),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let error = client
+        .deposit(61, cluster.account_in(0), 5)
+        .await
+        .expect_err("unknown");
+    assert!(
+        matches!(error, ClientError::OutcomeUnknown { id: Some(61), .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_late_failure_does_not_undo_a_newer_leader() {
+    // A read hangs on node 1; meanwhile another request learns that node 3 leads. When the read
+    // times out it must not move the memory from node 3 to node 2 (the replica after node 1).
+    let cluster = FakeCluster::start_replicated(
+        3,
+        3,
+        &[],
+        script(|node, request, _| match node {
+            1 => Reply::Hang,
+            2 => not_leader(Some(3)),
+            _ => served(node, request),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    let account = cluster.account_in(0);
+    let read = tokio::spawn({
+        let client = client.clone();
+        async move { client.balance(account).await }
+    });
+    while cluster.seen(1).is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(client.shared.leaders.replace(0, 1, 3), 3);
+    let balance = read.await.expect("joined").expect("read");
+    assert_eq!(balance, 3000 + account);
+    assert!(cluster.seen(2).is_empty(), "went to node 3, the newer news");
+    assert_eq!(client.remembered_leader(0), 3);
+}
+
+/// The seed of a randomized test: `TALLY_SEED` if set, else a fresh one; printed either way, so
+/// that a failing run can be replayed.
+fn test_seed(test: &str) -> u64 {
+    let seed = match std::env::var("TALLY_SEED") {
+        Ok(seed) => seed.parse().expect("TALLY_SEED is a u64"),
+        Err(_) => rand::random(),
+    };
+    println!("{test}: seed {seed} (replay with TALLY_SEED={seed})");
+    seed
+}
+
+/// Leaders move at random among the live replicas of their shards, and followers answer with
+/// the leader, with no leader, or with a node outside the shard: every read still finds its
+/// shard's leader within as many attempts as the shard has replicas, goes only to replicas of
+/// its shard, and leaves the leader remembered.
+#[tokio::test]
+async fn leaders_are_found_whatever_the_followers_say() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    const NODES: u32 = 5;
+    const REPLICAS: u32 = 3;
+    let seed = test_seed("leaders_are_found_whatever_the_followers_say");
+    let layout = ClusterConfig::local_replicated(NODES, REPLICAS, 1);
+    // Node 5 is down; each shard is first led by its first live replica.
+    let down = 5;
+    let truth: Arc<Mutex<Vec<NodeId>>> = Arc::new(Mutex::new(
+        (0..NODES)
+            .map(|shard| {
+                *layout
+                    .replicas_of(shard)
+                    .iter()
+                    .find(|&&node| node != down)
+                    .expect("a live replica")
+            })
+            .collect(),
+    ));
+    let answers = Arc::new(Mutex::new(StdRng::seed_from_u64(seed ^ 1)));
+    let cluster = FakeCluster::start_replicated(
+        NODES,
+        REPLICAS,
+        &[down],
+        script({
+            let truth = truth.clone();
+            move |node, request, _| {
+                let leader =
+                    truth.lock().expect("not poisoned")[shard_of_request(request, NODES) as usize];
+                if node == leader {
+                    return served(node, request);
+                }
+                match answers.lock().expect("not poisoned").random_range(0..3) {
+                    0 => not_leader(Some(leader)),
+                    1 => not_leader(None),
+                    _ => not_leader(Some(9)),
+                }
+            }
+        }),
+    )
+    .await;
+    let client = cluster.client(ClientOptions {
+        attempts_max: REPLICAS,
+        ..fast_options()
+    });
+    let mut rng = StdRng::seed_from_u64(seed);
+    for step in 0..300 {
+        if rng.random_bool(0.3) {
+            let shard = rng.random_range(0..NODES);
+            let live: Vec<NodeId> = cluster
+                .config
+                .replicas_of(shard)
+                .iter()
+                .copied()
+                .filter(|&node| node != down)
+                .collect();
+            truth.lock().expect("not poisoned")[shard as usize] =
+                live[rng.random_range(0..live.len())];
+        }
+        let account = rng.random_range(1..=1_000);
+        let shard = cluster.config.shard_of(account);
+        let leader = truth.lock().expect("not poisoned")[shard as usize];
+        let balance = client
+            .balance(account)
+            .await
+            .unwrap_or_else(|error| panic!("step {step}: account {account}: {error}"));
+        assert_eq!(balance, 1000 * u64::from(leader) + account, "step {step}");
+        assert_eq!(client.remembered_leader(shard), leader, "step {step}");
+    }
+    for node in 1..=NODES {
+        for request in cluster.seen(node) {
+            let shard = shard_of_request(&request, NODES);
+            assert!(
+                cluster.config.replicas_of(shard).contains(&node),
+                "node {node} was asked about shard {shard}"
+            );
+        }
+    }
 }

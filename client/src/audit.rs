@@ -1,8 +1,8 @@
-//! The cluster-wide verdict on an audit: the per-node answers of [`TallyClient::audit`], read at
-//! one consistent cut, summed and judged by one rule. The command line, the load generator and
+//! The cluster-wide verdict on an audit: the per-shard answers of [`TallyClient::audit`] (each
+//! taken by the shard's leader), read at one consistent cut, summed and judged by one rule. The command line, the load generator and
 //! the tests all judge an audit with [`AuditVerdict`], so the rule is written once.
 //!
-//! The rule: every node of the cluster file answered exactly once, the sums fit in 128 bits,
+//! The rule: every shard of the cluster answered exactly once, the sums fit in 128 bits,
 //! `balances == deposits - withdrawals`, no balance is negative, and no transaction is in doubt.
 //! Nothing in doubt is part of the rule because every caller audits a settled cluster (after a
 //! run, or after waiting for the nodes to resolve their transactions); a cut taken while
@@ -66,10 +66,10 @@ impl From<&NodeAudit> for AuditTotals {
 /// One way an audit breaks the rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditViolation {
-    /// A node of the cluster file is not in the answer: its money was not counted.
-    NodeMissing { node_id: NodeId },
-    /// A node of the cluster file is in the answer more than once: its money was counted twice.
-    NodeRepeated { node_id: NodeId, count: usize },
+    /// A shard of the cluster is not in the answer: its money was not counted.
+    ShardMissing { shard: u32 },
+    /// A shard is in the answer more than once: its money was counted twice.
+    ShardRepeated { shard: u32, count: usize },
     /// The cluster's sums do not fit in 128 bits, so nothing can be said of them.
     TotalsOverflow,
     /// `balances != deposits - withdrawals`: money was created or lost.
@@ -87,11 +87,11 @@ pub enum AuditViolation {
 impl fmt::Display for AuditViolation {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AuditViolation::NodeMissing { node_id } => {
-                write!(formatter, "node {node_id} missing from the report")
+            AuditViolation::ShardMissing { shard } => {
+                write!(formatter, "shard {shard} missing from the report")
             }
-            AuditViolation::NodeRepeated { node_id, count } => {
-                write!(formatter, "node {node_id} reported {count} times")
+            AuditViolation::ShardRepeated { shard, count } => {
+                write!(formatter, "shard {shard} reported {count} times")
             }
             AuditViolation::TotalsOverflow => write!(formatter, "the totals overflow 128 bits"),
             AuditViolation::NotConserved {
@@ -125,19 +125,16 @@ impl AuditVerdict {
     /// Judges `report`, the answer to an audit of the cluster described by `config`.
     pub fn new(report: &AuditReport, config: &ClusterConfig) -> AuditVerdict {
         let mut violations = Vec::new();
-        for node in &config.nodes {
+        for shard in 0..config.shard_count {
             match report
                 .nodes
                 .iter()
-                .filter(|audit| audit.node_id == node.id)
+                .filter(|audit| audit.shard == shard)
                 .count()
             {
                 1 => {}
-                0 => violations.push(AuditViolation::NodeMissing { node_id: node.id }),
-                count => violations.push(AuditViolation::NodeRepeated {
-                    node_id: node.id,
-                    count,
-                }),
+                0 => violations.push(AuditViolation::ShardMissing { shard }),
+                count => violations.push(AuditViolation::ShardRepeated { shard, count }),
             }
         }
         let totals = report
@@ -238,10 +235,12 @@ impl fmt::Display for AuditVerdict {
 mod tests {
     use super::*;
 
-    /// A node with two accounts, nothing negative and nothing in doubt.
+    /// Shard `node_id - 1`, taken by node `node_id`, with two accounts, nothing negative and
+    /// nothing in doubt.
     fn node_audit(node_id: NodeId, balances: u128, deposits: u128, withdrawals: u128) -> NodeAudit {
         NodeAudit {
             node_id,
+            shard: node_id - 1,
             balances_sum: balances,
             deposits_sum: deposits,
             withdrawals_sum: withdrawals,
@@ -352,8 +351,8 @@ mod tests {
     }
 
     #[test]
-    fn every_node_of_the_cluster_file_counts_exactly_once() {
-        // Node 2 missing: what it holds is not counted, so the sums cannot be trusted either.
+    fn every_shard_of_the_cluster_counts_exactly_once() {
+        // Shard 1 (node 2's) missing: what it holds is not counted, so the sums cannot be trusted either.
         let mut missing = vec![node_audit(1, 50, 100, 0)];
         missing[0].negative_balance_count = 1;
         missing[0].in_doubt_count = 2;
@@ -366,14 +365,14 @@ mod tests {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>(),
             [
-                "node 2 missing from the report",
+                "shard 1 missing from the report",
                 "balances 50 != deposits 100 - withdrawals 0",
                 "1 negative balance(s)",
                 "2 transaction(s) in doubt",
             ]
         );
 
-        // Node 1 twice: a balanced node counted twice still balances, and still fails.
+        // Shard 0 twice: a balanced node counted twice still balances, and still fails.
         let twice = vec![
             node_audit(1, 10, 10, 0),
             node_audit(1, 10, 10, 0),
@@ -383,14 +382,11 @@ mod tests {
         assert!(!verdict.money_conserved());
         assert_eq!(
             verdict.violations(),
-            [AuditViolation::NodeRepeated {
-                node_id: 1,
-                count: 2
-            }]
+            [AuditViolation::ShardRepeated { shard: 0, count: 2 }]
         );
         assert_eq!(
             verdict.violations()[0].to_string(),
-            "node 1 reported 2 times"
+            "shard 0 reported 2 times"
         );
     }
 

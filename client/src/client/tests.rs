@@ -230,6 +230,7 @@ fn reads(states: Vec<TransferState>) -> Script {
             Message::Audit(_) => AuditReport {
                 nodes: vec![NodeAudit {
                     node_id: node,
+                    shard: node - 1,
                     balances_sum: 5,
                     deposits_sum: 5,
                     withdrawals_sum: 0,

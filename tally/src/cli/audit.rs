@@ -15,13 +15,18 @@ pub(super) async fn audit(client: TallyClient, json: bool) -> Result<Exit, Failu
     let mut rows: Vec<Vec<String>> = report
         .nodes
         .iter()
-        .map(|node| audit_row(node.node_id.to_string(), &AuditTotals::from(node)))
+        .map(|node| {
+            audit_row(
+                format!("{} (node {})", node.shard, node.node_id),
+                &AuditTotals::from(node),
+            )
+        })
         .collect();
     if let Some(totals) = verdict.totals() {
         rows.push(audit_row("total".to_string(), totals));
     }
     let headers = [
-        "node",
+        "shard",
         "accounts",
         "balances",
         "deposits",
@@ -98,6 +103,7 @@ impl From<&AuditTotals> for AuditTotalsOutput {
 
 #[derive(Debug, Serialize)]
 struct AuditNodeOutput {
+    shard: u32,
     node_id: NodeId,
     #[serde(flatten)]
     totals: AuditTotalsOutput,
@@ -106,6 +112,7 @@ struct AuditNodeOutput {
 impl From<&NodeAudit> for AuditNodeOutput {
     fn from(node: &NodeAudit) -> Self {
         AuditNodeOutput {
+            shard: node.shard,
             node_id: node.node_id,
             totals: AuditTotalsOutput::from(&AuditTotals::from(node)),
         }
@@ -129,6 +136,7 @@ mod tests {
     fn json_writes_the_sums_as_decimal_strings() {
         let node = NodeAudit {
             node_id: 1,
+            shard: 0,
             balances_sum: 5,
             deposits_sum: 6,
             withdrawals_sum: 1,
@@ -138,7 +146,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&AuditNodeOutput::from(&node)).expect("json"),
-            r#"{"node_id":1,"balances_sum":"5","deposits_sum":"6","withdrawals_sum":"1","account_count":2,"negative_balance_count":0,"in_doubt_count":0}"#
+            r#"{"shard":0,"node_id":1,"balances_sum":"5","deposits_sum":"6","withdrawals_sum":"1","account_count":2,"negative_balance_count":0,"in_doubt_count":0}"#
         );
     }
 }

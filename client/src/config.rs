@@ -62,7 +62,7 @@ use std::path::{Path, PathBuf};
 use net::{AccountId, CLUSTER_NODES_MAX, NodeId};
 use serde::{Deserialize, Serialize};
 
-/// Most shards a cluster may have. Bounds the owner table (4 bytes per shard).
+/// Most shards a cluster may have. Bounds the shard tables (8 bytes per shard and 4 per replica).
 pub const SHARD_COUNT_MAX: u32 = 65_536;
 /// Most nodes a cluster may have: as many as one `ClusterStatus` or `AuditReport` can describe.
 pub const NODES_MAX: u32 = CLUSTER_NODES_MAX;

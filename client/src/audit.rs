@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use net::{AuditReport, NodeAudit, NodeId};
+use net::{AuditReport, NodeAudit};
 
 use crate::config::ClusterConfig;
 
@@ -233,6 +233,8 @@ impl fmt::Display for AuditVerdict {
 
 #[cfg(test)]
 mod tests {
+    use net::NodeId;
+
     use super::*;
 
     /// Shard `node_id - 1`, taken by node `node_id`, with two accounts, nothing negative and

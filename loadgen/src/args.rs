@@ -16,6 +16,9 @@ pub struct LoadgenArgs {
     /// Nodes of the local cluster started when no --cluster is given.
     #[arg(long, default_value_t = 3)]
     pub nodes: u32,
+    /// Replicas of each shard of the local cluster (at most --nodes): each shard a Raft group.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u32,
     /// Data dir of the local cluster (default: a new temporary directory, removed at the end).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,

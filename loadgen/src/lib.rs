@@ -60,8 +60,14 @@ pub fn main(args: LoadgenArgs) -> anyhow::Result<bool> {
             None => {
                 let proxies = args.faults.iter().any(Fault::is_link_fault);
                 let cluster =
-                    LocalCluster::start(args.nodes, args.data_dir.clone(), args.base_port, proxies)
-                        .await?;
+                    LocalCluster::start(
+                        args.nodes,
+                        args.replicas,
+                        args.data_dir.clone(),
+                        args.base_port,
+                        proxies,
+                    )
+                    .await?;
                 println!(
                     "loadgen: local cluster in {} ({})",
                     cluster.data_dir.display(),

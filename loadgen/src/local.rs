@@ -25,6 +25,9 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub nodes: u32,
+    /// Replicas of each shard (at most `nodes`): shard `s` on nodes `s+1, s+2, ...`, its first
+    /// leader node `s+1`.
+    pub replicas: u32,
     pub data_dir: PathBuf,
     /// Node `i` (from 1) listens on `127.0.0.1:(base_port + i - 1)`.
     pub base_port: u16,
@@ -54,7 +57,11 @@ pub fn prepare(options: &UpOptions) -> anyhow::Result<(PathBuf, ClusterConfig)> 
     if u32::from(options.base_port) + options.nodes > u32::from(u16::MAX) + 1 {
         bail!("ports {}..{} do not fit", options.base_port, options.nodes);
     }
-    let config = ClusterConfig::local(options.nodes, options.base_port);
+    let config = ClusterConfig::local_replicated(
+        options.nodes,
+        options.replicas.clamp(1, options.nodes),
+        options.base_port,
+    );
     std::fs::write(&path, config.to_toml())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok((path, config))
@@ -147,6 +154,7 @@ impl LocalCluster {
     /// with proxies between them if `proxies`.
     pub async fn start(
         nodes: u32,
+        replicas: u32,
         data_dir: Option<PathBuf>,
         base_port: u16,
         proxies: bool,
@@ -159,6 +167,7 @@ impl LocalCluster {
             .unwrap_or_else(|| temporary.as_ref().expect("created above").path().to_owned());
         let options = UpOptions {
             nodes,
+            replicas,
             data_dir: data_dir.clone(),
             base_port,
         };

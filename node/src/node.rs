@@ -37,6 +37,18 @@ use crate::shard::{Serving, ShardServer};
 use crate::snapshot::{self, READ_LOCK_WAIT};
 use client::config::ClusterConfig;
 
+/// What a node shares with its tasks.
+pub(crate) struct Node {
+    pub id: NodeId,
+    pub config: ClusterConfig,
+    pub router: Arc<Router>,
+    pub started: Instant,
+    /// The shards this node holds a replica of.
+    pub shards: BTreeMap<u32, Arc<ShardServer>>,
+    pub replication: Replication,
+    pub wal: Arc<Wal<FileStorage>>,
+}
+
 fn unavailable(error: Unavailable) -> ErrorResponse {
     match error {
         Unavailable::Overloaded => ErrorResponse::new(
@@ -134,17 +146,17 @@ impl Node {
                         .await
                         .map_err(unavailable)
                         .map(|decisions| {
-                        InquiryAnswer {
-                            decisions: decisions
-                                .into_iter()
-                                .map(|(txid, outcome)| net::DecisionEntry {
-                                    txid,
-                                    outcome: outcome_to_wire(outcome),
-                                })
-                                .collect(),
-                        }
-                        .into()
-                    }),
+                            InquiryAnswer {
+                                decisions: decisions
+                                    .into_iter()
+                                    .map(|(txid, outcome)| net::DecisionEntry {
+                                        txid,
+                                        outcome: outcome_to_wire(outcome),
+                                    })
+                                    .collect(),
+                            }
+                            .into()
+                        }),
                 }
             }
             Message::RaftMessages(RaftMessages { messages, .. }) => {
@@ -229,7 +241,9 @@ impl Node {
             )),
             Err(Refusal::ParticipantBacklog(node)) => Err(ErrorResponse::new(
                 ErrorCode::ParticipantUnavailable,
-                format!("shard {node} has not acknowledged many decisions (its leader is likely unreachable)"),
+                format!(
+                    "shard {node} has not acknowledged many decisions (its leader is likely unreachable)"
+                ),
             )),
             Err(Refusal::Storage(error)) => Err(engine_error_of(&*error)),
             Err(Refusal::Local(error)) => Err(engine_error_of(&*error)),

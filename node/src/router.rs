@@ -110,7 +110,9 @@ impl Router {
                 }
                 // Nothing was done there: ask the next replica, after a pause.
                 Some(_) => self.next_replica(shard, node),
-                None if resendable(&error, idempotent) && !matches!(error, PeerError::Refused { .. }) => {
+                None if resendable(&error, idempotent)
+                    && !matches!(error, PeerError::Refused { .. }) =>
+                {
                     self.next_replica(shard, node)
                 }
                 None => return Err(error),

@@ -99,8 +99,12 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
     let (wal, wal_report) = Wal::open_directory(&wal_dir, failpoint::wal_options()?)
         .with_context(|| format!("cannot open the WAL in {}", wal_dir.display()))?;
     let wal = Arc::new(wal);
-    let mut recovered = replica::store::recover(&wal)
-        .with_context(|| format!("cannot recover the replicated log from {}", wal_dir.display()))?;
+    let mut recovered = replica::store::recover(&wal).with_context(|| {
+        format!(
+            "cannot recover the replicated log from {}",
+            wal_dir.display()
+        )
+    })?;
     tracing::info!(
         segments = wal_report.segments,
         last_lsn = wal_report.last_lsn,

@@ -248,9 +248,15 @@ async fn take_cut(
 }
 
 /// One shard's part of a snapshot: in place when this node serves it, else from its leader.
-async fn lock_part(node: &Arc<Node>, request: SnapshotLock) -> Result<SnapshotLocked, ErrorResponse> {
+async fn lock_part(
+    node: &Arc<Node>,
+    request: SnapshotLock,
+) -> Result<SnapshotLocked, ErrorResponse> {
     let shard = request.shard;
-    let local = node.shards.get(&shard).filter(|server| server.serving().is_some());
+    let local = node
+        .shards
+        .get(&shard)
+        .filter(|server| server.serving().is_some());
     let answer = match local {
         Some(server) => lock_shard(node, server, request).await?,
         // Not idempotent: a lock taken twice is held until its lease.

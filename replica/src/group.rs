@@ -52,8 +52,8 @@ pub struct GroupOptions {
 impl Default for GroupOptions {
     fn default() -> Self {
         Self {
-            election_ticks_min: 10,
-            election_ticks_max: 20,
+            election_ticks_min: 8,
+            election_ticks_max: 16,
             heartbeat_ticks: 2,
             entry_data_max_bytes: 256 * 1024,
             uncommitted_bytes_max: 16 * 1024 * 1024,

@@ -107,7 +107,10 @@ impl Default for ClientOptions {
         ClientOptions {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
-            attempts_max: 5,
+            // With the backoff below, about 3 s on average (6 s at most) of retrying: enough to
+            // outlast a Raft election after a leader dies (under a second: its followers wait
+            // 0.4 to 0.8 s without its heartbeats, then elect).
+            attempts_max: 12,
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             connections_per_node: 1,
@@ -365,6 +368,9 @@ requests! {
     Audit => AuditReport, Read;
     GetClusterStatus => ClusterStatus, Read;
 }
+
+/// `WrongNode` and `NotLeader` redirects one request follows at most (they are not attempts).
+const REDIRECTS_MAX: u32 = 8;
 
 /// Where the attempts of one request go.
 #[derive(Debug, Clone, Copy)]
@@ -693,7 +699,14 @@ impl TallyClient {
         let mut maybe_delivered = false;
         let mut redirected = false;
         let mut failure = None;
-        for attempt in 0..policy.attempts_max {
+        // Redirects are followed at once and do not count as attempts, up to this many in all.
+        let mut redirects_left = REDIRECTS_MAX;
+        // Nodes this request could not reach: a `NotLeader` naming one of them (a stale leader,
+        // just killed) is not followed, so a dead leader does not eat the attempts while its
+        // group elects another.
+        let mut unreachable: Vec<NodeId> = Vec::new();
+        let mut attempt = 0;
+        while attempt < policy.attempts_max {
             if attempt > 0 && !redirected {
                 let bound = backoff_bound.min(self.shared.options.backoff_max);
                 let sleep_nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
@@ -701,6 +714,9 @@ impl TallyClient {
                 backoff_bound = backoff_bound
                     .saturating_mul(2)
                     .min(self.shared.options.backoff_max);
+            }
+            if !redirected {
+                attempt += 1;
             }
             redirected = false;
             let end = self
@@ -718,9 +734,16 @@ impl TallyClient {
                     });
                 }
                 AttemptEnd::Invalid(reason) => return Err(ClientError::InvalidRequest(reason)),
-                AttemptEnd::NotSent(reason) => ClientError::Unavailable { node, reason },
+                AttemptEnd::NotSent(reason) => {
+                    unreachable.push(node);
+                    ClientError::Unavailable { node, reason }
+                }
                 AttemptEnd::Refused(refusal) => {
-                    if let Some(target) = self.redirect(route, node, &refusal)? {
+                    if let Some(target) = self.redirect(route, node, &refusal)?
+                        && redirects_left > 0
+                        && !unreachable.contains(&target)
+                    {
+                        redirects_left -= 1;
                         failure = Some(remote(node, refusal));
                         node = target;
                         redirected = true;
@@ -742,6 +765,7 @@ impl TallyClient {
                     remote(node, refusal)
                 }
                 AttemptEnd::NoAnswer(reason) => {
+                    unreachable.push(node);
                     if R::EFFECT == Effect::IdempotentWrite {
                         maybe_delivered = true;
                     }

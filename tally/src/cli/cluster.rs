@@ -35,9 +35,13 @@ pub(super) enum ClusterCommand {
 
 #[derive(Debug, Args)]
 pub(super) struct UpArgs {
-    /// How many nodes (one shard each).
+    /// How many nodes (and shards: one led by each node at first).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(NODES_MAX)))]
     pub(super) nodes: u32,
+    /// Replicas of each shard, each on its own node (at most --nodes): each shard is a Raft
+    /// group that keeps serving while a minority of its replicas is down.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(client::config::REPLICAS_MAX)))]
+    pub(super) replicas: u32,
     /// Where the nodes keep their data, one subdirectory each.
     #[arg(long, value_name = "DIR")]
     pub(super) data_dir: PathBuf,
@@ -68,6 +72,7 @@ pub(super) fn up(args: UpArgs) -> Result<Exit, Failure> {
     }
     let options = UpOptions {
         nodes: args.nodes,
+        replicas: args.replicas,
         data_dir: args.data_dir,
         base_port: args.base_port,
     };

@@ -38,21 +38,6 @@ pub(crate) enum Input {
     /// Hand every leadership to another replica (before the node stops); answered once done or
     /// given up.
     HandOver(oneshot::Sender<()>),
-    /// The state of each group, for status.
-    Status(oneshot::Sender<Vec<GroupStatus>>),
-}
-
-/// One group as this replica sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct GroupStatus {
-    pub shard: u32,
-    pub leader: NodeId,
-    pub term: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub last_index: u64,
-    /// Leading: each follower's matched index.
-    pub followers: Vec<(NodeId, u64)>,
 }
 
 /// How other parts of the node reach the driver.
@@ -65,14 +50,6 @@ impl Replication {
     /// Raft messages from another node; dropped when the driver is behind (Raft resends).
     pub fn deliver(&self, messages: Vec<ShardRaftMessage>) {
         let _ = self.inputs.try_send(Input::Messages(messages));
-    }
-
-    pub async fn status(&self) -> Vec<GroupStatus> {
-        let (reply, answer) = oneshot::channel();
-        if self.inputs.send(Input::Status(reply)).await.is_err() {
-            return Vec::new();
-        }
-        answer.await.unwrap_or_default()
     }
 
     /// Hands this node's leaderships over, waiting at most `timeout`.
@@ -184,10 +161,6 @@ impl Driver {
             Input::HandOver(reply) => {
                 self.hand_over = Some(reply);
                 self.check_hand_over();
-            }
-            Input::Status(reply) => {
-                let status = self.groups.values().map(status_of).collect();
-                let _ = reply.send(status);
             }
         }
     }
@@ -359,28 +332,5 @@ fn stop(group: &mut NodeGroup, server: &ShardServer, reason: &str) {
     group.fail(reason);
     if group.voter_count() > 1 {
         server.close();
-    }
-}
-
-fn status_of(group: &NodeGroup) -> GroupStatus {
-    let status = group.raft_status();
-    let followers = status
-        .progress
-        .map(|progress| {
-            progress
-                .iter()
-                .filter(|(id, _)| **id != status.id)
-                .map(|(id, p)| (*id as NodeId, p.matched))
-                .collect()
-        })
-        .unwrap_or_default();
-    GroupStatus {
-        shard: group.shard(),
-        leader: group.leader() as NodeId,
-        term: group.term(),
-        commit_index: group.commit_index(),
-        applied_index: group.applied_index(),
-        last_index: group.last_index(),
-        followers,
     }
 }

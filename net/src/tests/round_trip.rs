@@ -76,6 +76,7 @@ fn maximal_prepare_batch() -> PrepareBatch {
     };
     PrepareBatch {
         coordinator: 1,
+        shard: 2,
         entries: vec![entry; BATCH_ENTRIES_MAX as usize],
     }
 }

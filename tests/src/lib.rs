@@ -43,19 +43,43 @@ impl Cluster {
         cluster
     }
 
+    /// Starts `nodes` nodes and `nodes` shards, each shard with `replicas` replicas (shard `s` on
+    /// nodes `s+1, s+2, ...`, first led by node `s+1`), and waits until all answer.
+    pub fn start_replicated(program: &Path, nodes: u32, replicas: u32) -> Cluster {
+        let mut cluster = Cluster::configure_replicated(program, nodes, replicas);
+        cluster.start_all();
+        cluster
+    }
+
     /// The cluster file and directory of `nodes` nodes, none started yet: set a node's data dir
     /// or environment first, then [`Cluster::start_all`].
     pub fn configure(program: &Path, nodes: u32) -> Cluster {
+        Cluster::configure_replicated(program, nodes, 1)
+    }
+
+    /// [`Cluster::configure`] with `replicas` replicas of each shard.
+    pub fn configure_replicated(program: &Path, nodes: u32, replicas: u32) -> Cluster {
         let directory = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(nodes as usize);
         let config = ClusterConfig::new(
             nodes,
             (1..=nodes)
-                .map(|id| NodeConfig {
-                    id,
-                    address: format!("127.0.0.1:{}", ports[id as usize - 1]),
-                    shards: vec![id - 1],
-                    leads: Vec::new(),
+                .map(|id| {
+                    // Shard s lives on nodes s+1 .. s+replicas (wrapping).
+                    let mut shards: Vec<u32> = (0..nodes)
+                        .filter(|shard| (id - 1 + nodes - shard) % nodes < replicas)
+                        .collect();
+                    shards.sort_unstable();
+                    NodeConfig {
+                        id,
+                        address: format!("127.0.0.1:{}", ports[id as usize - 1]),
+                        shards,
+                        leads: if replicas > 1 {
+                            vec![id - 1]
+                        } else {
+                            Vec::new()
+                        },
+                    }
                 })
                 .collect(),
         )

@@ -279,6 +279,11 @@ impl<S: Storage> Shared<S> {
             return Err(error);
         }
         if self.writer_stopped.load(Ordering::Acquire) {
+            // A failure may have been set between the look above and this one: the writer sets
+            // it before it stops, so it is visible now.
+            if let Some(error) = self.failed() {
+                return Err(error);
+            }
             // The writer drained the queue before it stopped, so this LSN was never appended.
             return if self.durable_lsn.load(Ordering::Acquire) >= lsn {
                 Ok(true)

@@ -86,7 +86,7 @@ fn maximal_batch_fits_in_one_frame() {
     let frame = Frame::new(1, maximal_prepare_batch());
     let mut buf = encode(&frame);
     // The size docs/protocol.md states for the largest batch.
-    assert_eq!(buf.len() - FRAME_HEADER_SIZE_BYTES as usize, 901_128);
+    assert_eq!(buf.len() - FRAME_HEADER_SIZE_BYTES as usize, 901_132);
     assert!(buf.len() <= FRAME_SIZE_MAX_BYTES as usize);
     assert_eq!(Frame::decode(&mut buf).unwrap(), Some(frame));
 }
@@ -112,7 +112,8 @@ fn lists_over_their_maximum_are_refused_by_encoder_and_decoder() {
     // Forge the over-long count on the wire: the decoder must refuse it before allocating.
     batch.entries[0].ops.pop();
     let mut buf = encode(&Frame::new(1, batch));
-    let ops_count_offset = 24 + 4 + 4 + 16;
+    // Header, coordinator, shard, the entries count, the first txid.
+    let ops_count_offset = 24 + 4 + 4 + 4 + 16;
     buf[ops_count_offset..ops_count_offset + 4]
         .copy_from_slice(&(TRANSACTION_OPERATIONS_MAX + 1).to_le_bytes());
     reseal(&mut buf);

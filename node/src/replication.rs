@@ -111,6 +111,30 @@ impl Driver {
         )
     }
 
+    /// Before the node listens: drives the groups of a single replica until their engines are
+    /// open (their logs replayed into the tables), so that a single-copy shard answers as soon as
+    /// the node does. Groups of several replicas need their peers and open later.
+    pub async fn open_single_replicas(&mut self) {
+        loop {
+            self.process();
+            let waiting = self.groups.iter().any(|(shard, group)| {
+                group.voter_count() == 1 && group.engine().is_none() && !self.failed.contains(shard)
+            });
+            if !waiting {
+                return;
+            }
+            match tokio::time::timeout(TICK, self.inputs.recv()).await {
+                Ok(Some(input)) => self.input(input),
+                Ok(None) => return,
+                Err(_) => {
+                    for group in self.groups.values_mut() {
+                        group.tick();
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs until the node stops (the task is aborted).
     pub async fn run(mut self) {
         let mut ticks = tokio::time::interval(TICK);
@@ -153,9 +177,13 @@ impl Driver {
                 self.persisted(lsn);
             }
             Input::Durable(Err(error)) => {
+                let cause = match error {
+                    engine::wal::WalError::Failed(io) => io,
+                    other => Arc::new(std::io::Error::other(other.to_string())),
+                };
                 for (shard, group) in &mut self.groups {
                     self.failed.insert(*shard);
-                    stop(group, &self.shards[shard], &error.to_string());
+                    stop(group, &self.shards[shard], cause.clone());
                 }
             }
             Input::HandOver(reply) => {
@@ -232,7 +260,13 @@ impl Driver {
                         // go on without it.
                         tracing::error!(shard, %error, "replica group failed; it stops here until restart");
                         self.failed.insert(*shard);
-                        stop(group, &self.shards[shard], &error.to_string());
+                        let cause = match error {
+                            replica::GroupError::Storage(engine::StorageError::Wal(
+                                engine::wal::WalError::Failed(io),
+                            )) => io,
+                            other => Arc::new(std::io::Error::other(other.to_string())),
+                        };
+                        stop(group, &self.shards[shard], cause);
                         continue;
                     }
                 };
@@ -328,8 +362,8 @@ impl Driver {
 /// elect a leader; reads here could be stale). The only replica of a group keeps serving with its
 /// engine failed: writes are refused as after any storage failure, reads are still answered (no
 /// one else can have committed anything).
-fn stop(group: &mut NodeGroup, server: &ShardServer, reason: &str) {
-    group.fail(reason);
+fn stop(group: &mut NodeGroup, server: &ShardServer, cause: Arc<std::io::Error>) {
+    group.fail(cause);
     if group.voter_count() > 1 {
         server.close();
     }

@@ -167,7 +167,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async {
-        let (driver, replication) = replication::Driver::new(
+        let (mut driver, replication) = replication::Driver::new(
             me.id,
             groups,
             shards.clone(),
@@ -184,6 +184,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
             replication: replication.clone(),
             wal: wal.clone(),
         });
+        driver.open_single_replicas().await;
         // Its bound on requests in flight per connection is what a peer's connection may send
         // (node-to-node traffic shares one): both are `net::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX`.
         let server_config = ServerConfig::default();

@@ -96,7 +96,7 @@ impl ShardServer {
             tracing::info!(
                 shard = self.shard,
                 count = driver.unended_count(),
-                "decisions to resend"
+                "decisions to resend after restart or a change of leader"
             );
         }
         let recovered: Vec<TransferId> = report.in_doubt.iter().map(|t| t.id).collect();

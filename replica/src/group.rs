@@ -365,10 +365,17 @@ impl<T: Tables, S: Storage> Group<T, S> {
         }
         if let Some(hard_state) = ready.hs() {
             self.storage.wl().set_hardstate(hard_state.clone());
-            records.push((
-                store::KIND_HARD_STATE,
-                store::encode_hard_state(self.shard, hard_state),
-            ));
+            // A change of the commit index alone is written with the next appends, not on its
+            // own (raft-rs: it need not be synced). A replica restarted with an older commit index
+            // learns the newer one from its leader, or, leading, commits its log again; the
+            // tables may hold records past it, which were committed and are durable here, and
+            // are skipped by LSN when handed over again.
+            if ready.must_sync() || !records.is_empty() {
+                records.push((
+                    store::KIND_HARD_STATE,
+                    store::encode_hard_state(self.shard, hard_state),
+                ));
+            }
         }
         if !records.is_empty() {
             let borrowed: Vec<(u8, &[u8])> = records
@@ -557,9 +564,9 @@ impl<T: Tables, S: Storage> Group<T, S> {
 
     /// Stops the group after a failure of its storage: the engine's waiting answers end with
     /// that failure (a sticky storage failure for the engine). The host drives the group no more.
-    pub fn fail(&mut self, reason: &str) {
+    pub fn fail(&mut self, error: Arc<std::io::Error>) {
         if let Some((_, log)) = &self.engine {
-            log.fail(Arc::new(std::io::Error::other(reason.to_string())));
+            log.fail(error);
         }
     }
 

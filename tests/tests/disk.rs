@@ -297,9 +297,11 @@ async fn assert_recovers(cluster: &mut Cluster, a: u64, a2: u64, count: u64) {
 /// node shuts down cleanly (`kill` false) or is killed, and after a restart it has everything it
 /// acknowledged, a retry of the failed transfer applies it exactly once, and money is conserved.
 async fn injected_failure(variable: &str, kill: bool) {
-    // Node 1's writes before the transfers: two account creations and one deposit, each one
-    // record write and one sync; the transfers after them are one of each too.
-    const WRITES_BEFORE_TRANSFERS: u64 = 3;
+    // Node 1's writes before the transfers: its group's first configuration and its election
+    // (the new term, the vote and the leader's empty entry), then two account creations and one
+    // deposit, each one write and one sync of the WAL; the transfers after them are one of each
+    // too (the commit index that follows each is written with the next appends).
+    const WRITES_BEFORE_TRANSFERS: u64 = 5;
     const WRITES_THAT_SUCCEED: u64 = 8;
     let mut cluster = Cluster::configure(PROGRAM.as_ref(), 2);
     cluster.set_env(1, variable, &WRITES_THAT_SUCCEED.to_string());

@@ -194,16 +194,20 @@ fn cluster_up_stops_its_nodes_on_sigterm() {
     assert!(data.path().join("cluster.toml").exists());
 }
 
-/// The first of three consecutive ports from a free one; a clash with another process is
-/// unlikely.
+/// The first of three consecutive ports that were free a moment ago.
 fn free_base_port() -> u16 {
-    let ports = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    ports
-        .local_addr()
-        .expect("address")
-        .port()
-        .saturating_sub(3)
-        .max(1024)
+    // Below Linux's ephemeral range (32768 and up): the nodes' own outgoing connections (each
+    // node connects to every other, replicas to replicas) take ephemeral ports, so a range just
+    // below a port the system handed out was taken now and then before a node could bind it.
+    for _ in 0..1000 {
+        let base: u16 = rand::random_range(20_000..32_000);
+        let free =
+            (base..base + 3).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no 3 consecutive free ports in 20000..32000");
 }
 
 /// Pids of the processes whose parent is `parent` (from /proc).

@@ -177,10 +177,7 @@ impl Driver {
                 self.persisted(lsn);
             }
             Input::Durable(Err(error)) => {
-                let cause = match error {
-                    engine::wal::WalError::Failed(io) => io,
-                    other => Arc::new(std::io::Error::other(other.to_string())),
-                };
+                let cause = io_cause(error);
                 for (shard, group) in &mut self.groups {
                     self.failed.insert(*shard);
                     stop(group, &self.shards[shard], cause.clone());
@@ -261,9 +258,9 @@ impl Driver {
                         tracing::error!(shard, %error, "replica group failed; it stops here until restart");
                         self.failed.insert(*shard);
                         let cause = match error {
-                            replica::GroupError::Storage(engine::StorageError::Wal(
-                                engine::wal::WalError::Failed(io),
-                            )) => io,
+                            replica::GroupError::Storage(engine::StorageError::Wal(error)) => {
+                                io_cause(error)
+                            }
                             other => Arc::new(std::io::Error::other(other.to_string())),
                         };
                         stop(group, &self.shards[shard], cause);
@@ -355,6 +352,14 @@ impl Driver {
                 });
             }
         }
+    }
+}
+
+/// The I/O error behind a WAL failure, kept as it is so that refusals name it.
+fn io_cause(error: engine::wal::WalError) -> Arc<std::io::Error> {
+    match error {
+        engine::wal::WalError::Failed(io) => io,
+        other => Arc::new(std::io::Error::other(other.to_string())),
     }
 }
 

@@ -412,17 +412,12 @@ impl<T: Tables, S: Storage> Group<T, S> {
             return Ok(());
         };
         let mut engine_last_lsn = None;
+        // A follower's records of every entry, applied as one table batch.
+        let mut records = Vec::new();
         for entry in entries {
             match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
                 EntryType::EntryNormal => {
-                    let records =
-                        payload::decode(&entry.data).map_err(|error| GroupError::Inconsistent {
-                            group: self.shard,
-                            reason: format!("entry {}: {error}", entry.index),
-                        })?;
-                    if records.is_empty() {
-                        continue;
-                    }
                     if self.engine.is_some() {
                         // The engine's own records: it applies them itself once told they are
                         // committed. An open engine never meets an earlier term's entry (it
@@ -438,9 +433,21 @@ impl<T: Tables, S: Storage> Group<T, S> {
                                 ),
                             });
                         }
-                        engine_last_lsn = records.last().map(|(lsn, _)| *lsn);
+                        // Its records are in the engine already: the header says how far they go.
+                        engine_last_lsn =
+                            Some(payload::last_lsn(&entry.data).ok_or_else(|| {
+                                GroupError::Inconsistent {
+                                    group: self.shard,
+                                    reason: format!("entry {} has no record batch", entry.index),
+                                }
+                            })?);
                     } else {
-                        self.apply_records(records, entry.index)?;
+                        records.extend(payload::decode(&entry.data).map_err(|error| {
+                            GroupError::Inconsistent {
+                                group: self.shard,
+                                reason: format!("entry {}: {error}", entry.index),
+                            }
+                        })?);
                     }
                 }
                 EntryType::EntryConfChange => {
@@ -464,6 +471,7 @@ impl<T: Tables, S: Storage> Group<T, S> {
                 }
             }
         }
+        self.apply_records(records, last)?;
         if let (Some(lsn), Some((engine, log))) = (engine_last_lsn, &self.engine) {
             log.committed(lsn);
             if let Err(error) = engine.settle() {
@@ -480,7 +488,8 @@ impl<T: Tables, S: Storage> Group<T, S> {
         Ok(())
     }
 
-    /// Applies committed records to the tables (no engine open), skipping those they hold.
+    /// Applies committed records (up to entry `index`) to the tables as one batch (no engine
+    /// open), skipping those they hold.
     fn apply_records(
         &mut self,
         records: Vec<(Lsn, engine::record::Record)>,
@@ -498,7 +507,7 @@ impl<T: Tables, S: Storage> Group<T, S> {
             return Err(GroupError::Inconsistent {
                 group: self.shard,
                 reason: format!(
-                    "entry {index} carries LSN {first} but the tables are applied up to {applied}"
+                    "entries up to {index} carry LSN {first} but the tables are applied up to {applied}"
                 ),
             });
         }

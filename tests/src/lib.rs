@@ -45,10 +45,49 @@ impl Cluster {
 
     /// Starts `nodes` nodes and `nodes` shards, each shard with `replicas` replicas (shard `s` on
     /// nodes `s+1, s+2, ...`, first led by node `s+1`), and waits until all answer.
+    /// With several replicas it also waits until every shard has elected a leader.
     pub fn start_replicated(program: &Path, nodes: u32, replicas: u32) -> Cluster {
         let mut cluster = Cluster::configure_replicated(program, nodes, replicas);
         cluster.start_all();
+        if replicas > 1 {
+            cluster.wait_for_leaders();
+        }
         cluster
+    }
+
+    /// Waits (60 s at most) until a replica of every shard reports that it leads. Callable from
+    /// inside an async test: it asks from a thread of its own.
+    pub fn wait_for_leaders(&self) {
+        let config = self.config.clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let led = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let client = TallyClient::new(config.clone(), ClientOptions::default());
+                while Instant::now() < deadline {
+                    if let Ok(nodes) = client.cluster_status().await {
+                        let led = |shard| {
+                            nodes.iter().any(|node| {
+                                node.groups.iter().any(|group| {
+                                    group.shard == shard && group.role == net::ReplicaRole::Leader
+                                })
+                            })
+                        };
+                        if (0..config.shard_count).all(led) {
+                            return true;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                false
+            })
+        })
+        .join()
+        .expect("leader wait");
+        assert!(led, "some shard elected no leader within 60 s");
     }
 
     /// The cluster file and directory of `nodes` nodes, none started yet: set a node's data dir

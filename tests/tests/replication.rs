@@ -221,3 +221,87 @@ async fn a_shard_without_a_majority_refuses_writes_and_serves_again_when_one_ret
     );
     assert_eq!(client.balance(1).await.expect("balance"), 150);
 }
+
+/// A replica down while its group appends thousands of entries catches up when it returns: the
+/// leader sees it current again, and with another replica then killed, the shards it completes a
+/// majority of serve exactly the balances written while it was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_down_for_thousands_of_entries_catches_up() {
+    const DEPOSITS: u64 = 3_000;
+    const ACCOUNTS: u64 = 12;
+    let mut cluster = Cluster::start_replicated(PROGRAM.as_ref(), 3, 3);
+    let client = cluster.client();
+    let accounts = funded_accounts(&client, ACCOUNTS).await;
+    cluster.kill(3);
+    // One deposit after another from a few tasks: each is (about) its own log entry.
+    let mut tasks = Vec::new();
+    for task in 0..4u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..DEPOSITS / 4 {
+                let account = 1 + (task + n * 4) % ACCOUNTS;
+                client
+                    .deposit(TallyClient::new_transfer_id(), account, 1)
+                    .await
+                    .expect("deposit with one replica down");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("deposit task");
+    }
+    let mut lags = Vec::new();
+    for shard in 0..3 {
+        let (_, view) = leader_view(&client, shard).await.expect("a leader");
+        let node_3 = view
+            .replicas
+            .iter()
+            .find(|r| r.node_id == 3)
+            .expect("node 3");
+        lags.push(view.last_index - node_3.matched_index);
+    }
+    assert!(
+        lags.iter().sum::<u64>() >= 1_000,
+        "the down replica misses only {lags:?} entries"
+    );
+    cluster.restart(3);
+    let started = Instant::now();
+    loop {
+        let mut current = true;
+        for shard in 0..3 {
+            let caught_up = leader_view(&client, shard).await.is_some_and(|(_, view)| {
+                view.replicas.iter().any(|replica| {
+                    replica.node_id == 3
+                        && replica.health == ReplicaHealth::Current
+                        && replica.matched_index == view.last_index
+                })
+            });
+            current &= caught_up;
+        }
+        if current {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node 3 has not caught up {lags:?} entries in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "node 3 caught up {lags:?} entries per shard in {:?}",
+        started.elapsed()
+    );
+    // Nodes 2 and 3 are now every shard's majority.
+    cluster.kill(1);
+    let balances = client.balances(&accounts).await.expect("consistent read");
+    let total: u64 = balances.iter().map(|balance| balance.balance).sum();
+    assert_eq!(total, INITIAL * ACCOUNTS + DEPOSITS);
+    for balance in balances {
+        assert_eq!(
+            balance.balance,
+            INITIAL + DEPOSITS / ACCOUNTS,
+            "account {}",
+            balance.account
+        );
+    }
+}

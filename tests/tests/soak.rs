@@ -4,11 +4,14 @@
 //! armed, so it dies at an exact 2PC step under load) and restarts them. At the end, with every
 //! node up, every outcome a client heard is checked against the cluster.
 //!
+//! It runs twice: with single-copy shards, and with every shard a group of 3 replicas (one per
+//! node), where transfers must also go on committing while one node is down.
+//!
 //! CI runs a short version. `TALLY_SOAK=N` runs N kill cycles and prints a summary line:
 //! `TALLY_SOAK=200 cargo test --release -p tests --test soak -- --nocapture`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +76,17 @@ async fn transfer_until_answered(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_transfer_survives_random_kills() {
+    soak("soak", 1).await;
+}
+
+/// The same with every shard a group of 3 replicas, one on each node. A node killed alone leaves
+/// every shard a majority, so transfers must go on committing while it is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_transfer_survives_random_kills_with_three_replicas() {
+    soak("soak-replicated", 3).await;
+}
+
+async fn soak(name: &str, replicas: u32) {
     let cycles: u32 = std::env::var("TALLY_SOAK")
         .ok()
         .map(|value| {
@@ -81,9 +95,9 @@ async fn every_acknowledged_transfer_survives_random_kills() {
                 .expect("TALLY_SOAK must be a number of cycles")
         })
         .unwrap_or(CI_CYCLES);
-    let seed = test_seed("soak");
+    let seed = test_seed(name);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cluster = Cluster::start(PROGRAM.as_ref(), 3);
+    let mut cluster = Cluster::start_replicated(PROGRAM.as_ref(), 3, replicas);
     let client = client(&cluster);
     let accounts = accounts_on_every_node(&cluster.config, ACCOUNTS_PER_NODE);
     for account in &accounts {
@@ -96,12 +110,20 @@ async fn every_acknowledged_transfer_survives_random_kills() {
 
     // The load: transfers within and across shards, with idempotent resends.
     let heard: Arc<Mutex<HashMap<u128, Heard>>> = Arc::default();
+    // Committed transfers touching each shard (by either account).
+    let committed_on: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..cluster.config.shard_count)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for worker in 0..WORKERS {
         let client = client.clone();
         let accounts = accounts.clone();
         let heard = heard.clone();
+        let committed_on = committed_on.clone();
+        let config = cluster.config.clone();
         let stop = stop.clone();
         let mut rng = StdRng::seed_from_u64(seed ^ (worker + 1) << 40);
         workers.push(tokio::spawn(async move {
@@ -110,6 +132,13 @@ async fn every_acknowledged_transfer_survives_random_kills() {
                 let amount = rng.random_range(1..=700);
                 let id: u128 = rng.random::<u128>() | 1;
                 let outcome = transfer_until_answered(&client, id, debit, credit, amount).await;
+                if outcome == Some(TransferOutcome::Committed) {
+                    let (from, to) = (config.shard_of(debit), config.shard_of(credit));
+                    committed_on[from as usize].fetch_add(1, Ordering::Relaxed);
+                    if to != from {
+                        committed_on[to as usize].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 heard.lock().unwrap().insert(
                     id,
                     Heard {
@@ -128,6 +157,10 @@ async fn every_acknowledged_transfer_survives_random_kills() {
     // Nodes that died other than by SIGKILL (ours, or an armed crash point's).
     let mut crashes: Vec<String> = Vec::new();
     let mut last_victim = 1u32;
+    // Transfers committed, while a single node was down, on the shards that node leads when all
+    // is well: none with single-copy shards; replicated, the shards keep a majority and serve.
+    let mut committed_while_one_down = 0u64;
+    let mut single_kills = 0u32;
     let points_to_arm = [
         points::COORDINATOR_AFTER_VOTES,
         points::COORDINATOR_AFTER_DECISION,
@@ -151,7 +184,24 @@ async fn every_acknowledged_transfer_survives_random_kills() {
             kills += 1;
         }
         last_victim = victims[0];
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..800))).await;
+        let victim_shards: Vec<usize> = (0..cluster.config.shard_count)
+            .filter(|shard| cluster.config.preferred_leader(*shard) == victims[0])
+            .map(|shard| shard as usize)
+            .collect();
+        let on_victim_shards = || -> u64 {
+            victim_shards
+                .iter()
+                .map(|s| committed_on[*s].load(Ordering::Relaxed))
+                .sum()
+        };
+        let before = on_victim_shards();
+        // Replicated, a node stays down long enough for its groups to elect new leaders.
+        let down_ms = if replicas > 1 { 1500..3000 } else { 0..800 };
+        tokio::time::sleep(Duration::from_millis(rng.random_range(down_ms))).await;
+        if victims.len() == 1 {
+            single_kills += 1;
+            committed_while_one_down += on_victim_shards() - before;
+        }
         for victim in &victims {
             // Now and then the node comes back with a crash point armed: it dies again at that
             // exact 2PC step under the load, and the next cycle brings it back.
@@ -202,11 +252,17 @@ async fn every_acknowledged_transfer_survives_random_kills() {
         .filter(|heard| heard.outcome.is_none())
         .count();
     println!(
-        "soak: seed {seed}, cycles {cycles}, transfers {} (committed {committed}, aborted {}, unknown {unknown}), kills {kills}, violations {}",
+        "{name}: seed {seed}, replicas {replicas}, cycles {cycles}, transfers {} (committed {committed}, aborted {}, unknown {unknown}), kills {kills}, committed on a killed node's shards while it was down alone {committed_while_one_down} (in {single_kills} single kills), violations {}",
         heard.len(),
         heard.len() - committed - unknown,
         violations.len()
     );
+    if replicas > 1 && single_kills > 0 {
+        assert!(
+            committed_while_one_down > 0,
+            "seed {seed}: nothing committed while a single node was down, in {single_kills} kills"
+        );
+    }
     assert!(
         violations.is_empty(),
         "seed {seed}: {} violations:\n{}",
@@ -236,18 +292,31 @@ async fn check(
     heard: &HashMap<u128, Heard>,
 ) -> Vec<String> {
     let mut violations = Vec::new();
-    // Settle: in-doubt transactions resolved, decisions delivered.
+    // Settle: every shard led, in-doubt transactions resolved, decisions delivered.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let settled = match client.cluster_status().await {
-            Ok(nodes) => nodes.iter().all(|node| node.up && node.in_doubt_count == 0),
+            Ok(nodes) => {
+                let led = |shard| {
+                    nodes.iter().any(|node| {
+                        node.groups.iter().any(|group| {
+                            group.shard == shard && group.role == net::ReplicaRole::Leader
+                        })
+                    })
+                };
+                nodes.iter().all(|node| node.up && node.in_doubt_count == 0)
+                    && (0..cluster.config.shard_count).all(led)
+            }
             Err(_) => false,
         };
         if settled {
             break;
         }
         if Instant::now() > deadline {
-            violations.push("transactions still in doubt 60 s after the last restart".into());
+            violations.push(
+                "a shard without a leader or transactions in doubt 60 s after the last restart"
+                    .into(),
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -41,6 +41,10 @@ use client::config::ClusterConfig;
 /// gives a node one second in all.
 const GROUP_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Time a read waits for its shard's leadership to be confirmed by a majority (a heartbeat round
+/// normally; without a majority, about an election timeout until the leader steps down).
+const READ_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What a node shares with its tasks.
 pub(crate) struct Node {
     pub id: NodeId,
@@ -94,6 +98,31 @@ impl Node {
         match self.shards.get(&shard) {
             Some(server) => server.serving_or_redirect(),
             None => Err(ErrorResponse::wrong_node(self.router.leader_of(shard))),
+        }
+    }
+
+    /// The service of `shard` for a read that must be current: [`Node::serving`], once a majority
+    /// of the shard's group has confirmed, after this call, that this node's replica still leads
+    /// (see `replica::Group::confirm_leadership`). A leader cut off from its majority so serves no
+    /// stale read: its confirmation never comes, and it answers `Timeout`, or `NotLeader` once it
+    /// has stepped down.
+    pub async fn serving_current(&self, shard: u32) -> Result<Arc<Serving>, ErrorResponse> {
+        self.serving(shard)?;
+        match tokio::time::timeout(
+            READ_CONFIRM_TIMEOUT,
+            self.replication.confirm_leadership(shard),
+        )
+        .await
+        {
+            Ok(true) => self.serving(shard),
+            Ok(false) => Err(self
+                .serving(shard)
+                .err()
+                .unwrap_or_else(|| ErrorResponse::not_leader(None, shard))),
+            Err(_) => Err(ErrorResponse::new(
+                ErrorCode::Timeout,
+                format!("shard {shard}: no majority confirmed this replica's leadership in time"),
+            )),
         }
     }
 
@@ -365,7 +394,7 @@ impl Node {
     }
 
     async fn balance(&self, account: AccountId) -> Result<Message, ErrorResponse> {
-        let serving = self.serving_for(account)?;
+        let serving = self.serving_current(self.config.shard_of(account)).await?;
         // Under a shared lock: a transfer whose outcome a client has heard may still be applying
         // here (a credit waits for its COMMIT); the read waits for it rather than miss it.
         let engine = serving.engine.clone();
@@ -380,7 +409,9 @@ impl Node {
     }
 
     async fn history(&self, request: GetHistory) -> Result<Message, ErrorResponse> {
-        let serving = self.serving_for(request.account)?;
+        let serving = self
+            .serving_current(self.config.shard_of(request.account))
+            .await?;
         let limit = request.limit.clamp(1, net::HISTORY_PAGE_MAX_ENTRIES);
         let cursor = (request.cursor != 0).then_some(request.cursor);
         let engine = serving.engine.clone();

@@ -27,6 +27,11 @@ const REBALANCE_TICKS: u64 = 20;
 /// After handing a group to its preferred leader, the ticks before trying that group again (a
 /// transfer that did not take is given up after an election timeout).
 const REBALANCE_BACKOFF_TICKS: u64 = 200;
+/// Reads waiting for their leadership confirmation, over all groups; more are refused.
+const CONFIRMATIONS_WAITING_MAX: usize = 65_536;
+/// A confirmation not answered within this many ticks is given up (the reader has given up
+/// before: see `node::READ_CONFIRM_TIMEOUT`).
+const CONFIRMATION_TICKS_MAX: u64 = 60;
 /// Incoming Raft frames waiting for the driver; more are dropped (Raft resends).
 const INBOX_MAX: usize = 4096;
 /// A `RaftMessages` frame is cut before its body reaches this size (the frame limit is 1 MiB).
@@ -43,6 +48,9 @@ pub(crate) enum Input {
     /// Hand every leadership to another replica (before the node stops); answered once done or
     /// given up.
     HandOver(oneshot::Sender<()>),
+    /// Confirm that this node's replica of the shard still leads, before a read: answered true
+    /// once a majority of the group confirms it, false when the replica does not lead (or stops).
+    ConfirmLeadership(u32, oneshot::Sender<bool>),
     /// Report every group's status (for `tally status`).
     Status(oneshot::Sender<Vec<net::GroupStatus>>),
 }
@@ -57,6 +65,22 @@ impl Replication {
     /// Raft messages from another node; dropped when the driver is behind (Raft resends).
     pub fn deliver(&self, messages: Vec<ShardRaftMessage>) {
         let _ = self.inputs.try_send(Input::Messages(messages));
+    }
+
+    /// Whether this node's replica of `shard` still leads, confirmed by a majority of its group
+    /// after this call (see `Group::confirm_leadership`); false when it does not lead, or when
+    /// too many reads wait. The caller bounds the wait.
+    pub async fn confirm_leadership(&self, shard: u32) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .inputs
+            .send(Input::ConfirmLeadership(shard, reply))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        answer.await.unwrap_or(false)
     }
 
     /// Every group's status, or `None` when the driver does not answer within `timeout`.
@@ -98,6 +122,19 @@ pub(crate) struct Driver {
     /// its preferred leader again.
     ticks: u64,
     rebalance_after: BTreeMap<u32, u64>,
+    /// Reads waiting for their group's next leadership confirmation, and confirmations asked:
+    /// by context, the group, the tick asked and the reads waiting for it.
+    reads_waiting: BTreeMap<u32, Vec<oneshot::Sender<bool>>>,
+    confirmations: BTreeMap<u64, Confirmation>,
+    waiting_count: usize,
+    next_context: u64,
+}
+
+/// A leadership confirmation asked of one group.
+struct Confirmation {
+    shard: u32,
+    asked_at: u64,
+    readers: Vec<oneshot::Sender<bool>>,
 }
 
 impl Driver {
@@ -127,6 +164,10 @@ impl Driver {
                 failed: std::collections::BTreeSet::new(),
                 ticks: 0,
                 rebalance_after: BTreeMap::new(),
+                reads_waiting: BTreeMap::new(),
+                confirmations: BTreeMap::new(),
+                waiting_count: 0,
+                next_context: 0,
             },
             Replication {
                 inputs: input_sender,
@@ -182,6 +223,7 @@ impl Driver {
                     if self.ticks % REBALANCE_TICKS == 0 {
                         self.rebalance();
                     }
+                    self.expire_confirmations();
                 }
             }
             while let Ok(input) = self.inputs.try_recv() {
@@ -209,10 +251,26 @@ impl Driver {
                     self.failed.insert(*shard);
                     stop(group, &self.shards[shard], cause.clone());
                 }
+                let shards: Vec<u32> = self.groups.keys().copied().collect();
+                for shard in shards {
+                    self.fail_confirmations(shard);
+                }
             }
             Input::HandOver(reply) => {
                 self.hand_over = Some(reply);
                 self.check_hand_over();
+            }
+            Input::ConfirmLeadership(shard, reply) => {
+                let leading = self
+                    .groups
+                    .get(&shard)
+                    .is_some_and(|group| group.is_leader() && !self.failed.contains(&shard));
+                if leading && self.waiting_count < CONFIRMATIONS_WAITING_MAX {
+                    self.waiting_count += 1;
+                    self.reads_waiting.entry(shard).or_default().push(reply);
+                } else {
+                    let _ = reply.send(false);
+                }
             }
             Input::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -308,6 +366,69 @@ impl Driver {
         }
     }
 
+    /// Asks one confirmation per group for the reads that arrived since its last one: they all
+    /// arrived before it is asked, so its answer serves every one of them.
+    fn ask_confirmations(&mut self) {
+        for (shard, readers) in std::mem::take(&mut self.reads_waiting) {
+            let group = self
+                .groups
+                .get_mut(&shard)
+                .expect("reads wait only for hosted groups");
+            self.next_context += 1;
+            group.confirm_leadership(self.next_context);
+            self.confirmations.insert(
+                self.next_context,
+                Confirmation {
+                    shard,
+                    asked_at: self.ticks,
+                    readers,
+                },
+            );
+        }
+    }
+
+    /// Answers the readers of a confirmation.
+    fn answer_confirmation(&mut self, context: u64, confirmed: bool) {
+        if let Some(confirmation) = self.confirmations.remove(&context) {
+            self.waiting_count -= confirmation.readers.len();
+            for reader in confirmation.readers {
+                let _ = reader.send(confirmed);
+            }
+        }
+    }
+
+    /// Answers false to the confirmations of `shard` (its replica stopped leading), or to those
+    /// asked too long ago (the group lost touch with its majority, or the request was lost).
+    fn expire_confirmations(&mut self) {
+        let expired: Vec<u64> = self
+            .confirmations
+            .iter()
+            .filter(|(_, c)| self.ticks - c.asked_at > CONFIRMATION_TICKS_MAX)
+            .map(|(context, _)| *context)
+            .collect();
+        for context in expired {
+            self.answer_confirmation(context, false);
+        }
+    }
+
+    fn fail_confirmations(&mut self, shard: u32) {
+        let failed: Vec<u64> = self
+            .confirmations
+            .iter()
+            .filter(|(_, c)| c.shard == shard)
+            .map(|(context, _)| *context)
+            .collect();
+        for context in failed {
+            self.answer_confirmation(context, false);
+        }
+        if let Some(readers) = self.reads_waiting.remove(&shard) {
+            self.waiting_count -= readers.len();
+            for reader in readers {
+                let _ = reader.send(false);
+            }
+        }
+    }
+
     /// Releases what waited for the WAL up to `lsn`; returns whether any group moved.
     fn persisted(&mut self, lsn: Lsn) -> bool {
         let mut outgoing = Vec::new();
@@ -329,10 +450,13 @@ impl Driver {
     /// Handles every group's work until none has any, sends what it produced, and makes sure a
     /// task awaits the WAL LSN the groups wait for.
     fn process(&mut self) {
+        self.ask_confirmations();
         // Bounded: the loop ends when nothing moves, which Raft reaches within a few rounds.
         for _ in 0..64 {
             let mut outgoing: Vec<(u32, RaftMessage)> = Vec::new();
             let mut moved = false;
+            let mut confirmed: Vec<u64> = Vec::new();
+            let mut lost_leadership: Vec<u32> = Vec::new();
             for (shard, group) in &mut self.groups {
                 if self.failed.contains(shard) {
                     continue;
@@ -353,6 +477,7 @@ impl Driver {
                             other => Arc::new(std::io::Error::other(other.to_string())),
                         };
                         stop(group, &self.shards[shard], cause);
+                        lost_leadership.push(*shard);
                         continue;
                     }
                 };
@@ -362,6 +487,10 @@ impl Driver {
                 if output.closed {
                     server.close();
                 }
+                if output.closed || !group.is_leader() {
+                    lost_leadership.push(*shard);
+                }
+                confirmed.extend(output.confirmed.iter().copied());
                 if let Some(report) = &output.opened
                     && let Some(engine) = group.engine()
                     && let Err(error) = server.open(engine.clone(), report, &self.router)
@@ -378,6 +507,12 @@ impl Driver {
                 outgoing.extend(output.messages.into_iter().map(|m| (*shard, m)));
             }
             self.send(outgoing);
+            for context in confirmed {
+                self.answer_confirmation(context, true);
+            }
+            for shard in lost_leadership {
+                self.fail_confirmations(shard);
+            }
             moved |= self.persisted(self.wal.durable_lsn());
             if !moved {
                 break;

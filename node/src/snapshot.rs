@@ -61,8 +61,8 @@ pub(crate) async fn lock_shard(
     server: &ShardServer,
     request: SnapshotLock,
 ) -> Result<Message, ErrorResponse> {
-    let serving = server.serving_or_redirect()?;
     let shard = server.shard;
+    let serving = node.serving_current(shard).await?;
     for account in &request.accounts {
         if node.config.shard_of(*account) != shard {
             return Err(ErrorResponse::new(

@@ -88,6 +88,9 @@ pub struct Output {
     pub opened: Option<OpenReport>,
     /// The engine was closed: this replica stopped leading (or restarted its engine).
     pub closed: bool,
+    /// Leadership confirmations asked with [`Group::confirm_leadership`] that a majority
+    /// answered: this replica still led when they were asked.
+    pub confirmed: Vec<u64>,
 }
 
 impl Output {
@@ -98,6 +101,7 @@ impl Output {
             self.opened = other.opened;
         }
         self.closed |= other.closed;
+        self.confirmed.extend(other.confirmed);
     }
 }
 
@@ -320,6 +324,18 @@ impl<T: Tables, S: Storage> Group<T, S> {
         Ok(self.raw.campaign()?)
     }
 
+    /// Asks the other replicas to confirm that this one still leads (raft's read index, safe
+    /// mode: a heartbeat round carrying `context`). A majority's answer shows up in a later
+    /// [`Output::confirmed`]; without one (leadership lost, a partition) it never does, so the
+    /// caller bounds its wait. Reads served after the confirmation are linearizable: every write
+    /// acknowledged before the read arrived was applied by this leader's engine (answers wait
+    /// for their records to commit and apply, and the engine opened only after every earlier
+    /// term's entries were applied), and no other replica can have led a later term before the
+    /// majority answered.
+    pub fn confirm_leadership(&mut self, context: u64) {
+        self.raw.read_index(context.to_le_bytes().to_vec());
+    }
+
     /// Hands leadership to `to` (a voter that is up to date, or soon is).
     pub fn transfer_leader(&mut self, to: u64) {
         self.raw.transfer_leader(to);
@@ -423,6 +439,12 @@ impl<T: Tables, S: Storage> Group<T, S> {
             }
         }
         output.messages.extend(ready.take_messages());
+        output
+            .confirmed
+            .extend(ready.take_read_states().into_iter().filter_map(|state| {
+                let context: [u8; 8] = state.request_ctx.as_slice().try_into().ok()?;
+                Some(u64::from_le_bytes(context))
+            }));
         if !ready.snapshot().is_empty() {
             return Err(GroupError::Inconsistent {
                 group: self.shard,

@@ -72,6 +72,8 @@ struct Cluster {
     /// When set, each tick crashes a random node (losing what it had not synced) with this
     /// probability, then restarts it.
     chaos: Option<(StdRng, f64)>,
+    /// (node, context) of every leadership confirmation a group reported.
+    confirmed: Vec<(u64, u64)>,
 }
 
 impl Cluster {
@@ -91,6 +93,7 @@ impl Cluster {
             cut: HashSet::new(),
             leaders: BTreeMap::new(),
             chaos: None,
+            confirmed: Vec::new(),
         }
     }
 
@@ -110,6 +113,8 @@ impl Cluster {
                 loop {
                     let output = group.process().expect("group processes");
                     let quiet = output.messages.is_empty() && output.wait_for.is_none();
+                    self.confirmed
+                        .extend(output.confirmed.iter().map(|context| (node.id, *context)));
                     self.in_flight.extend(output.messages);
                     if let Some(lsn) = output.wait_for {
                         node.wal.wait_durable(lsn).expect("WAL syncs");
@@ -341,6 +346,42 @@ fn a_cut_off_leader_commits_nothing_and_the_majority_goes_on() {
     assert_eq!(
         cluster.balances(10),
         vec![(1, Some(110)), (2, Some(110)), (3, Some(110))]
+    );
+}
+
+/// A leader confirms its leadership (raft's read index) with a majority before a read: a
+/// connected one gets the confirmation; one cut off from the others never does, not even after
+/// the partition heals (it has stepped down by then), while the new leader does.
+#[test]
+fn only_a_leader_with_its_majority_confirms_its_leadership() {
+    let mut cluster = Cluster::new();
+    let old = cluster.serving();
+    let confirm = |cluster: &mut Cluster, node: u64, context: u64| {
+        cluster
+            .nodes
+            .get_mut(&node)
+            .unwrap()
+            .group
+            .as_mut()
+            .unwrap()
+            .confirm_leadership(context);
+        cluster.settle();
+    };
+    confirm(&mut cluster, old, 1);
+    assert_eq!(cluster.confirmed, vec![(old, 1)]);
+
+    cluster.isolate(old);
+    confirm(&mut cluster, old, 2);
+    cluster.tick(60);
+    let new = cluster.serving();
+    assert_ne!(new, old, "the isolated node still serves");
+    confirm(&mut cluster, new, 3);
+    cluster.heal();
+    cluster.tick(30);
+    assert_eq!(
+        cluster.confirmed,
+        vec![(old, 1), (new, 3)],
+        "a cut-off leader confirmed its leadership"
     );
 }
 

@@ -240,10 +240,16 @@ async fn a_replica_down_for_thousands_of_entries_catches_up() {
         tasks.push(tokio::spawn(async move {
             for n in 0..DEPOSITS / 4 {
                 let account = 1 + (task + n * 4) % ACCOUNTS;
-                client
-                    .deposit(TallyClient::new_transfer_id(), account, 1)
-                    .await
-                    .expect("deposit with one replica down");
+                // Resent with its id until answered, as a client must when the outcome is
+                // unknown (on a loaded machine the election can outlast one call's retries).
+                let id = TallyClient::new_transfer_id();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while let Err(error) = client.deposit(id, account, 1).await {
+                    assert!(
+                        Instant::now() < deadline,
+                        "deposit {id} with one replica down: {error}"
+                    );
+                }
             }
         }));
     }

@@ -29,6 +29,7 @@
 //! | `NotLeader` naming another replica          | remember it, resend there at once (an attempt) |
 //! | `NotLeader` naming no other replica         | next replica\*, retry (nothing was done)       |
 //! | `WrongNode` naming a node of the config     | resend there at once (counts as an attempt)    |
+//! | a read refused `ParticipantUnavailable` or `Timeout` | retry (a read changes nothing)        |
 //! | any other error code                        | return [`ClientError::Remote`]                 |
 //! | sent, then timeout or connection lost       | next replica\*, retry (a write: the same id)   |
 //!
@@ -753,6 +754,14 @@ impl TallyClient {
                         }
                         // Nothing was done either, and this node will not do it soon.
                         ErrorCode::ShuttingDown | ErrorCode::NotLeader => {}
+                        // A read that could not reach a shard's leader (an election running,
+                        // a leader just killed) or confirm its leadership in time: a read
+                        // changes nothing, so it is tried again.
+                        ErrorCode::ParticipantUnavailable | ErrorCode::Timeout
+                            if R::EFFECT == Effect::Read =>
+                        {
+                            move_on = false;
+                        }
                         // A definite answer about this request (a resent idempotent write is
                         // answered from the node's record of it), so it ends the request.
                         _ => return Err(remote(node, refusal)),

@@ -343,6 +343,45 @@ async fn overloaded_is_retried_until_it_succeeds() {
 }
 
 #[tokio::test]
+async fn a_read_is_retried_after_participant_unavailable_or_timeout_and_a_write_is_not() {
+    // A read whose shard leader could not be reached, or whose leadership could not be
+    // confirmed in time, changes nothing: it is asked again.
+    let cluster = FakeCluster::start(
+        1,
+        &[],
+        script(|_, request, seen_before| match (request, seen_before) {
+            (Message::Deposit(_), _) => refuse(ErrorCode::ParticipantUnavailable),
+            (_, 0) => refuse(ErrorCode::ParticipantUnavailable),
+            (_, 1) => refuse(ErrorCode::Timeout),
+            (Message::GetBalance(get), _) => Reply::Answer(
+                Balance {
+                    account: get.account,
+                    balance: 5,
+                }
+                .into(),
+            ),
+            (other, _) => panic!("unexpected {other:?}"),
+        }),
+    )
+    .await;
+    let client = cluster.client(fast_options());
+    assert_eq!(client.balance(1).await.expect("balance"), 5);
+    assert_eq!(cluster.seen(1).len(), 3);
+    let error = client.deposit(22, 1, 10).await.expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            ClientError::Remote {
+                code: ErrorCode::ParticipantUnavailable,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(cluster.seen(1).len(), 4, "the write was resent");
+}
+
+#[tokio::test]
 async fn overloaded_on_every_attempt_is_returned() {
     let cluster = FakeCluster::start(1, &[], script(|_, _, _| refuse(ErrorCode::Overloaded))).await;
     let client = cluster.client(fast_options());

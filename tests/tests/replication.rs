@@ -181,18 +181,34 @@ async fn killing_a_shards_leader_under_load_loses_nothing_and_a_new_leader_serve
 }
 
 /// With two of its three replicas down a shard cannot commit: a write to it fails with an error
-/// within the client's retries (no hang), and with one replica back the shard serves again; the
-/// write resent with its id is applied exactly once.
+/// within the client's retries (no hang), while the shards that kept a majority go on serving;
+/// with one replica back the shard serves again, and the write resent with its id is applied
+/// exactly once. Five nodes, five shards of three replicas (shard s on nodes s+1, s+2, s+3,
+/// wrapping): killing nodes 1 and 2 leaves shards 0 ({1,2,3}) and 4 ({5,1,2}) one replica each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_without_a_majority_refuses_writes_and_serves_again_when_one_returns() {
-    let mut cluster = Cluster::start_replicated(PROGRAM.as_ref(), 3, 3);
+    let mut cluster = Cluster::start_replicated(PROGRAM.as_ref(), 5, 3);
     let client = cluster.client();
-    funded(&client, 1, 100).await;
+    // One account per shard.
+    let mut on_shard: Vec<Option<u64>> = vec![None; 5];
+    for account in 1..1000u64 {
+        let shard = cluster.config.shard_of(account) as usize;
+        if on_shard[shard].is_none() {
+            on_shard[shard] = Some(account);
+        }
+    }
+    let on_shard: Vec<u64> = on_shard
+        .into_iter()
+        .map(|a| a.expect("an account"))
+        .collect();
+    for account in &on_shard {
+        funded(&client, *account, 100).await;
+    }
+    cluster.kill(1);
     cluster.kill(2);
-    cluster.kill(3);
     let started = Instant::now();
     let id = TallyClient::new_transfer_id();
-    let refused = client.deposit(id, 1, 50).await;
+    let refused = client.deposit(id, on_shard[0], 50).await;
     let elapsed = started.elapsed();
     match &refused {
         Err(ClientError::Remote { .. } | ClientError::Unavailable { .. })
@@ -203,11 +219,25 @@ async fn a_shard_without_a_majority_refuses_writes_and_serves_again_when_one_ret
         elapsed < Duration::from_secs(30),
         "the refused deposit took {elapsed:?}"
     );
+    println!("refused in {elapsed:?}: {refused:?}");
+    // Shards 1, 2 and 3 kept two replicas each: they serve, within and across shards.
+    for shard in [1, 2, 3] {
+        let deposited = client
+            .deposit(TallyClient::new_transfer_id(), on_shard[shard], 1)
+            .await
+            .unwrap_or_else(|error| panic!("shard {shard} with its majority: {error}"));
+        assert_eq!(deposited.balance_after, 101);
+    }
+    let moved = client
+        .transfer(TallyClient::new_transfer_id(), on_shard[1], on_shard[3], 1)
+        .await
+        .expect("a transfer between two shards with their majorities");
+    assert_eq!(moved, TransferOutcome::Committed);
     cluster.restart(2);
     // The same id again: applied once, whatever became of the first attempt.
     let mut applied = None;
     for _ in 0..20 {
-        match client.deposit(id, 1, 50).await {
+        match client.deposit(id, on_shard[0], 50).await {
             Ok(deposited) => {
                 applied = Some(deposited.balance_after);
                 break;
@@ -219,7 +249,7 @@ async fn a_shard_without_a_majority_refuses_writes_and_serves_again_when_one_ret
         applied.is_some(),
         "shard 0 does not serve with 2 of 3 replicas up"
     );
-    assert_eq!(client.balance(1).await.expect("balance"), 150);
+    assert_eq!(client.balance(on_shard[0]).await.expect("balance"), 150);
 }
 
 /// A replica down while its group appends thousands of entries catches up when it returns: the

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engine::model::TransferId;
 use engine::tables::RocksTables;
@@ -21,6 +21,9 @@ use crate::snapshot::Held;
 
 /// A transaction in doubt this long is asked about; decisions normally take milliseconds.
 const IN_DOUBT_GRACE: Duration = Duration::from_secs(1);
+/// Without a leader for longer than this (a few election timeouts), a replica's `NotLeader` says
+/// that its group seems to lack a majority.
+const LEADERLESS_NOTICE: Duration = Duration::from_secs(3);
 
 /// What a leading replica runs.
 pub(crate) struct Serving {
@@ -44,6 +47,8 @@ pub(crate) struct ShardServer {
     serving: RwLock<Option<Arc<Serving>>>,
     /// The leader this replica knows (0: none).
     leader: AtomicU32,
+    /// Since when this replica has known no leader (`None` while it knows one).
+    leaderless_since: Mutex<Option<Instant>>,
     /// Consistent cuts holding this shard, until released or their lease ends.
     pub snapshots: Arc<Mutex<HashMap<u128, Held>>>,
 }
@@ -55,6 +60,7 @@ impl ShardServer {
             tables,
             serving: RwLock::new(None),
             leader: AtomicU32::new(0),
+            leaderless_since: Mutex::new(Some(Instant::now())),
             snapshots: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -67,10 +73,25 @@ impl ShardServer {
             .clone()
     }
 
-    /// The service, or the `NotLeader` answer that names the leader this replica knows.
+    /// The service, or the `NotLeader` answer that names the leader this replica knows. Without
+    /// a leader for longer than elections take, it says that a majority seems to be missing.
     pub fn serving_or_redirect(&self) -> Result<Arc<Serving>, ErrorResponse> {
-        self.serving()
-            .ok_or_else(|| ErrorResponse::not_leader(self.leader(), self.shard))
+        self.serving().ok_or_else(|| {
+            let leader = self.leader();
+            let leaderless = lock(&self.leaderless_since).map(|since| since.elapsed());
+            match (leader, leaderless) {
+                (None, Some(for_)) if for_ > LEADERLESS_NOTICE => ErrorResponse {
+                    message: format!(
+                        "shard {}: no leader for {:.1} s; a majority of its replicas is down or \
+                         cut off",
+                        self.shard,
+                        for_.as_secs_f64()
+                    ),
+                    ..ErrorResponse::not_leader(None, self.shard)
+                },
+                _ => ErrorResponse::not_leader(leader, self.shard),
+            }
+        })
     }
 
     pub fn leader(&self) -> Option<u32> {
@@ -81,7 +102,10 @@ impl ShardServer {
     }
 
     pub fn set_leader(&self, leader: u64) {
-        self.leader.store(leader as u32, Ordering::Relaxed);
+        let before = self.leader.swap(leader as u32, Ordering::Relaxed);
+        if (before == 0) != (leader == 0) {
+            *lock(&self.leaderless_since) = (leader == 0).then(Instant::now);
+        }
     }
 
     /// This replica leads and its engine is open: start serving.

@@ -220,6 +220,18 @@ async fn a_shard_without_a_majority_refuses_writes_and_serves_again_when_one_ret
         "the refused deposit took {elapsed:?}"
     );
     println!("refused in {elapsed:?}: {refused:?}");
+    // Asked again later, the surviving replica says why.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = client
+        .deposit(TallyClient::new_transfer_id(), on_shard[0], 7)
+        .await
+        .expect_err("still no majority");
+    assert!(
+        again
+            .to_string()
+            .contains("a majority of its replicas is down"),
+        "{again}"
+    );
     // Shards 1, 2 and 3 kept two replicas each: they serve, within and across shards.
     for shard in [1, 2, 3] {
         let deposited = client

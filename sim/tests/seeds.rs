@@ -1,4 +1,4 @@
-//! Runs the deterministic cluster simulation over many seeds (`TALLY_SIM_SEEDS`, default 200),
+//! Runs the deterministic cluster simulation over many seeds (`TALLY_SIM_SEEDS`, default 60),
 //! checks that a seed replays exactly, and that deliberate bugs are caught.
 
 use engine::testing::test_seed;
@@ -7,7 +7,7 @@ use sim::{Mutation, Scenario, Simulation, run_seed};
 fn seeds() -> u64 {
     std::env::var("TALLY_SIM_SEEDS")
         .map(|value| value.parse().expect("TALLY_SIM_SEEDS must be a count"))
-        .unwrap_or(300)
+        .unwrap_or(60)
 }
 
 /// `TALLY_SIM_TRANSFERS` replays a shrunk failure at its length.
@@ -25,24 +25,7 @@ fn simulated_clusters_keep_every_invariant() {
     let mut totals = sim::Stats::default();
     for seed in first..first + count {
         match run_seed(seed, transfers(), Mutation::None) {
-            Ok(stats) => {
-                totals.events += stats.events;
-                totals.messages_sent += stats.messages_sent;
-                totals.crashes += stats.crashes;
-                totals.strikes += stats.strikes;
-                totals.torn_crashes += stats.torn_crashes;
-                totals.partitions += stats.partitions;
-                totals.messages_dropped += stats.messages_dropped;
-                totals.messages_duplicated += stats.messages_duplicated;
-                totals.transfers_committed += stats.transfers_committed;
-                totals.transfers_aborted += stats.transfers_aborted;
-                totals.resends_of_answered += stats.resends_of_answered;
-                totals.deposits_and_withdrawals_applied += stats.deposits_and_withdrawals_applied;
-                totals.deposits_and_withdrawals_refused += stats.deposits_and_withdrawals_refused;
-                totals.consistent_reads += stats.consistent_reads;
-                totals.reads_refused += stats.reads_refused;
-                totals.settle_time = totals.settle_time.max(stats.settle_time);
-            }
+            Ok(stats) => totals.add(&stats),
             Err(failure) => panic!("{failure}"),
         }
     }
@@ -72,19 +55,25 @@ fn a_seed_replays_exactly() {
     assert_eq!(first_trace, second_trace);
 }
 
+/// Seeds a deliberate bug must be caught within (each is caught in a few seeds on average; see
+/// ARCHITECTURE.md for the rates measured).
+const MUTATION_SEEDS_MAX: u64 = 60;
+
 /// Each deliberate bug is found within a bounded number of seeds.
 #[test]
 fn deliberate_bugs_are_caught() {
     let first = test_seed("mutations");
     for mutation in [
         Mutation::CommitOnNoVote,
-        Mutation::NeverInquire,
         Mutation::ForgetUnendedOnRestart,
+        Mutation::ForgetVoteOnRestart,
+        Mutation::AcknowledgeBeforeSync,
     ] {
-        let caught = (first..first + 300).position(|seed| run_seed_quick(seed, mutation));
+        let caught =
+            (first..first + MUTATION_SEEDS_MAX).position(|seed| run_seed_quick(seed, mutation));
         match caught {
             Some(seeds) => println!("{mutation:?}: caught after {} seeds", seeds + 1),
-            None => panic!("{mutation:?}: not caught in 300 seeds"),
+            None => panic!("{mutation:?}: not caught in {MUTATION_SEEDS_MAX} seeds from {first}"),
         }
     }
 }

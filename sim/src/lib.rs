@@ -189,7 +189,10 @@ pub enum Mutation {
     None,
     /// The coordinator's driver turns the first abort of every batch into a commit.
     CommitOnNoVote,
-    /// Participants never ask about their in-doubt transactions.
+    /// Participants never ask about their in-doubt transactions. Not caught here (0 in 300
+    /// seeds): a client resends its transfer until it hears an outcome, and the coordinator
+    /// shard's next leader runs it again, which decides the participant's PREPARE too. Kept to
+    /// show that.
     NeverInquire,
     /// A new leader's coordinator does not resend the unended decisions it finds.
     ForgetUnendedOnRestart,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use engine::coordinator::{ClientToken, Effect, TransferRequest};
 use engine::model::{AccountId, MovementKind, MovementOutcome, NodeId, Outcome, TransferId};
+use engine::tables::Tables as _;
 use engine::{ReadError, TransferStatus};
 
 use crate::client::Cash;
@@ -271,6 +272,39 @@ impl Simulation {
         self.check_replicas_agree()?;
         self.consistent_read()?;
         self.check_retries()
+    }
+
+    /// During the run: replicas of a shard whose tables are applied up to the same LSN hold the
+    /// same tables (the state at an LSN is a function of the committed records up to it).
+    pub(crate) fn check_applied_states_agree(&self) -> Result<(), String> {
+        for shard in 1..=self.scenario.shards {
+            let mut seen: BTreeMap<u64, NodeId> = BTreeMap::new();
+            for node in self.replicas_of(shard) {
+                if self.running(node).is_none() {
+                    continue;
+                }
+                let tables = &self.nodes[node as usize - 1].tables[&shard];
+                let applied = tables
+                    .applied_lsn()
+                    .map_err(|error| format!("node {node}: tables: {error}"))?;
+                match seen.get(&applied) {
+                    Some(other)
+                        if !self.nodes[*other as usize - 1].tables[&shard]
+                            .same_state_as(tables) =>
+                    {
+                        return Err(format!(
+                            "shard {shard}: nodes {other} and {node} both applied up to LSN \
+                             {applied} but hold different tables"
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(applied, node);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every replica of a shard, having applied the whole log, holds the leader's tables.

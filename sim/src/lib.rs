@@ -1005,6 +1005,9 @@ impl Simulation {
     fn heal_everything(&mut self) -> Result<(), String> {
         self.healed = true;
         self.faulty = false;
+        // Clients finish what they are sending and start nothing new: a client still without
+        // an answer at the settle bound is stuck, not busy.
+        self.started = self.started.max(self.scenario.transfers);
         self.cut.clear();
         self.note("faults heal: links restored, every node powered".into());
         for node in 1..=self.scenario.nodes {
@@ -1083,6 +1086,7 @@ impl Simulation {
             }
             Event::Read => {
                 self.consistent_read()?;
+                self.check_applied_states_agree()?;
                 if !self.healed {
                     self.schedule(Duration::from_millis(100), Event::Read);
                 }

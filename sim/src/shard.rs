@@ -528,18 +528,26 @@ impl Simulation {
         Ok(())
     }
 
-    /// Takes the core's ready effects and carries them out.
+    /// Takes the core's ready effects and carries them out, until it has none: look-ups are
+    /// answered in place, so their effects come out of the next round (as on a node).
     pub(crate) fn drive(&mut self, node: NodeId, shard: u32) -> Result<(), String> {
         let now = self.now;
         let Some(serving) = self.serving_mut(node, shard) else {
             return Ok(());
         };
         serving.core.tick(now);
-        let effects = serving.core.take_ready(now);
-        for effect in effects {
-            self.carry_out(node, shard, effect)?;
+        loop {
+            let Some(serving) = self.serving_mut(node, shard) else {
+                return Ok(());
+            };
+            let effects = serving.core.take_ready(now);
+            if effects.is_empty() {
+                return Ok(());
+            }
+            for effect in effects {
+                self.carry_out(node, shard, effect)?;
+            }
         }
-        Ok(())
     }
 
     fn carry_out(&mut self, node: NodeId, shard: u32, effect: Effect) -> Result<(), String> {

@@ -308,6 +308,18 @@ impl<T: Tables, S: Storage> Group<T, S> {
         }
     }
 
+    /// The term of the entry at `index` in this replica's log, if it holds one there (for
+    /// status, and for the simulator's check that committed entries stay).
+    pub fn log_term(&self, index: u64) -> Option<u64> {
+        use raft::Storage as _;
+        let first = self.storage.first_index().ok()?;
+        let last = self.storage.last_index().ok()?;
+        if index < first || index > last {
+            return None;
+        }
+        self.storage.term(index).ok()
+    }
+
     /// raft-rs's view of the group (progress of each follower when leading).
     pub fn raft_status(&self) -> raft::Status<'_> {
         self.raw.status()

@@ -185,15 +185,9 @@ impl MemoryStorage {
 /// The durable bytes plus a prefix of the changes made since the last sync.
 fn torn_image(bytes: &FileBytes, random: &mut SplitMix64) -> Vec<u8> {
     let mut image = bytes.durable.clone();
-    let length = bytes.written.len().max(image.len());
-    let first_change = (0..length).find(|&index| bytes.written.get(index) != image.get(index));
-    let Some(first_change) = first_change else {
+    let Some((first_change, last_change)) = changed_range(&bytes.written, &image) else {
         return image;
     };
-    let last_change = (first_change..length)
-        .rev()
-        .find(|&index| bytes.written.get(index) != image.get(index))
-        .expect("a first change implies a last one");
     let changed = last_change + 1 - first_change;
     let keep = (random.next() % (changed as u64 + 1)) as usize;
     let end = (first_change + keep).min(bytes.written.len());
@@ -202,6 +196,47 @@ fn torn_image(bytes: &FileBytes, random: &mut SplitMix64) -> Vec<u8> {
     }
     image[first_change..end].copy_from_slice(&bytes.written[first_change..end]);
     image
+}
+
+/// The first and last positions where two byte strings differ (a position past the end of one
+/// of them differs from a byte of the other), or `None` when they are equal. Compares in blocks,
+/// so that unchanged files cost a memcmp, not a loop per byte.
+fn changed_range(one: &[u8], other: &[u8]) -> Option<(usize, usize)> {
+    const BLOCK: usize = 4096;
+    if one == other {
+        return None;
+    }
+    let common = one.len().min(other.len());
+    let length = one.len().max(other.len());
+    let differs = |index: usize| one.get(index) != other.get(index);
+    let mut start = 0;
+    let first = loop {
+        if start >= common {
+            break common;
+        }
+        let end = (start + BLOCK).min(common);
+        if one[start..end] != other[start..end] {
+            break (start..end)
+                .find(|&index| differs(index))
+                .expect("a block differs");
+        }
+        start = end;
+    };
+    if length > common {
+        return Some((first, length - 1));
+    }
+    let mut end = common;
+    let last = loop {
+        let start = end.saturating_sub(BLOCK).max(first);
+        if one[start..end] != other[start..end] {
+            break (start..end)
+                .rev()
+                .find(|&index| differs(index))
+                .expect("a block differs");
+        }
+        end = start;
+    };
+    Some((first, last))
 }
 
 /// A tiny deterministic generator, so crash images depend only on the seed.
@@ -334,6 +369,37 @@ impl StorageFile for MemoryFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The block-wise search finds what a byte-by-byte one does.
+    #[test]
+    fn changed_range_matches_a_byte_by_byte_search() {
+        let naive = |one: &[u8], other: &[u8]| {
+            let length = one.len().max(other.len());
+            let differs = |index: usize| one.get(index) != other.get(index);
+            let first = (0..length).find(|&index| differs(index))?;
+            let last = (first..length).rev().find(|&index| differs(index))?;
+            Some((first, last))
+        };
+        let mut random = SplitMix64(7);
+        for _ in 0..300 {
+            let length = (random.next() % 10_000) as usize;
+            let one: Vec<u8> = (0..length).map(|_| (random.next() % 3) as u8).collect();
+            let mut other = one.clone();
+            for _ in 0..random.next() % 3 {
+                if !other.is_empty() {
+                    let at = (random.next() as usize) % other.len();
+                    other[at] ^= 1;
+                }
+            }
+            let new_length = match random.next() % 4 {
+                0 => length + (random.next() % 5000) as usize,
+                1 => length.saturating_sub((random.next() % 5000) as usize),
+                _ => length,
+            };
+            other.resize(new_length, 0);
+            assert_eq!(changed_range(&one, &other), naive(&one, &other));
+        }
+    }
 
     #[test]
     fn crash_keeps_only_synced_bytes_and_synced_names() {

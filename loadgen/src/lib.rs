@@ -30,6 +30,7 @@ pub mod report;
 mod run;
 mod setup;
 mod summary;
+pub mod up;
 mod worker;
 pub mod workload;
 

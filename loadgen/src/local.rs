@@ -1,8 +1,8 @@
-//! A local cluster of N nodes as child processes of this one, on 127.0.0.1: `tally cluster up`,
-//! and the cluster `tally loadgen` starts when it is given none.
+//! A local cluster of N nodes as child processes of this one, on 127.0.0.1: the cluster `tally
+//! loadgen` starts when it is given none, and the parts `tally cluster up` (`crate::up`) shares.
 //! The cluster file goes to `DATA_DIR/cluster.toml` (an existing one is reused, so starting again
 //! on the same directory recovers every node), node `i` keeps its data in `DATA_DIR/node-i`.
-//! SIGINT or SIGTERM stops every node cleanly (SIGTERM, then SIGKILL after a grace period).
+//! Stopping is clean: SIGTERM, then SIGKILL after a grace period.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +31,8 @@ pub struct UpOptions {
     pub data_dir: PathBuf,
     /// Node `i` (from 1) listens on `127.0.0.1:(base_port + i - 1)`.
     pub base_port: u16,
+    /// `tally cluster up` restarts a node that died after this long (never if `None`).
+    pub restart_after: Option<Duration>,
 }
 
 /// The cluster file of a local cluster in `data_dir`: the existing one, or a new one written.
@@ -170,6 +172,7 @@ impl LocalCluster {
             replicas,
             data_dir: data_dir.clone(),
             base_port,
+            restart_after: None,
         };
         let (cluster_file, config) = prepare(&options)?;
         let program = std::env::current_exe().context("cannot find the tally executable")?;
@@ -332,69 +335,14 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Starts the nodes, prints where everything is, and stops them on SIGINT or SIGTERM (stdout
-/// closed early, as by `| head`, changes nothing: the nodes are still stopped).
-pub fn up(options: UpOptions) -> anyhow::Result<()> {
-    let (cluster_file, config) = prepare(&options)?;
-    let program = std::env::current_exe().context("cannot find the tally executable")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        signal_flag(signal, &stop)?;
-    }
-    let mut children = Vec::new();
-    for node in &config.nodes {
-        match spawn_node(&program, &cluster_file, &options.data_dir, node.id) {
-            Ok(child) => children.push((node.id, child)),
-            Err(error) => {
-                stop_all(&mut children);
-                return Err(error);
-            }
-        }
-    }
-    say(format_args!("cluster file: {}", cluster_file.display()));
-    for node in &config.nodes {
-        let dir = node_data_dir(&options.data_dir, node.id);
-        say(format_args!(
-            "node {}: {}  shards {:?}  data {}  log {}",
-            node.id,
-            node.address,
-            node.shards,
-            dir.display(),
-            dir.join("tally.log").display()
-        ));
-    }
-    say(format_args!(
-        "try: tally status --cluster {}   (Ctrl-C stops the cluster)",
-        cluster_file.display()
-    ));
-    let mut failed = None;
-    while !stop.load(Ordering::Relaxed) {
-        for (id, child) in children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                failed = Some(format!("node {id} exited ({status}); see its log"));
-            }
-        }
-        if failed.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    say(format_args!("stopping the cluster"));
-    stop_all(&mut children);
-    match failed {
-        Some(message) => bail!(message),
-        None => Ok(()),
-    }
-}
-
 /// A line on stdout; a closed stdout is not an error for a command whose work is elsewhere.
-fn say(line: std::fmt::Arguments) {
+pub(crate) fn say(line: std::fmt::Arguments) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Sets `flag` when `signal` arrives.
-fn signal_flag(signal: libc::c_int, flag: &Arc<AtomicBool>) -> anyhow::Result<()> {
+pub(crate) fn signal_flag(signal: libc::c_int, flag: &Arc<AtomicBool>) -> anyhow::Result<()> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     let _ = FLAG.set(flag.clone());
     extern "C" fn on_signal(_: libc::c_int) {

@@ -2,6 +2,9 @@
 //! restarted in the middle; the run must pass its end-of-run checks and write its files.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tests::{children_of, free_base_port};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_tally-failpoints");
 
@@ -194,41 +197,190 @@ fn cluster_up_stops_its_nodes_on_sigterm() {
     assert!(data.path().join("cluster.toml").exists());
 }
 
-/// The first of three consecutive ports that were free a moment ago.
-fn free_base_port() -> u16 {
-    // Below Linux's ephemeral range (32768 and up): the nodes' own outgoing connections (each
-    // node connects to every other, replicas to replicas) take ephemeral ports, so a range just
-    // below a port the system handed out was taken now and then before a node could bind it.
-    for _ in 0..1000 {
-        let base: u16 = rand::random_range(20_000..32_000);
-        let free =
-            (base..base + 3).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if free {
-            return base;
-        }
-    }
-    panic!("no 3 consecutive free ports in 20000..32000");
+/// The lines a child process prints, read on a thread of their own, and what was seen so far.
+struct Lines {
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
 }
 
-/// Pids of the processes whose parent is `parent` (from /proc).
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The fields after the parenthesised command name: state, then the parent's pid.
-        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let parent_pid: Option<u32> = after_name
-            .split_whitespace()
-            .nth(1)
-            .and_then(|field| field.parse().ok());
-        if parent_pid == Some(parent) {
-            children.push(pid);
+impl Lines {
+    fn new(stream: impl std::io::Read + Send + 'static) -> Lines {
+        use std::io::BufRead;
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines {
+            lines,
+            seen: Vec::new(),
         }
     }
-    children
+
+    /// The first line from now on that satisfies `wanted`, within `timeout`.
+    fn expect(&mut self, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no such line within {timeout:?}; the lines so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+/// Writes one command to `tally cluster up`'s stdin.
+fn command(stdin: &mut std::process::ChildStdin, line: &str) {
+    use std::io::Write;
+    writeln!(stdin, "{line}").expect("write a command");
+    stdin.flush().expect("flush");
+}
+
+/// Deposits 1 into one account of each shard (retrying through a failover for up to 20 s each):
+/// the cluster serves every shard.
+fn every_shard_serves(runtime: &tokio::runtime::Runtime, cluster_file: &std::path::Path) {
+    let config = client::config::ClusterConfig::load(cluster_file).expect("cluster file");
+    let client = client::TallyClient::new(config.clone(), client::ClientOptions::default());
+    runtime.block_on(async {
+        for shard in 0..config.nodes.len() as u32 {
+            let account = (1..)
+                .find(|account| config.shard_of(*account) == shard)
+                .expect("an account of each shard");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let _ = client.create_account(account, None, 0).await;
+                match client
+                    .deposit(client::TallyClient::new_transfer_id(), account, 1)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(error) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "shard {shard} does not serve: {error}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `tally cluster up` keeps the cluster running when a node dies: kill -9 of node 2 is reported
+/// on one line naming the node and the signal, the other nodes keep running and every shard
+/// keeps serving (3 replicas each), and with `--restart-after` node 2 is started again by itself.
+/// Commands on stdin stop and restart a node; stdin at end-of-file leaves the cluster running;
+/// SIGTERM stops every node.
+#[test]
+fn cluster_up_survives_a_dead_node_restarts_it_and_takes_commands() {
+    use std::process::Stdio;
+
+    let data = tempfile::tempdir().expect("temporary directory");
+    let mut up = Command::new(PROGRAM)
+        .args(["cluster", "up", "--nodes", "3", "--replicas", "3"])
+        .args(["--restart-after", "2", "--base-port"])
+        .arg(free_base_port().to_string())
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cluster up");
+    let mut stdin = up.stdin.take().expect("piped");
+    let mut stdout = Lines::new(up.stdout.take().expect("piped"));
+    let mut stderr = Lines::new(up.stderr.take().expect("piped"));
+    stdout.expect(Duration::from_secs(30), |line| line.starts_with("try:"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cluster_file = data.path().join("cluster.toml");
+    every_shard_serves(&runtime, &cluster_file);
+
+    let killed = tests::node_pid(up.id(), 2).expect("node 2 runs");
+    let survivors = [1, 3].map(|id| tests::node_pid(up.id(), id).expect("node runs"));
+    // SAFETY: SIGKILL to a process this test's child started.
+    unsafe { libc::kill(killed as libc::pid_t, libc::SIGKILL) };
+    let died = stdout.expect(Duration::from_secs(5), |line| {
+        line.starts_with("node 2 died")
+    });
+    assert!(
+        died.starts_with("node 2 died: killed by signal SIGKILL after ")
+            && died.contains("restarting it in 2.0 s"),
+        "{died}"
+    );
+    assert!(up.try_wait().expect("wait").is_none(), "cluster up exited");
+    for pid in survivors {
+        assert!(tests::process_exists(pid), "node process {pid} is gone");
+    }
+    every_shard_serves(&runtime, &cluster_file);
+    let started = stdout.expect(Duration::from_secs(10), |line| {
+        line.starts_with("node 2 started")
+    });
+    let restarted = tests::node_pid(up.id(), 2).expect("node 2 runs again");
+    assert_ne!(restarted, killed, "{started}");
+    assert_eq!(
+        survivors,
+        [1, 3].map(|id| tests::node_pid(up.id(), id).unwrap())
+    );
+
+    // Stopped on request, it stays down (no restart after 2 s); restarted on request, it runs.
+    command(&mut stdin, "stop 3");
+    stdout.expect(Duration::from_secs(15), |line| {
+        line.starts_with("node 3 stopped")
+    });
+    command(&mut stdin, "bogus 3");
+    let complaint = stderr.expect(Duration::from_secs(5), |_| true);
+    assert!(
+        complaint.starts_with("tally: cluster up: unknown command \"bogus 3\""),
+        "{complaint}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    command(&mut stdin, "status");
+    let status = stdout.expect(Duration::from_secs(5), |line| line.starts_with("node 3:"));
+    assert_eq!(status, "node 3: stopped");
+    assert_eq!(tests::node_pid(up.id(), 3), None);
+    command(&mut stdin, "restart 3");
+    stdout.expect(Duration::from_secs(5), |line| {
+        line.starts_with("node 3 started")
+    });
+
+    // End of stdin ends the commands, not the cluster.
+    drop(stdin);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        up.try_wait().expect("wait").is_none(),
+        "cluster up exited at end of stdin"
+    );
+    every_shard_serves(&runtime, &cluster_file);
+    let nodes = children_of(up.id());
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+
+    // SAFETY: sending a signal to a child process this test started.
+    unsafe { libc::kill(up.id() as libc::pid_t, libc::SIGTERM) };
+    let status = up.wait().expect("cluster up exits");
+    assert!(status.success(), "{status}\n{}", stdout.seen.join("\n"));
+    for node in nodes {
+        assert!(
+            !tests::process_exists(node),
+            "node process {node} still runs"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::coordinator::{Asker, Refusal, Transfer, TransferRequest};
 use engine::model::{
@@ -36,6 +36,10 @@ use crate::router::Router;
 use crate::shard::{Serving, ShardServer};
 use crate::snapshot::{self, READ_LOCK_WAIT};
 use client::config::ClusterConfig;
+
+/// Time the replication driver gets to report its groups for `GetClusterStatus`; the client
+/// gives a node one second in all.
+const GROUP_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What a node shares with its tasks.
 pub(crate) struct Node {
@@ -108,11 +112,30 @@ impl Node {
         NodeStatus {
             node_id: self.id,
             up: true,
-            shard: self.shards.keys().next().copied().unwrap_or(0),
             last_lsn: self.wal.durable_lsn(),
             in_doubt_count: in_doubt as u64,
             uptime_seconds: self.started.elapsed().as_secs(),
+            groups: Vec::new(),
         }
+    }
+
+    /// [`Node::status`] with every replica group's status from the replication driver.
+    async fn cluster_status(&self) -> Result<Message, ErrorResponse> {
+        let mut status = self.status();
+        status.groups = self
+            .replication
+            .status(GROUP_STATUS_TIMEOUT)
+            .await
+            .ok_or_else(|| {
+                ErrorResponse::new(
+                    ErrorCode::Timeout,
+                    "the replication driver did not report its groups in time",
+                )
+            })?;
+        Ok(ClusterStatus {
+            nodes: vec![status],
+        }
+        .into())
     }
 
     pub async fn handle(self: Arc<Self>, request: Message) -> Message {
@@ -126,10 +149,7 @@ impl Node {
             Message::Transfer(request) => self.transfer(request).await,
             Message::GetTransferStatus(GetTransferStatus { id }) => self.transfer_status(id).await,
             Message::Audit(Audit {}) => self.audit().await,
-            Message::GetClusterStatus(_) => Ok(ClusterStatus {
-                nodes: vec![self.status()],
-            }
-            .into()),
+            Message::GetClusterStatus(_) => self.cluster_status().await,
             Message::PrepareBatch(batch) => self.prepare(batch).await,
             Message::DecisionBatch(batch) => self.decide(batch).await,
             Message::DecisionInquiry(DecisionInquiry {

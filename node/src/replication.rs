@@ -22,6 +22,11 @@ use crate::shard::ShardServer;
 /// The period of a Raft tick. A follower stands for election after 8 to 16 ticks without its
 /// leader's word (0.4 to 0.8 s); heartbeats go every 2 (100 ms).
 pub(crate) const TICK: Duration = Duration::from_millis(50);
+/// How often a leader looks whether its group's preferred leader could take over.
+const REBALANCE_TICKS: u64 = 20;
+/// After handing a group to its preferred leader, the ticks before trying that group again (a
+/// transfer that did not take is given up after an election timeout).
+const REBALANCE_BACKOFF_TICKS: u64 = 200;
 /// Incoming Raft frames waiting for the driver; more are dropped (Raft resends).
 const INBOX_MAX: usize = 4096;
 /// A `RaftMessages` frame is cut before its body reaches this size (the frame limit is 1 MiB).
@@ -38,6 +43,8 @@ pub(crate) enum Input {
     /// Hand every leadership to another replica (before the node stops); answered once done or
     /// given up.
     HandOver(oneshot::Sender<()>),
+    /// Report every group's status (for `tally status`).
+    Status(oneshot::Sender<Vec<net::GroupStatus>>),
 }
 
 /// How other parts of the node reach the driver.
@@ -50,6 +57,16 @@ impl Replication {
     /// Raft messages from another node; dropped when the driver is behind (Raft resends).
     pub fn deliver(&self, messages: Vec<ShardRaftMessage>) {
         let _ = self.inputs.try_send(Input::Messages(messages));
+    }
+
+    /// Every group's status, or `None` when the driver does not answer within `timeout`.
+    pub async fn status(&self, timeout: Duration) -> Option<Vec<net::GroupStatus>> {
+        let (reply, answer) = oneshot::channel();
+        let asked = async {
+            self.inputs.send(Input::Status(reply)).await.ok()?;
+            answer.await.ok()
+        };
+        tokio::time::timeout(timeout, asked).await.ok().flatten()
     }
 
     /// Hands this node's leaderships over, waiting at most `timeout`.
@@ -77,6 +94,10 @@ pub(crate) struct Driver {
     hand_over: Option<oneshot::Sender<()>>,
     /// Groups stopped by a failure of their storage.
     failed: std::collections::BTreeSet<u32>,
+    /// Ticks since the driver started, and the tick before which each group is not handed to
+    /// its preferred leader again.
+    ticks: u64,
+    rebalance_after: BTreeMap<u32, u64>,
 }
 
 impl Driver {
@@ -104,6 +125,8 @@ impl Driver {
                 awaited: 0,
                 hand_over: None,
                 failed: std::collections::BTreeSet::new(),
+                ticks: 0,
+                rebalance_after: BTreeMap::new(),
             },
             Replication {
                 inputs: input_sender,
@@ -155,6 +178,10 @@ impl Driver {
                         }
                     }
                     self.check_hand_over();
+                    self.ticks += 1;
+                    if self.ticks % REBALANCE_TICKS == 0 {
+                        self.rebalance();
+                    }
                 }
             }
             while let Ok(input) = self.inputs.try_recv() {
@@ -187,7 +214,26 @@ impl Driver {
                 self.hand_over = Some(reply);
                 self.check_hand_over();
             }
+            Input::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
         }
+    }
+
+    fn status(&self) -> Vec<net::GroupStatus> {
+        self.groups
+            .iter()
+            .map(|(shard, group)| {
+                let in_doubt = self.shards[shard]
+                    .serving()
+                    .map_or(0, |serving| serving.engine.in_doubt().len() as u64);
+                let mut status = group.status(in_doubt);
+                if self.failed.contains(shard) {
+                    status.role = net::ReplicaRole::Failed;
+                }
+                status
+            })
+            .collect()
     }
 
     /// Asks each group this replica leads to elect another replica; answers the hand-over once
@@ -216,6 +262,49 @@ impl Driver {
         }
         if !leading && let Some(reply) = self.hand_over.take() {
             let _ = reply.send(());
+        }
+    }
+
+    /// Hands each group this replica leads, but whose cluster file names another preferred
+    /// leader, to that replica once it is up and holds the whole log, so that leaders spread
+    /// over the nodes again after a failover (and when a new group's first election did not
+    /// go to the replica meant for it). A group is tried again only after a backoff, so a
+    /// preferred replica that cannot take over does not make its group change hands every second.
+    fn rebalance(&mut self) {
+        if self.hand_over.is_some() {
+            return;
+        }
+        let config = self.router.config();
+        for (shard, group) in &mut self.groups {
+            if !group.is_leader() || self.failed.contains(shard) {
+                continue;
+            }
+            let preferred = u64::from(config.preferred_leader(*shard));
+            if preferred == u64::from(self.me)
+                || self
+                    .rebalance_after
+                    .get(shard)
+                    .is_some_and(|after| self.ticks < *after)
+            {
+                continue;
+            }
+            let last_index = group.last_index();
+            let status = group.raft_status();
+            let ready = status.progress.is_some_and(|progress| {
+                progress
+                    .get(preferred)
+                    .is_some_and(|p| p.recent_active && p.matched == last_index)
+            });
+            if ready {
+                tracing::info!(
+                    shard,
+                    to = preferred,
+                    "handing leadership to the preferred leader"
+                );
+                group.transfer_leader(preferred);
+                self.rebalance_after
+                    .insert(*shard, self.ticks + REBALANCE_BACKOFF_TICKS);
+            }
         }
     }
 

@@ -42,6 +42,10 @@ impl Router {
         }
     }
 
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
     pub fn peers(&self) -> &Arc<Peers> {
         &self.peers
     }

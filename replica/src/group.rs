@@ -12,7 +12,7 @@
 //! the tables directly. A new leader's engine rebuilds its locks and in-doubt transactions from
 //! the tables, the way a restarted single-copy engine does.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use engine::tables::Tables;
@@ -123,6 +123,10 @@ pub struct Group<T: Tables, S: Storage> {
     unpersisted: VecDeque<Unpersisted>,
     /// The highest WAL LSN this group appended.
     last_wal_lsn: Lsn,
+    /// Ticks since the group opened, and the tick each other replica was last heard from (one
+    /// entry per voter: raft refuses messages from replicas it does not know).
+    ticks: u64,
+    heard: HashMap<u64, u64>,
 }
 
 impl<T: Tables, S: Storage> Group<T, S> {
@@ -194,6 +198,8 @@ impl<T: Tables, S: Storage> Group<T, S> {
             open_at: None,
             unpersisted: VecDeque::new(),
             last_wal_lsn: 0,
+            ticks: 0,
+            heard: HashMap::new(),
         })
     }
 
@@ -239,6 +245,65 @@ impl<T: Tables, S: Storage> Group<T, S> {
         self.raw.raft.raft_log.last_index()
     }
 
+    /// This replica's view of its group for `tally status`: its role, the leader it knows, its
+    /// log indexes, and each replica's progress. Only a leader knows how the others keep up: it
+    /// counts a replica down when nothing came from it for a longest election timeout (a
+    /// follower answers every heartbeat), lagging when it lacks entries the leader holds. A
+    /// follower reports every other replica as unknown. (raft-rs's own `recent_active` is not
+    /// used: check-quorum clears it every election timeout, so it reads false for every follower
+    /// until the next heartbeat answer.)
+    pub fn status(&self, in_doubt_count: u64) -> net::GroupStatus {
+        let raft = &self.raw.raft;
+        let leading = raft.state == StateRole::Leader;
+        let last_index = self.last_index();
+        let mut replicas: Vec<net::ReplicaProgress> = raft
+            .prs()
+            .iter()
+            .map(|(&id, progress)| {
+                let health = if id == raft.id {
+                    net::ReplicaHealth::Current
+                } else if !leading {
+                    net::ReplicaHealth::Unknown
+                } else if self.ticks - self.heard.get(&id).copied().unwrap_or(0)
+                    > self.options.election_ticks_max as u64
+                {
+                    net::ReplicaHealth::Down
+                } else if progress.matched < last_index {
+                    net::ReplicaHealth::Lagging
+                } else {
+                    net::ReplicaHealth::Current
+                };
+                let matched_index = match (id == raft.id, leading) {
+                    (true, _) => last_index,
+                    (false, true) => progress.matched,
+                    (false, false) => 0,
+                };
+                net::ReplicaProgress {
+                    node_id: id as net::NodeId,
+                    health,
+                    matched_index,
+                }
+            })
+            .collect();
+        replicas.sort_by_key(|replica| replica.node_id);
+        replicas.truncate(net::GROUP_REPLICAS_MAX as usize);
+        net::GroupStatus {
+            shard: self.shard,
+            role: match raft.state {
+                StateRole::Leader => net::ReplicaRole::Leader,
+                StateRole::Follower => net::ReplicaRole::Follower,
+                StateRole::Candidate | StateRole::PreCandidate => net::ReplicaRole::Candidate,
+            },
+            leader: raft.leader_id as net::NodeId,
+            term: raft.term,
+            last_index,
+            commit_index: self.commit_index(),
+            applied_index: self.applied_index(),
+            in_doubt_count,
+            replicas,
+        }
+    }
+
     /// raft-rs's view of the group (progress of each follower when leading).
     pub fn raft_status(&self) -> raft::Status<'_> {
         self.raw.status()
@@ -246,6 +311,7 @@ impl<T: Tables, S: Storage> Group<T, S> {
 
     /// One tick of the group's logical clock.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.raw.tick();
     }
 
@@ -262,8 +328,12 @@ impl<T: Tables, S: Storage> Group<T, S> {
     /// A message from another replica of this group. Messages raft refuses (from a peer it does
     /// not know, a local kind) are dropped: the network may deliver anything.
     pub fn step(&mut self, message: Message) {
-        if let Err(error) = self.raw.step(message) {
-            tracing::debug!(shard = self.shard, %error, "raft message dropped");
+        let from = message.from;
+        match self.raw.step(message) {
+            Ok(()) => {
+                self.heard.insert(from, self.ticks);
+            }
+            Err(error) => tracing::debug!(shard = self.shard, %error, "raft message dropped"),
         }
     }
 
@@ -307,6 +377,12 @@ impl<T: Tables, S: Storage> Group<T, S> {
         let Some((_, log)) = &self.engine else {
             return Ok(());
         };
+        // While leadership is being transferred raft-rs drops proposals; the records wait in the
+        // log's queue instead. The transfer either ends this leadership (the queue is closed, its
+        // records never acknowledged) or is given up after an election timeout, when they go.
+        if self.raw.raft.lead_transferee.is_some() {
+            return Ok(());
+        }
         let log = log.clone();
         while let Some(data) = log.take_proposal(self.options.entry_data_max_bytes) {
             if let Err(error) = self.raw.propose(Vec::new(), data) {

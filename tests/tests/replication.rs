@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use client::{ClientError, TallyClient};
 use engine::testing::test_seed;
-use net::TransferOutcome;
+use net::{GroupStatus, NodeId, ReplicaHealth, ReplicaRole, TransferOutcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tests::{Cluster, assert_audit_passes, funded, random_pair};
@@ -22,6 +22,19 @@ async fn funded_accounts(client: &TallyClient, n: u64) -> Vec<u64> {
         funded(client, account, INITIAL).await;
     }
     (1..=n).collect()
+}
+
+/// The leader of `shard` in the highest term any replica reports, and its view of the group.
+async fn leader_view(client: &TallyClient, shard: u32) -> Option<(NodeId, GroupStatus)> {
+    let statuses = client.cluster_status().await.expect("cluster status");
+    statuses
+        .into_iter()
+        .flat_map(|status| {
+            let node = status.node_id;
+            status.groups.into_iter().map(move |group| (node, group))
+        })
+        .filter(|(_, group)| group.shard == shard && group.role == ReplicaRole::Leader)
+        .max_by_key(|(_, group)| group.term)
 }
 
 /// Kills the leader of shard 0 (node 1, its first leader) in the middle of a run of transfers
@@ -118,6 +131,22 @@ async fn killing_a_shards_leader_under_load_loses_nothing_and_a_new_leader_serve
     assert_audit_passes(&client, u128::from(INITIAL) * accounts.len() as u128).await;
     println!("failover: shard 0 served again {failover:?} after its leader was killed");
 
+    // The status the nodes report: shard 0 has a new leader in a later term, which sees the
+    // killed replica as down.
+    let (leader, view) = leader_view(&client, 0)
+        .await
+        .expect("shard 0 reports a leader");
+    assert_ne!(leader, 1, "the killed node still leads shard 0: {view:?}");
+    assert!(view.term > 1, "no new term after the failover: {view:?}");
+    let health = |view: &GroupStatus, node| {
+        view.replicas
+            .iter()
+            .find(|replica| replica.node_id == node)
+            .map(|replica| replica.health)
+    };
+    assert_eq!(health(&view, 1), Some(ReplicaHealth::Down), "{view:?}");
+    assert_eq!(view.commit_index, view.last_index, "{view:?}");
+
     // The killed replica comes back and catches up: once it leads shard 0 again (its old leader
     // handing over on SIGTERM), the balances it serves are the same.
     cluster.restart(1);
@@ -127,6 +156,21 @@ async fn killing_a_shards_leader_under_load_loses_nothing_and_a_new_leader_serve
         cluster.restart(id);
     }
     let after = client.balances(&accounts).await.expect("consistent read");
+    // Every replica of shard 0 is up again, and the leader sees it current once idle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = leader_view(&client, 0).await;
+        if let Some((_, view)) = &view
+            && (1..=3).all(|node| health(view, node) == Some(ReplicaHealth::Current))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard 0's replicas are not all current after restarts: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (account, balance) in accounts.iter().zip(after) {
         assert_eq!(
             i128::from(balance.balance),

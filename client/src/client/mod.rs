@@ -609,8 +609,7 @@ impl TallyClient {
 
     /// Every node's own status, in config order, asked of each node directly with a one-second
     /// timeout ([`CLUSTER_STATUS_TIMEOUT`]) and no retry. A node that does not answer with its
-    /// own status is listed `up: false` with its first shard from the config and every other
-    /// field 0.
+    /// own status is listed `up: false`, with no groups and every other field 0.
     pub async fn cluster_status(&self) -> Result<Vec<NodeStatus>, ClientError> {
         let policy = Policy {
             attempts_max: 1,
@@ -639,14 +638,10 @@ impl TallyClient {
                     NodeStatus {
                         node_id: node,
                         up: false,
-                        shard: self
-                            .config()
-                            .node(node)
-                            .and_then(|config| config.shards.first().copied())
-                            .unwrap_or(0),
                         last_lsn: 0,
                         in_doubt_count: 0,
                         uptime_seconds: 0,
+                        groups: Vec::new(),
                     }
                 })
             })

@@ -220,10 +220,10 @@ fn reads(states: Vec<TransferState>) -> Script {
                 nodes: vec![NodeStatus {
                     node_id: node,
                     up: true,
-                    shard: node - 1,
                     last_lsn: 40 + u64::from(node),
                     in_doubt_count: 0,
                     uptime_seconds: 7,
+                    groups: Vec::new(),
                 }],
             }
             .into(),
@@ -735,10 +735,10 @@ async fn cluster_status_lists_a_down_node() {
     let down = NodeStatus {
         node_id: 2,
         up: false,
-        shard: 1,
         last_lsn: 0,
         in_doubt_count: 0,
         uptime_seconds: 0,
+        groups: Vec::new(),
     };
     assert_eq!(statuses.len(), 3);
     assert_eq!(statuses[1], down);

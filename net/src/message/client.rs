@@ -11,6 +11,10 @@ pub use model::{HISTORY_PAGE_MAX_ENTRIES, OWNER_NAME_MAX_BYTES};
 pub const BALANCES_PER_REQUEST_MAX: u32 = 1024;
 /// Most nodes described in one `AuditReport` or `ClusterStatus`.
 pub const CLUSTER_NODES_MAX: u32 = 256;
+/// Most replica groups one `NodeStatus` describes (the shards a node holds a replica of).
+pub const NODE_GROUPS_MAX: u32 = 256;
+/// Most replicas one `GroupStatus` describes (a shard's replica count; the cluster file's bound).
+pub const GROUP_REPLICAS_MAX: u32 = 7;
 
 wire_struct! {
     /// Creates an account. Repeating it with the same content is answered as a success; with a
@@ -193,14 +197,69 @@ wire_struct! {
     pub struct GetClusterStatus {}
 }
 
+wire_enum! {
+    /// What a replica is in its group's Raft.
+    pub enum ReplicaRole: u8 {
+        Follower = 1,
+        /// Standing for election (pre-vote or vote).
+        Candidate = 2,
+        Leader = 3,
+        /// Stopped by a failure of the node's storage: it takes no part until the node restarts.
+        Failed = 4,
+    }
+}
+
+wire_enum! {
+    /// How a replica keeps up, as its group's leader sees it.
+    pub enum ReplicaHealth: u8 {
+        /// It holds the leader's whole log.
+        Current = 1,
+        /// It answered within the last election timeout but lacks some entries.
+        Lagging = 2,
+        /// It has not answered within the last election timeout.
+        Down = 3,
+        /// Not known: the replica answering is not the leader.
+        Unknown = 4,
+    }
+}
+
+wire_struct! {
+    /// One replica of a group, as the replica answering knows it.
+    pub struct ReplicaProgress {
+        pub node_id: NodeId,
+        pub health: ReplicaHealth,
+        /// The highest log index known to be on that replica (0 when not known).
+        pub matched_index: u64,
+    }
+}
+
+wire_struct! {
+    /// A node's replica of one shard's group.
+    pub struct GroupStatus {
+        pub shard: u32,
+        pub role: ReplicaRole,
+        /// The leader this replica knows of (itself when it leads); 0 when it knows none.
+        pub leader: NodeId,
+        pub term: u64,
+        pub last_index: u64,
+        pub commit_index: u64,
+        pub applied_index: u64,
+        /// Transactions this shard holds prepared without a decision (known to its leader only;
+        /// 0 on a follower).
+        pub in_doubt_count: u64,
+        /// Every replica of the group, this one included.
+        pub replicas: Vec<ReplicaProgress> [GROUP_REPLICAS_MAX],
+    }
+}
+
 wire_struct! {
     pub struct NodeStatus {
         pub node_id: NodeId,
         pub up: bool,
-        pub shard: u32,
         pub last_lsn: Lsn,
         pub in_doubt_count: u64,
         pub uptime_seconds: u64,
+        pub groups: Vec<GroupStatus> [NODE_GROUPS_MAX],
     }
 }
 

@@ -1,15 +1,12 @@
-//! `tally start`, `tally cluster up` and `tally status`: running nodes, and how they are.
+//! `tally start` and `tally cluster up`: running nodes.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use net::NodeId;
-use serde::Serialize;
 
-use super::output::{print_output, render_table};
 use super::{Exit, Failure};
-use client::client::TallyClient;
 use client::config::NODES_MAX;
 use loadgen::local::UpOptions;
 use node::server::StartOptions;
@@ -94,95 +91,4 @@ pub(super) fn up(args: UpArgs) -> Result<Exit, Failure> {
     };
     loadgen::up::up(options).map_err(|error| Failure::error(format!("{error:#}")))?;
     Ok(Exit::Success)
-}
-
-pub(super) async fn status(client: TallyClient, json: bool) -> Result<Exit, Failure> {
-    let statuses = client.cluster_status().await.map_err(Failure::read)?;
-    let config = client.config();
-    let nodes: Vec<NodeStatusOutput> = statuses
-        .into_iter()
-        .map(|status| {
-            let node = config.node(status.node_id);
-            NodeStatusOutput {
-                node_id: status.node_id,
-                address: node.map_or_else(String::new, |node| node.address.clone()),
-                up: status.up,
-                shard: status.shard,
-                shards: node.map_or_else(Vec::new, |node| node.shards.clone()),
-                last_lsn: status.last_lsn,
-                in_doubt_count: status.in_doubt_count,
-                uptime_seconds: status.uptime_seconds,
-            }
-        })
-        .collect();
-    let rows: Vec<Vec<String>> = nodes
-        .iter()
-        .map(|node| {
-            let shards = node.shards.iter().map(u32::to_string).collect::<Vec<_>>();
-            let mut row = vec![
-                node.node_id.to_string(),
-                node.address.clone(),
-                if node.up { "up" } else { "down" }.to_string(),
-                shards.join(","),
-            ];
-            if node.up {
-                row.push(node.last_lsn.to_string());
-                row.push(node.in_doubt_count.to_string());
-                row.push(format_uptime(node.uptime_seconds));
-            } else {
-                row.extend(["-", "-", "-"].map(String::from));
-            }
-            row
-        })
-        .collect();
-    let headers = [
-        "node", "address", "state", "shards", "last lsn", "in doubt", "uptime",
-    ];
-    let text = render_table(&headers, &rows);
-    print_output(json, &StatusOutput { nodes }, &text)?;
-    Ok(Exit::Success)
-}
-
-/// A node's own status, with its address and shards from the cluster file.
-#[derive(Debug, Serialize)]
-struct NodeStatusOutput {
-    node_id: NodeId,
-    address: String,
-    up: bool,
-    /// The shard the node reports serving (for a node that is down: its first in the file).
-    shard: u32,
-    /// The shards the cluster file gives the node.
-    shards: Vec<u32>,
-    last_lsn: u64,
-    in_doubt_count: u64,
-    uptime_seconds: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct StatusOutput {
-    nodes: Vec<NodeStatusOutput>,
-}
-
-/// `3d04h`, `2h05m`, `5m03s`, `42s`.
-fn format_uptime(seconds: u64) -> String {
-    let (days, hours, minutes) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60);
-    match (days, hours, minutes) {
-        (0, 0, 0) => format!("{seconds}s"),
-        (0, 0, _) => format!("{minutes}m{:02}s", seconds % 60),
-        (0, _, _) => format!("{hours}h{minutes:02}m"),
-        _ => format!("{days}d{hours:02}h"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uptimes_are_short() {
-        assert_eq!(format_uptime(42), "42s");
-        assert_eq!(format_uptime(5 * 60 + 3), "5m03s");
-        assert_eq!(format_uptime(2 * 3600 + 5 * 60 + 9), "2h05m");
-        assert_eq!(format_uptime(3 * 86_400 + 4 * 3600), "3d04h");
-    }
 }

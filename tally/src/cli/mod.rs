@@ -13,6 +13,7 @@ mod cluster;
 mod load;
 mod output;
 mod parse;
+mod status;
 #[cfg(test)]
 mod tests;
 mod transfers;
@@ -205,7 +206,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
             transfers::transfer_status(client, args)
         }),
         Command::Status(args) => with_client(args.cluster, move |client| {
-            cluster::status(client, args.json)
+            status::status(client, args.json)
         }),
         Command::Audit(args) => {
             with_client(args.cluster, move |client| audit::audit(client, args.json))

@@ -23,6 +23,7 @@ mod checks;
 pub mod faults;
 pub mod hist;
 mod inject;
+pub mod leaders;
 pub mod local;
 pub mod proxy;
 mod recorder;

@@ -134,6 +134,55 @@ pub fn stop_all(children: &mut [(u32, Child)]) {
     }
 }
 
+/// A fault-injecting proxy on every directed link between the nodes of a cluster, and the cluster
+/// file each node must run with to use them (its peers' addresses replaced by the proxies in
+/// front of them; clients keep the real addresses).
+#[derive(Default)]
+pub struct LinkProxies {
+    /// The proxy on the link from the first node to the second.
+    pub proxies: BTreeMap<(u32, u32), Proxy>,
+    /// Each node's own cluster file.
+    pub configs: BTreeMap<u32, ClusterConfig>,
+}
+
+impl LinkProxies {
+    /// Starts a proxy (on a free loopback port) for every directed link between nodes of
+    /// `config`.
+    pub async fn start(config: &ClusterConfig) -> anyhow::Result<LinkProxies> {
+        let mut links = LinkProxies::default();
+        for from in &config.nodes {
+            let mut own = config.clone();
+            for (index, to) in config.nodes.iter().enumerate() {
+                if to.id == from.id {
+                    continue;
+                }
+                let target: SocketAddr = to
+                    .address
+                    .parse()
+                    .with_context(|| format!("node {} address {}", to.id, to.address))?;
+                let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+                let proxy = Proxy::start(listen, target)
+                    .await
+                    .context("cannot start a link proxy")?;
+                own.nodes[index].address = proxy.local_addr().to_string();
+                links.proxies.insert((from.id, to.id), proxy);
+            }
+            links.configs.insert(from.id, own);
+        }
+        Ok(links)
+    }
+
+    /// Sets both directions of the links between `node` and `peer` (every other node if `None`).
+    pub fn set_links(&self, node: u32, peer: Option<u32>, mode: LinkMode) {
+        for ((from, to), proxy) in &self.proxies {
+            let touches = |a: u32, b: u32| a == node && peer.is_none_or(|peer| peer == b);
+            if touches(*from, *to) || touches(*to, *from) {
+                proxy.set_mode(mode);
+            }
+        }
+    }
+}
+
 /// A local cluster started for a load run; stopped (and its temporary directory removed) by
 /// `stop` or on drop. With proxies, every node reaches every other node through a fault-injecting
 /// proxy on that directed link (each node gets its own cluster file naming the proxies as its
@@ -146,8 +195,8 @@ pub struct LocalCluster {
     children: Vec<(u32, Child)>,
     /// Nodes found dead that nobody killed, with their exit status.
     crashed: Vec<(u32, std::process::ExitStatus)>,
-    /// The proxy on the link from the first node to the second.
-    proxies: BTreeMap<(u32, u32), Proxy>,
+    /// The proxies on the links between nodes, if link faults may be injected.
+    proxies: LinkProxies,
     _temporary: Option<tempfile::TempDir>,
 }
 
@@ -183,7 +232,7 @@ impl LocalCluster {
             program,
             children: Vec::new(),
             crashed: Vec::new(),
-            proxies: BTreeMap::new(),
+            proxies: LinkProxies::default(),
             _temporary: temporary,
         };
         if proxies {
@@ -197,33 +246,19 @@ impl LocalCluster {
     }
 
     async fn start_proxies(&mut self) -> anyhow::Result<()> {
-        for from in &self.config.nodes {
-            let mut own = self.config.clone();
-            for (index, to) in self.config.nodes.iter().enumerate() {
-                if to.id == from.id {
-                    continue;
-                }
-                let target: SocketAddr = to
-                    .address
-                    .parse()
-                    .with_context(|| format!("node {} address {}", to.id, to.address))?;
-                let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-                let proxy = Proxy::start(listen, target)
-                    .await
-                    .context("cannot start a link proxy")?;
-                own.nodes[index].address = proxy.local_addr().to_string();
-                self.proxies.insert((from.id, to.id), proxy);
-            }
-            let path = self.node_cluster_file(from.id);
+        let links = LinkProxies::start(&self.config).await?;
+        for (id, own) in &links.configs {
+            let path = self.data_dir.join(format!("node-{id}.cluster.toml"));
             std::fs::write(&path, own.to_toml())
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
+        self.proxies = links;
         Ok(())
     }
 
     /// The cluster file node `id` runs with: its peers' proxies when there are proxies.
     fn node_cluster_file(&self, id: u32) -> PathBuf {
-        if self.proxies.is_empty() {
+        if self.proxies.proxies.is_empty() {
             self.cluster_file.clone()
         } else {
             self.data_dir.join(format!("node-{id}.cluster.toml"))
@@ -232,17 +267,12 @@ impl LocalCluster {
 
     /// Whether link faults can be injected.
     pub fn has_proxies(&self) -> bool {
-        !self.proxies.is_empty()
+        !self.proxies.proxies.is_empty()
     }
 
     /// Sets both directions of the links between `node` and `peer` (every other node if `None`).
     pub fn set_links(&self, node: u32, peer: Option<u32>, mode: LinkMode) {
-        for ((from, to), proxy) in &self.proxies {
-            let touches = |a: u32, b: u32| a == node && peer.is_none_or(|peer| peer == b);
-            if touches(*from, *to) || touches(*to, *from) {
-                proxy.set_mode(mode);
-            }
-        }
+        self.proxies.set_links(node, peer, mode);
     }
 
     /// Starts node `id` (after `kill`, or for the first time); a node already running is left

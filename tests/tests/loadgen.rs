@@ -1,5 +1,7 @@
-//! The load generator's smoke run: a short load on a local 3-node cluster with a node killed and
-//! restarted in the middle; the run must pass its end-of-run checks and write its files.
+//! The load generator and `tally cluster up` as processes: short loads on a local 3-node cluster
+//! with a node killed and restarted, or faults aimed at shard leaders, which must pass their
+//! end-of-run checks and write their files; an interrupted run; bad faults; `cluster up` stopping
+//! its nodes, and keeping them running when one dies.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -8,37 +10,35 @@ use tests::{children_of, free_base_port};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_tally-failpoints");
 
-#[test]
-fn a_short_load_with_a_killed_node_passes_its_checks_and_writes_its_files() {
-    let out = tempfile::tempdir().expect("temporary directory");
-    let base_port = free_base_port();
+/// Runs `tally loadgen` on a local cluster of its own (300 accounts, 8 clients, half of the
+/// transfers cross-shard) with `arguments` and `--out out`; panics unless it succeeds. Its stdout.
+fn run_loadgen(arguments: &[&str], out: &std::path::Path) -> String {
     let output = Command::new(PROGRAM)
-        .args([
-            "loadgen",
-            "--accounts",
-            "300",
-            "--clients",
-            "8",
-            "--duration",
-            "6",
-            "--cross-shard",
-            "0.5",
-            "--base-port",
-            &base_port.to_string(),
-            "--fault",
-            "kill:node=2,at=2s,for=1s",
-            "--out",
-        ])
-        .arg(out.path())
+        .args(["loadgen", "--accounts", "300", "--clients", "8"])
+        .args(["--cross-shard", "0.5", "--base-port"])
+        .arg(free_base_port().to_string())
+        .args(arguments)
+        .arg("--out")
+        .arg(out)
         .env_remove("TALLY_CLUSTER")
         .output()
         .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "loadgen failed ({}):\n{stdout}\n{stderr}",
         output.status
+    );
+    stdout
+}
+
+#[test]
+fn a_short_load_with_a_killed_node_passes_its_checks_and_writes_its_files() {
+    let out = tempfile::tempdir().expect("temporary directory");
+    let stdout = run_loadgen(
+        &["--duration", "6", "--fault", "kill:node=2,at=2s,for=1s"],
+        out.path(),
     );
     assert!(stdout.contains("invariants: PASS"), "{stdout}");
     assert!(stdout.contains("kill node 2 start"), "{stdout}");
@@ -57,6 +57,117 @@ fn a_short_load_with_a_killed_node_passes_its_checks_and_writes_its_files() {
     }
     let summary = std::fs::read_to_string(out.path().join("summary.json")).unwrap();
     assert!(summary.contains("\"passed\": true"), "{summary}");
+}
+
+/// Faults aimed at roles: the leader of shard 0 killed, then the leader of shard 1 blackholed from
+/// its peers, each resolved to a node when it begins. The report and summary name the node each
+/// hit; the leader changes seen during the run include a new leader of each of those shards, on
+/// another node, after its fault began; the chart marks them; the checks pass.
+#[test]
+fn faults_aimed_at_leaders_hit_them_and_the_leader_changes_are_reported() {
+    let out = tempfile::tempdir().expect("temporary directory");
+    let stdout = run_loadgen(
+        &[
+            "--duration",
+            "12",
+            "--replicas",
+            "3",
+            "--fault",
+            "kill:leader-of=0,at=2s,for=2s",
+            "--fault",
+            "partition:leader-of=1,at=6s,for=3s",
+        ],
+        out.path(),
+    );
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("summary.json")).expect("summary.json"),
+    )
+    .expect("summary.json is JSON");
+    assert_eq!(summary["invariants"]["passed"], true, "{stdout}");
+    let faults = summary["faults"].as_array().expect("faults");
+    let changes = summary["leader_changes"]
+        .as_array()
+        .expect("leader_changes");
+    for (shard, action) in [(0, "kill"), (1, "blackhole")] {
+        let role = format!("(leader of shard {shard}");
+        let events: Vec<&serde_json::Value> = faults
+            .iter()
+            .filter(|event| event["event"].as_str().unwrap().contains(&role))
+            .collect();
+        assert_eq!(
+            events.len(),
+            2,
+            "a start and an end for shard {shard}: {faults:?}"
+        );
+        let hit = events[0]["node"].as_u64().expect("the node the fault hit");
+        let start = events[0]["event"].as_str().unwrap();
+        let prefix = format!("{action} node {hit}");
+        assert!(
+            start.starts_with(&prefix) && start.ends_with(" start") && start.contains(", term "),
+            "{start}"
+        );
+        assert_eq!(
+            events[1]["node"].as_u64(),
+            Some(hit),
+            "ends on the node it hit"
+        );
+        assert!(stdout.contains(start), "the report names it: {stdout}");
+        let began = events[0]["at_seconds"].as_f64().unwrap();
+        assert!(
+            changes.iter().any(|change| change["shard"] == shard
+                && change["leader"].as_u64() != Some(hit)
+                && change["at_seconds"].as_f64().unwrap() >= began),
+            "no new leader of shard {shard} after its leader, node {hit}, was hit: {changes:?}\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("leader change at "), "{stdout}");
+    let chart = std::fs::read_to_string(out.path().join("chart.svg")).expect("chart.svg");
+    assert!(
+        chart.contains(">leader change (shard"),
+        "no leader-change legend"
+    );
+    println!(
+        "failed requests: {}, unknown outcomes: {}; leader changes: {changes:?}",
+        summary["failed"], summary["unknown_outcome"]
+    );
+}
+
+/// A fault aimed at a shard the cluster does not have, or written wrong, is one error line and a
+/// non-zero exit, before any node starts.
+#[test]
+fn a_bad_fault_is_one_error_line() {
+    for (fault, code) in [
+        ("kill:leader-of=3,at=1s,for=1s", 1),
+        ("kill:leader-of=zero,at=1s,for=1s", 2),
+        ("partition:leader-of=0,peer=2,at=1s,for=1s", 2),
+    ] {
+        let output = Command::new(PROGRAM)
+            .args([
+                "loadgen",
+                "--nodes",
+                "3",
+                "--duration",
+                "5",
+                "--fault",
+                fault,
+            ])
+            .env_remove("TALLY_CLUSTER")
+            .output()
+            .expect("run loadgen");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{fault}: {stderr}");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        assert!(
+            lines.first().is_some_and(|line| line.contains("error")),
+            "{fault}: {stderr}"
+        );
+        if code == 1 {
+            assert_eq!(lines.len(), 1, "{fault}: {stderr}");
+        }
+    }
 }
 
 /// An interrupted run stops every node it started and removes the cluster it created: SIGTERM

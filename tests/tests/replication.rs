@@ -256,6 +256,17 @@ async fn leaders_of_every_shard(client: &TallyClient, shards: u32) -> BTreeMap<u
     }
 }
 
+/// Node `node`'s whole status of its replica of `shard` (panics if it does not answer).
+async fn own_group(client: &TallyClient, node: NodeId, shard: u32) -> GroupStatus {
+    let statuses = client.cluster_status().await.expect("cluster status");
+    statuses
+        .into_iter()
+        .filter(|status| status.node_id == node && status.up)
+        .flat_map(|status| status.groups)
+        .find(|group| group.shard == shard)
+        .unwrap_or_else(|| panic!("node {node} does not answer for shard {shard}"))
+}
+
 /// What `node` says of its replica of `shard`, if it answered.
 fn own_view(reports: &[(u32, Vec<GroupView>)], node: u32, shard: u32) -> Option<GroupView> {
     reports
@@ -283,9 +294,9 @@ fn assert_one_leader_per_term(reports: &[(u32, Vec<GroupView>)]) {
 /// The leader of shard 0 is blackholed from its peers (through link proxies: its connections stay
 /// open, nothing gets through either way) in the middle of a load of transfers between accounts
 /// of every shard, for a time drawn from the seed. The majority elects another leader that
-/// serves; a deposit sent straight to the old leader, which still takes requests from clients,
-/// is never acknowledged and never applied (it cannot commit alone); no two nodes lead shard 0
-/// in one term at any look. After the heal the old leader steps down, and every replica of
+/// serves; the old leader steps down by itself, its commit index stays put until the heal, and a
+/// deposit sent straight to it, which still takes requests from clients, is never acknowledged
+/// and never applied (it cannot commit alone); no two nodes lead shard 0 in one term at any look. After the heal the old leader steps down, and every replica of
 /// shard 0 catches up to the same applied entry. Every acknowledged transfer holds (each
 /// balance is what the committed transfers imply, unknown outcomes resolved by status), and the
 /// audit passes.
@@ -408,7 +419,14 @@ async fn a_blackholed_leader_commits_nothing_alone_and_catches_up_after_the_heal
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // From then on its commit index stays where it is: it commits nothing alone.
+    let commit_after_stepping_down = own_group(&client, old.node, 0).await.commit_index;
     tokio::time::sleep(blackhole_for.saturating_sub(cut_at.elapsed())).await;
+    let before_the_heal = own_group(&client, old.node, 0).await;
+    assert_eq!(
+        before_the_heal.commit_index, commit_after_stepping_down,
+        "the cut-off replica committed entries alone: {before_the_heal:?} (seed {seed})"
+    );
     let answered_before_the_heal = lonely.is_finished();
     links.set_links(old.node, None, LinkMode::Pass);
     let healed = Instant::now();

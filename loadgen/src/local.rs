@@ -69,6 +69,21 @@ pub fn prepare(options: &UpOptions) -> anyhow::Result<(PathBuf, ClusterConfig)> 
     Ok((path, config))
 }
 
+/// Refuses to start a local cluster whose nodes' ports are taken: its nodes would fail to bind
+/// and exit, and whatever listens there (another cluster, say) would be driven in their place.
+pub fn ensure_ports_free(config: &ClusterConfig) -> anyhow::Result<()> {
+    for node in &config.nodes {
+        if let Err(error) = std::net::TcpListener::bind(node.address.as_str()) {
+            bail!(
+                "node {}'s address {} is not free ({error}): another cluster may run there; choose other ports with --base-port (or another --data-dir)",
+                node.id,
+                node.address
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The data dir of node `id` in a local cluster.
 pub fn node_data_dir(data_dir: &Path, id: u32) -> PathBuf {
     data_dir.join(format!("node-{id}"))
@@ -224,6 +239,7 @@ impl LocalCluster {
             restart_after: None,
         };
         let (cluster_file, config) = prepare(&options)?;
+        ensure_ports_free(&config)?;
         let program = std::env::current_exe().context("cannot find the tally executable")?;
         let mut cluster = LocalCluster {
             config,

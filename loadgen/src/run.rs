@@ -66,6 +66,15 @@ pub async fn run(
     let started = Instant::now();
     let set_up = async {
         wait_until_up(&client).await?;
+        // A node of ours that could not start (its port taken since the check) leaves whatever
+        // answers at its address to be driven instead: stop before writing anything.
+        if let Some(cluster) = &cluster
+            && let Some((node, status)) = lock(cluster).exited().first()
+        {
+            anyhow::bail!(
+                "node {node} of the local cluster exited during start-up ({status}); see its log"
+            );
+        }
         set_up_accounts(&client, args.accounts, args.initial_balance).await?;
         read_all_balances(&client, args.accounts).await
     };

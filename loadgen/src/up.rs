@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::local::{UpOptions, node_data_dir, prepare, say, signal_flag, spawn_node, stop_all};
+use crate::local::{
+    UpOptions, ensure_ports_free, node_data_dir, prepare, say, signal_flag, spawn_node, stop_all,
+};
 
 /// The commands `tally cluster up` reads on stdin.
 pub const HELP: &str =
@@ -434,6 +436,7 @@ fn read_commands() -> Receiver<Result<UpCommand, String>> {
 /// `| head`, changes nothing: the nodes are still stopped).
 pub fn up(options: UpOptions) -> anyhow::Result<()> {
     let (cluster_file, config) = prepare(&options)?;
+    ensure_ports_free(&config)?;
     let program = std::env::current_exe().context("cannot find the tally executable")?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [libc::SIGINT, libc::SIGTERM] {

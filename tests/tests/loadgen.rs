@@ -170,6 +170,37 @@ fn a_bad_fault_is_one_error_line() {
     }
 }
 
+/// A local cluster whose ports are taken (another cluster runs there, say) is refused with one
+/// error line, by loadgen and by `cluster up`: its nodes could not bind, and whatever answers on
+/// those ports must not be driven in their place.
+#[test]
+fn a_local_cluster_on_taken_ports_is_refused() {
+    let base_port = free_base_port();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", base_port + 1)).expect("take a port");
+    let data = tempfile::tempdir().expect("temporary directory");
+    for arguments in [
+        vec!["loadgen", "--duration", "5"],
+        vec!["cluster", "up", "--data-dir", data.path().to_str().unwrap()],
+    ] {
+        let output = Command::new(PROGRAM)
+            .args(&arguments)
+            .args(["--nodes", "3", "--base-port", &base_port.to_string()])
+            .env_remove("TALLY_CLUSTER")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run tally");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{arguments:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{arguments:?}: {stderr}");
+        assert!(
+            lines[0].starts_with("tally: error: node 2's address")
+                && lines[0].contains("is not free"),
+            "{arguments:?}: {stderr}"
+        );
+    }
+}
+
 /// An interrupted run stops every node it started and removes the cluster it created: SIGTERM
 /// in the middle of the load, then no node process is left and the temporary directory is gone.
 #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-use crate::faults::Fault;
+use crate::faults::{Fault, Target};
 use crate::workload::{self, Pattern};
 
 /// `tally loadgen`: every option.
@@ -64,8 +64,9 @@ pub struct LoadgenArgs {
     /// Largest amount of one transfer, deposit or withdrawal (each is uniform in 1..=N).
     #[arg(long, default_value_t = 100)]
     pub max_amount: u64,
-    /// A fault: KIND:node=N[,peer=M],at=T,for=D with KIND kill, pause, partition, delay[,ms=X]
-    /// or drop[,p=P]. Repeatable.
+    /// A fault: KIND:node=N[,peer=M],at=T,for=D with KIND kill, pause, partition, blackhole,
+    /// delay[,ms=X] or drop[,p=P]; or KIND:leader-of=SHARD,at=T,for=D, aimed at the node leading
+    /// SHARD when the fault begins (partition:leader-of is a blackhole of that node). Repeatable.
     #[arg(long = "fault")]
     pub faults: Vec<Fault>,
     /// Write summary.json, latency.hgrm, latency.hlog, timeline.csv and chart.svg here.
@@ -113,11 +114,19 @@ impl LoadgenArgs {
             }
         }
         for fault in &self.faults {
-            if fault.node == 0
-                || fault.node > self.nodes
-                || fault.peer.is_some_and(|p| p == 0 || p > self.nodes)
-            {
-                bail!("fault {fault}: the cluster has nodes 1..={}", self.nodes);
+            let node_ok = |node: u32| (1..=self.nodes).contains(&node);
+            match fault.target {
+                Target::Node(node) if !node_ok(node) || !fault.peer.is_none_or(node_ok) => {
+                    bail!("fault {fault}: the cluster has nodes 1..={}", self.nodes);
+                }
+                // A local cluster has as many shards as nodes.
+                Target::LeaderOf(shard) if shard >= self.nodes => {
+                    bail!(
+                        "fault {fault}: the cluster has {} shards, numbered from 0",
+                        self.nodes
+                    );
+                }
+                _ => {}
             }
             if fault.duration.is_zero() {
                 bail!("fault {fault} lasts no time");

@@ -1,6 +1,7 @@
 //! Charts of a run as plain SVG 1.1 text, written by hand (no scripts, no plotting crate): the
-//! throughput timeline with fault markers above the latency percentile distribution, and several
-//! distributions overlaid for comparison.
+//! throughput timeline with fault markers (dashed lines across the plot, labelled at the top) and
+//! leader-change marks (solid purple ticks rising from the time axis, labelled `s0→n2`) above the
+//! latency percentile distribution, and several distributions overlaid for comparison.
 //!
 //! The percentile axis is HdrHistogram's: position `log10(1 / (1 - p))`, so each decade of
 //! "nines" (90%, 99%, 99.9%, ...) gets the same width. Percentile 1 (the max) sits at the right
@@ -10,6 +11,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+use crate::leaders::LeaderChange;
 use crate::report::{self, FaultEvent, TimelineRow};
 
 const WIDTH: f64 = 960.0;
@@ -37,16 +39,25 @@ const PALETTE: [&str; 10] = [
 const COLOR_COMMITTED: &str = "#1f77b4";
 const COLOR_ABORTED: &str = "#d62728";
 const COLOR_FAULT: &str = "#555555";
+const COLOR_LEADER: &str = "#9467bd";
+/// The dash pattern of fault markers.
+const FAULT_DASHES: &str = "5,4";
+/// Height of a leader-change mark above the time axis.
+const LEADER_MARK_HEIGHT: f64 = 22.0;
+/// Lines of leader-change labels stacked above the marks.
+const LEADER_LABEL_LINES: usize = 3;
 const COLOR_AXIS: &str = "#333333";
 const COLOR_GRID: &str = "#e3e3e3";
 
 /// One SVG with two panels: the throughput timeline (committed and aborted transfers per
-/// second, a dashed marker and label at each fault) above the latency percentile distribution
-/// of `histogram` (microseconds, shown in ms).
+/// second, a dashed marker and label at each fault, a purple mark on the time axis at each
+/// leader change) above the latency percentile distribution of `histogram` (microseconds, shown
+/// in ms).
 pub fn run_chart(
     title: &str,
     rows: &[TimelineRow],
     faults: &[FaultEvent],
+    leader_changes: &[LeaderChange],
     histogram: &Histogram<u64>,
 ) -> String {
     let mut svg = Svg::new(WIDTH, RUN_CHART_HEIGHT);
@@ -59,7 +70,7 @@ pub fn run_chart(
         title,
     );
     let throughput = Plot::new(70.0, 330.0);
-    draw_timeline(&mut svg, &throughput, rows, faults);
+    draw_timeline(&mut svg, &throughput, rows, faults, leader_changes);
     let latency = Plot::new(500.0, 300.0);
     let points = report::percentile_points(histogram);
     let subtitle = format!(
@@ -102,7 +113,13 @@ pub fn compare_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Strin
 type RowCount = fn(&TimelineRow) -> u64;
 
 /// The throughput panel.
-fn draw_timeline(svg: &mut Svg, plot: &Plot, rows: &[TimelineRow], faults: &[FaultEvent]) {
+fn draw_timeline(
+    svg: &mut Svg,
+    plot: &Plot,
+    rows: &[TimelineRow],
+    faults: &[FaultEvent],
+    leader_changes: &[LeaderChange],
+) {
     svg.text(
         plot.left,
         plot.top - 12.0,
@@ -115,6 +132,7 @@ fn draw_timeline(svg: &mut Svg, plot: &Plot, rows: &[TimelineRow], faults: &[Fau
     let last_fault = faults
         .iter()
         .map(|fault| fault.at_seconds)
+        .chain(leader_changes.iter().map(|change| change.at_seconds))
         .filter(|at| at.is_finite())
         .fold(0.0, f64::max);
     let x_axis = Scale::nice(last_second.max(last_fault), 10.0);
@@ -179,7 +197,7 @@ fn draw_timeline(svg: &mut Svg, plot: &Plot, rows: &[TimelineRow], faults: &[Fau
             plot.bottom(),
             COLOR_FAULT,
             1.2,
-            Some("5,4"),
+            Some(FAULT_DASHES),
         );
         let label_y = plot.top + 14.0 + (index % FAULT_LABEL_LINES) as f64 * 15.0;
         // Labels of markers in the right third run leftwards so they stay inside the chart.
@@ -198,10 +216,42 @@ fn draw_timeline(svg: &mut Svg, plot: &Plot, rows: &[TimelineRow], faults: &[Fau
         );
     }
 
-    let legend: Vec<(&str, &str)> = series
+    for (index, change) in leader_changes.iter().enumerate() {
+        if !change.at_seconds.is_finite() {
+            continue;
+        }
+        let at = x(change.at_seconds.max(0.0));
+        svg.line(
+            at,
+            plot.bottom(),
+            at,
+            plot.bottom() - LEADER_MARK_HEIGHT,
+            COLOR_LEADER,
+            2.5,
+            None,
+        );
+        let label_y =
+            plot.bottom() - LEADER_MARK_HEIGHT - 4.0 - (index % LEADER_LABEL_LINES) as f64 * 13.0;
+        svg.text_colored(
+            at,
+            label_y,
+            FONT_SIZE_LABEL - 1.0,
+            Anchor::Middle,
+            COLOR_LEADER,
+            &format!("s{}\u{2192}n{}", change.shard, change.leader),
+        );
+    }
+
+    let mut legend: Vec<(&str, &str, Option<&str>)> = series
         .iter()
-        .map(|(name, color, _)| (*name, *color))
+        .map(|(name, color, _)| (*name, *color, None))
         .collect();
+    if !faults.is_empty() {
+        legend.push(("fault", COLOR_FAULT, Some(FAULT_DASHES)));
+    }
+    if !leader_changes.is_empty() {
+        legend.push(("leader change (shard\u{2192}node)", COLOR_LEADER, None));
+    }
     svg.legend(plot, &legend);
 }
 
@@ -542,16 +592,16 @@ impl Svg {
         );
     }
 
-    /// Legend entries in a row above the top right corner of a plot.
-    fn legend(&mut self, plot: &Plot, entries: &[(&str, &str)]) {
+    /// Legend entries (name, colour, dash pattern) in a row above the top right corner of a plot.
+    fn legend(&mut self, plot: &Plot, entries: &[(&str, &str, Option<&str>)]) {
         let mut x = plot.right();
         let y = plot.top - 12.0;
-        for (name, color) in entries.iter().rev() {
+        for (name, color, dashes) in entries.iter().rev() {
             let text_width = estimated_text_width(name, FONT_SIZE_LABEL);
             x -= text_width;
             self.text(x, y, FONT_SIZE_LABEL, Anchor::Start, "normal", name);
             x -= 26.0;
-            self.line(x, y - 4.0, x + 20.0, y - 4.0, color, 2.0, None);
+            self.line(x, y - 4.0, x + 20.0, y - 4.0, color, 2.0, *dashes);
             x -= 16.0;
         }
     }
@@ -668,23 +718,32 @@ mod tests {
             FaultEvent {
                 at_seconds: 10.0,
                 label: "kill node 2 start".into(),
+                node: Some(2),
             },
             FaultEvent {
                 at_seconds: 14.0,
                 label: "kill node 2 end".into(),
+                node: Some(2),
             },
             FaultEvent {
                 at_seconds: 25.5,
                 label: "partition <1|2,3> & heal".into(),
+                node: None,
             },
         ];
-        let svg = run_chart("3 nodes, 64 clients", &rows(), &faults, &histogram());
+        let svg = run_chart("3 nodes, 64 clients", &rows(), &faults, &[], &histogram());
         check_svg(&svg, 3);
         assert!(svg.contains(">3 nodes, 64 clients</text>"));
         assert!(svg.contains(">kill node 2 start</text>"));
         assert!(svg.contains(">kill node 2 end</text>"));
         assert!(svg.contains(">partition &lt;1|2,3&gt; &amp; heal</text>"));
-        assert_eq!(svg.matches("stroke-dasharray").count(), 3);
+        // Three markers and the legend's fault entry.
+        assert_eq!(svg.matches("stroke-dasharray").count(), 4);
+        assert!(svg.contains(">fault</text>"));
+        assert!(
+            !svg.contains("leader change"),
+            "no leader changes, no legend entry"
+        );
         for label in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"] {
             assert!(svg.contains(&format!(">{label}</text>")), "{label}");
         }
@@ -695,7 +754,49 @@ mod tests {
     #[test]
     fn run_chart_of_an_empty_run_is_still_a_chart() {
         let empty = Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
-        check_svg(&run_chart("empty", &[], &[], &empty), 3);
+        check_svg(&run_chart("empty", &[], &[], &[], &empty), 3);
+    }
+
+    #[test]
+    fn run_chart_marks_leader_changes_on_the_time_axis_apart_from_faults() {
+        let faults = [FaultEvent {
+            at_seconds: 10.0,
+            label: "kill node 1 (leader of shard 0, term 2) start".into(),
+            node: Some(1),
+        }];
+        let changes = [
+            LeaderChange {
+                at_seconds: 11.2,
+                shard: 0,
+                leader: 2,
+                term: 3,
+            },
+            LeaderChange {
+                at_seconds: 40.0,
+                shard: 1,
+                leader: 3,
+                term: 4,
+            },
+        ];
+        let svg = run_chart("failover", &rows(), &faults, &changes, &histogram());
+        check_svg(&svg, 3);
+        assert!(svg.contains(">s0\u{2192}n2</text>"));
+        assert!(svg.contains(">s1\u{2192}n3</text>"));
+        assert!(svg.contains(">leader change (shard\u{2192}node)</text>"));
+        // Two marks and the legend's line in the leader colour, none of them dashed; the
+        // fault's marker and legend entry dashed in its own.
+        let leader_lines: Vec<&str> = svg
+            .lines()
+            .filter(|line| line.starts_with("<line") && line.contains(COLOR_LEADER))
+            .collect();
+        assert_eq!(leader_lines.len(), 3, "{leader_lines:?}");
+        assert!(leader_lines.iter().all(|line| !line.contains("dasharray")));
+        assert_eq!(svg.matches("stroke-dasharray").count(), 2);
+        // The time axis reaches the last change (at 40 s, past the 30 s of rows).
+        assert!(
+            svg.contains(">40</text>"),
+            "the axis stops before the last change"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod checks;
 pub mod faults;
 pub mod hist;
 mod inject;
+pub mod leaders;
 pub mod local;
 pub mod proxy;
 mod recorder;
@@ -30,6 +31,7 @@ pub mod report;
 mod run;
 mod setup;
 mod summary;
+pub mod up;
 mod worker;
 pub mod workload;
 

@@ -1,8 +1,8 @@
-//! A local cluster of N nodes as child processes of this one, on 127.0.0.1: `tally cluster up`,
-//! and the cluster `tally loadgen` starts when it is given none.
+//! A local cluster of N nodes as child processes of this one, on 127.0.0.1: the cluster `tally
+//! loadgen` starts when it is given none, and the parts `tally cluster up` (`crate::up`) shares.
 //! The cluster file goes to `DATA_DIR/cluster.toml` (an existing one is reused, so starting again
 //! on the same directory recovers every node), node `i` keeps its data in `DATA_DIR/node-i`.
-//! SIGINT or SIGTERM stops every node cleanly (SIGTERM, then SIGKILL after a grace period).
+//! Stopping is clean: SIGTERM, then SIGKILL after a grace period.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +31,8 @@ pub struct UpOptions {
     pub data_dir: PathBuf,
     /// Node `i` (from 1) listens on `127.0.0.1:(base_port + i - 1)`.
     pub base_port: u16,
+    /// `tally cluster up` restarts a node that died after this long (never if `None`).
+    pub restart_after: Option<Duration>,
 }
 
 /// The cluster file of a local cluster in `data_dir`: the existing one, or a new one written.
@@ -65,6 +67,21 @@ pub fn prepare(options: &UpOptions) -> anyhow::Result<(PathBuf, ClusterConfig)> 
     std::fs::write(&path, config.to_toml())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok((path, config))
+}
+
+/// Refuses to start a local cluster whose nodes' ports are taken: its nodes would fail to bind
+/// and exit, and whatever listens there (another cluster, say) would be driven in their place.
+pub fn ensure_ports_free(config: &ClusterConfig) -> anyhow::Result<()> {
+    for node in &config.nodes {
+        if let Err(error) = std::net::TcpListener::bind(node.address.as_str()) {
+            bail!(
+                "node {}'s address {} is not free ({error}): another cluster may run there; choose other ports with --base-port (or another --data-dir)",
+                node.id,
+                node.address
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The data dir of node `id` in a local cluster.
@@ -132,6 +149,55 @@ pub fn stop_all(children: &mut [(u32, Child)]) {
     }
 }
 
+/// A fault-injecting proxy on every directed link between the nodes of a cluster, and the cluster
+/// file each node must run with to use them (its peers' addresses replaced by the proxies in
+/// front of them; clients keep the real addresses).
+#[derive(Default)]
+pub struct LinkProxies {
+    /// The proxy on the link from the first node to the second.
+    pub proxies: BTreeMap<(u32, u32), Proxy>,
+    /// Each node's own cluster file.
+    pub configs: BTreeMap<u32, ClusterConfig>,
+}
+
+impl LinkProxies {
+    /// Starts a proxy (on a free loopback port) for every directed link between nodes of
+    /// `config`.
+    pub async fn start(config: &ClusterConfig) -> anyhow::Result<LinkProxies> {
+        let mut links = LinkProxies::default();
+        for from in &config.nodes {
+            let mut own = config.clone();
+            for (index, to) in config.nodes.iter().enumerate() {
+                if to.id == from.id {
+                    continue;
+                }
+                let target: SocketAddr = to
+                    .address
+                    .parse()
+                    .with_context(|| format!("node {} address {}", to.id, to.address))?;
+                let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+                let proxy = Proxy::start(listen, target)
+                    .await
+                    .context("cannot start a link proxy")?;
+                own.nodes[index].address = proxy.local_addr().to_string();
+                links.proxies.insert((from.id, to.id), proxy);
+            }
+            links.configs.insert(from.id, own);
+        }
+        Ok(links)
+    }
+
+    /// Sets both directions of the links between `node` and `peer` (every other node if `None`).
+    pub fn set_links(&self, node: u32, peer: Option<u32>, mode: LinkMode) {
+        for ((from, to), proxy) in &self.proxies {
+            let touches = |a: u32, b: u32| a == node && peer.is_none_or(|peer| peer == b);
+            if touches(*from, *to) || touches(*to, *from) {
+                proxy.set_mode(mode);
+            }
+        }
+    }
+}
+
 /// A local cluster started for a load run; stopped (and its temporary directory removed) by
 /// `stop` or on drop. With proxies, every node reaches every other node through a fault-injecting
 /// proxy on that directed link (each node gets its own cluster file naming the proxies as its
@@ -144,8 +210,8 @@ pub struct LocalCluster {
     children: Vec<(u32, Child)>,
     /// Nodes found dead that nobody killed, with their exit status.
     crashed: Vec<(u32, std::process::ExitStatus)>,
-    /// The proxy on the link from the first node to the second.
-    proxies: BTreeMap<(u32, u32), Proxy>,
+    /// The proxies on the links between nodes, if link faults may be injected.
+    proxies: LinkProxies,
     _temporary: Option<tempfile::TempDir>,
 }
 
@@ -170,8 +236,10 @@ impl LocalCluster {
             replicas,
             data_dir: data_dir.clone(),
             base_port,
+            restart_after: None,
         };
         let (cluster_file, config) = prepare(&options)?;
+        ensure_ports_free(&config)?;
         let program = std::env::current_exe().context("cannot find the tally executable")?;
         let mut cluster = LocalCluster {
             config,
@@ -180,7 +248,7 @@ impl LocalCluster {
             program,
             children: Vec::new(),
             crashed: Vec::new(),
-            proxies: BTreeMap::new(),
+            proxies: LinkProxies::default(),
             _temporary: temporary,
         };
         if proxies {
@@ -194,33 +262,19 @@ impl LocalCluster {
     }
 
     async fn start_proxies(&mut self) -> anyhow::Result<()> {
-        for from in &self.config.nodes {
-            let mut own = self.config.clone();
-            for (index, to) in self.config.nodes.iter().enumerate() {
-                if to.id == from.id {
-                    continue;
-                }
-                let target: SocketAddr = to
-                    .address
-                    .parse()
-                    .with_context(|| format!("node {} address {}", to.id, to.address))?;
-                let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-                let proxy = Proxy::start(listen, target)
-                    .await
-                    .context("cannot start a link proxy")?;
-                own.nodes[index].address = proxy.local_addr().to_string();
-                self.proxies.insert((from.id, to.id), proxy);
-            }
-            let path = self.node_cluster_file(from.id);
+        let links = LinkProxies::start(&self.config).await?;
+        for (id, own) in &links.configs {
+            let path = self.data_dir.join(format!("node-{id}.cluster.toml"));
             std::fs::write(&path, own.to_toml())
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
+        self.proxies = links;
         Ok(())
     }
 
     /// The cluster file node `id` runs with: its peers' proxies when there are proxies.
     fn node_cluster_file(&self, id: u32) -> PathBuf {
-        if self.proxies.is_empty() {
+        if self.proxies.proxies.is_empty() {
             self.cluster_file.clone()
         } else {
             self.data_dir.join(format!("node-{id}.cluster.toml"))
@@ -229,17 +283,12 @@ impl LocalCluster {
 
     /// Whether link faults can be injected.
     pub fn has_proxies(&self) -> bool {
-        !self.proxies.is_empty()
+        !self.proxies.proxies.is_empty()
     }
 
     /// Sets both directions of the links between `node` and `peer` (every other node if `None`).
     pub fn set_links(&self, node: u32, peer: Option<u32>, mode: LinkMode) {
-        for ((from, to), proxy) in &self.proxies {
-            let touches = |a: u32, b: u32| a == node && peer.is_none_or(|peer| peer == b);
-            if touches(*from, *to) || touches(*to, *from) {
-                proxy.set_mode(mode);
-            }
-        }
+        self.proxies.set_links(node, peer, mode);
     }
 
     /// Starts node `id` (after `kill`, or for the first time); a node already running is left
@@ -332,69 +381,14 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Starts the nodes, prints where everything is, and stops them on SIGINT or SIGTERM (stdout
-/// closed early, as by `| head`, changes nothing: the nodes are still stopped).
-pub fn up(options: UpOptions) -> anyhow::Result<()> {
-    let (cluster_file, config) = prepare(&options)?;
-    let program = std::env::current_exe().context("cannot find the tally executable")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        signal_flag(signal, &stop)?;
-    }
-    let mut children = Vec::new();
-    for node in &config.nodes {
-        match spawn_node(&program, &cluster_file, &options.data_dir, node.id) {
-            Ok(child) => children.push((node.id, child)),
-            Err(error) => {
-                stop_all(&mut children);
-                return Err(error);
-            }
-        }
-    }
-    say(format_args!("cluster file: {}", cluster_file.display()));
-    for node in &config.nodes {
-        let dir = node_data_dir(&options.data_dir, node.id);
-        say(format_args!(
-            "node {}: {}  shards {:?}  data {}  log {}",
-            node.id,
-            node.address,
-            node.shards,
-            dir.display(),
-            dir.join("tally.log").display()
-        ));
-    }
-    say(format_args!(
-        "try: tally status --cluster {}   (Ctrl-C stops the cluster)",
-        cluster_file.display()
-    ));
-    let mut failed = None;
-    while !stop.load(Ordering::Relaxed) {
-        for (id, child) in children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                failed = Some(format!("node {id} exited ({status}); see its log"));
-            }
-        }
-        if failed.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    say(format_args!("stopping the cluster"));
-    stop_all(&mut children);
-    match failed {
-        Some(message) => bail!(message),
-        None => Ok(()),
-    }
-}
-
 /// A line on stdout; a closed stdout is not an error for a command whose work is elsewhere.
-fn say(line: std::fmt::Arguments) {
+pub(crate) fn say(line: std::fmt::Arguments) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Sets `flag` when `signal` arrives.
-fn signal_flag(signal: libc::c_int, flag: &Arc<AtomicBool>) -> anyhow::Result<()> {
+pub(crate) fn signal_flag(signal: libc::c_int, flag: &Arc<AtomicBool>) -> anyhow::Result<()> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     let _ = FLAG.set(flag.clone());
     extern "C" fn on_signal(_: libc::c_int) {

@@ -8,6 +8,21 @@
 //!   accepted and cut at once, so nothing gets through in either direction. A real partition would
 //!   rather leave connections silent until the peers' timeouts fire; cutting them makes the nodes'
 //!   reconnect and in-doubt paths run at once, which keeps fault runs short.
+//! - [`LinkMode::Blackhole`]: a silent partition. Open connections stay open, but nothing is
+//!   forwarded in either direction: the proxy stops reading from both sides (so the senders'
+//!   kernel buffers fill and their writes stall, as behind a real network black hole) and holds
+//!   what it had already read. A new connection is accepted (the connecting node sees a connect
+//!   succeed) and the target is not even connected to. Neither side hears a reset or an
+//!   end-of-stream: only its own timeouts tell it the peer is gone.
+//!   When the link leaves the blackhole (for any mode), every connection that was open during it
+//!   is cut (reset on both sides), and the bytes the proxy held are discarded. A black hole loses
+//!   the packets sent into it; over a real network TCP would retransmit them, and either the
+//!   connection would time out (the nodes' own peer timeouts give up on a silent connection after
+//!   a few seconds, closing it from their side) or stale bytes would arrive long after they were
+//!   sent. Cutting at the heal takes the first of these: nothing sent during the blackhole is
+//!   ever delivered, and the nodes reconnect at once over a healed link. Connections opened after
+//!   the heal pass normally. (A blackhole so short that a connection's task never saw it holds
+//!   nothing and cuts nothing.)
 //! - [`LinkMode::Delay`]: each chunk read is written `delay` after it arrived, in order, per
 //!   direction. It is a delay line, not a sleep per chunk: chunks wait in a queue stamped with
 //!   their due time while the next ones are read, so the delay adds latency without limiting
@@ -68,6 +83,10 @@ pub enum LinkMode {
     /// Partitioned: open connections are cut (both sides reset) at once, new ones are accepted and
     /// cut at once; nothing gets through.
     Partition,
+    /// A silent partition: connections stay open (new ones are accepted) and nothing is forwarded
+    /// either way, the proxy reading nothing; when the link leaves this mode, every connection
+    /// open during it is cut and what it held is discarded.
+    Blackhole,
     /// Every chunk of bytes is delivered `delay` later than it arrived (in order, per direction;
     /// a delay line, so throughput is not limited).
     Delay(Duration),
@@ -83,6 +102,9 @@ pub struct ProxyStats {
     /// Connections cut as soon as they were accepted: during a partition, or past
     /// [`CONNECTIONS_MAX`].
     pub connections_rejected: u64,
+    /// Connections accepted during a blackhole (held, never connected to the target, cut when it
+    /// ends).
+    pub connections_blackholed: u64,
     /// Accepted connections given up because the target could not be reached.
     pub connections_failed: u64,
     /// Open connections cut by the proxy (a partition, a drop, or the proxy stopping).
@@ -151,7 +173,7 @@ impl Proxy {
                 delay <= DELAY_MAX,
                 "link delay {delay:?} is longer than {DELAY_MAX:?}"
             ),
-            LinkMode::Pass | LinkMode::Partition => {}
+            LinkMode::Pass | LinkMode::Partition | LinkMode::Blackhole => {}
         }
         // `send_replace` stores the mode even when no connection is listening.
         self.mode.send_replace(mode);
@@ -168,6 +190,7 @@ impl Proxy {
         ProxyStats {
             connections_accepted: counters.connections_accepted.load(Ordering::Relaxed),
             connections_rejected: counters.connections_rejected.load(Ordering::Relaxed),
+            connections_blackholed: counters.connections_blackholed.load(Ordering::Relaxed),
             connections_failed: counters.connections_failed.load(Ordering::Relaxed),
             connections_cut: counters.connections_cut.load(Ordering::Relaxed),
             bytes_to_target: counters.bytes_to_target.load(Ordering::Relaxed),
@@ -189,6 +212,7 @@ impl Drop for Proxy {
 struct Counters {
     connections_accepted: AtomicU64,
     connections_rejected: AtomicU64,
+    connections_blackholed: AtomicU64,
     connections_failed: AtomicU64,
     connections_cut: AtomicU64,
     bytes_to_target: AtomicU64,
@@ -204,7 +228,7 @@ impl Counters {
 /// Why a connection ended other than by an orderly close of both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
-    /// The proxy cut it (a partition, a drop, or the proxy stopping).
+    /// The proxy cut it (a partition, a drop, the end of a blackhole, or the proxy stopping).
     Cut,
     /// One side failed (a reset, a write to a closed socket); the other side is reset in turn.
     Broken,
@@ -249,6 +273,14 @@ async fn serve_connection(
     mut mode: watch::Receiver<LinkMode>,
     counters: Arc<Counters>,
 ) {
+    if *mode.borrow() == LinkMode::Blackhole {
+        // Held silently, the target never contacted, and cut when the blackhole ends.
+        Counters::add(&counters.connections_blackholed, 1);
+        until_cut(&mut mode).await;
+        Counters::add(&counters.connections_cut, 1);
+        reset(client);
+        return;
+    }
     let connect = tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(target));
     let mut server = tokio::select! {
         connected = connect => match connected {
@@ -292,8 +324,11 @@ async fn serve_connection(
             &counters.bytes_to_client,
         );
         tokio::select! {
-            ended = async { tokio::try_join!(to_target, to_client) } => ended.err(),
+            // The cut first: at the end of a blackhole the writers wake too, and must not write
+            // what they held before the connection is cut.
+            biased;
             () = until_cut(&mut mode) => Some(Ending::Cut),
+            ended = async { tokio::try_join!(to_target, to_client) } => ended.err(),
         }
     };
     match ending {
@@ -310,10 +345,28 @@ async fn serve_connection(
     }
 }
 
-/// Returns when the link is partitioned, or when the proxy is gone (its mode sender dropped).
+/// Returns when the link is partitioned, when it leaves a blackhole this connection saw, or when
+/// the proxy is gone (its mode sender dropped).
 async fn until_cut(mode: &mut watch::Receiver<LinkMode>) {
-    // `wait_for` looks at the current mode first, so a partition already in force counts.
-    let _ = mode.wait_for(|mode| *mode == LinkMode::Partition).await;
+    let mut blackholed = false;
+    loop {
+        // The current mode first, so a partition or blackhole already in force counts.
+        match *mode.borrow_and_update() {
+            LinkMode::Partition => return,
+            LinkMode::Blackhole => blackholed = true,
+            _ if blackholed => return,
+            _ => {}
+        }
+        if mode.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits while the link is a blackhole (at once if it is not); the connection's `until_cut`
+/// ends the connection when the blackhole does.
+async fn while_blackholed(mode: &mut watch::Receiver<LinkMode>) {
+    let _ = mode.wait_for(|mode| *mode != LinkMode::Blackhole).await;
 }
 
 /// One direction of a connection: a reader that stamps each chunk with its due time and queues
@@ -334,10 +387,14 @@ where
     let room = &Semaphore::new(QUEUE_BYTES_MAX);
     let (queue, mut due_chunks) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
 
+    let mut write_mode = mode.clone();
+    let mut mode = mode;
     // Moves `queue` in, so that it is dropped, and the writer sees the end, when reading ends.
     let read = async move {
         let mut buffer = vec![0u8; CHUNK_BYTES_MAX];
         loop {
+            // In a blackhole nothing is read: the sender's bytes stay in the kernel buffers.
+            while_blackholed(&mut mode).await;
             let length = reader.read(&mut buffer).await.map_err(|_| Ending::Broken)?;
             if length == 0 {
                 // Dropping `queue` tells the writer that no more chunks come.
@@ -355,6 +412,8 @@ where
                 }
                 // The connection's watch cuts it too; this only stops the chunk at once.
                 LinkMode::Partition => return Err(Ending::Cut),
+                // Read as the blackhole began: held (queued, and the writer holds it).
+                LinkMode::Blackhole => Duration::ZERO,
             };
             let permits = u32::try_from(length).map_err(|_| Ending::Broken)?;
             // Waiting here is the backpressure: the sender's bytes stay in the kernel buffers.
@@ -374,6 +433,8 @@ where
             if due > Instant::now() {
                 tokio::time::sleep_until(due).await;
             }
+            // Nothing is written in a blackhole; what is held goes with the cut at its end.
+            while_blackholed(&mut write_mode).await;
             writer.write_all(&chunk).await.map_err(|_| Ending::Broken)?;
             Counters::add(bytes_written, chunk.len() as u64);
             room.add_permits(chunk.len());
@@ -457,7 +518,7 @@ mod tests {
 
     /// Asserts that the connection is cut promptly: a read ends (end-of-stream or an error)
     /// without giving back any byte.
-    async fn assert_cut(stream: &mut TcpStream) {
+    async fn assert_cut(stream: &mut (impl AsyncRead + Unpin)) {
         let mut buffer = [0u8; 64];
         match tokio::time::timeout(STEP_TIMEOUT, stream.read(&mut buffer)).await {
             Err(_) => panic!("connection still open after {STEP_TIMEOUT:?}"),
@@ -608,6 +669,74 @@ mod tests {
         assert_eq!(stats.connections_cut, 1);
         assert_eq!(stats.connections_rejected, 1);
         assert_eq!(stats.bytes_to_target, 11, "bytes got through the partition");
+    }
+
+    /// Asserts that nothing comes back on `stream` for a while and that it is not closed either.
+    async fn assert_silent(stream: &mut TcpStream, how_long: Duration) {
+        let mut buffer = [0u8; 64];
+        match tokio::time::timeout(how_long, stream.read(&mut buffer)).await {
+            Err(_) => {}
+            Ok(Ok(0)) => panic!("end-of-stream through a blackhole"),
+            Ok(Ok(length)) => panic!("{length} bytes got through a blackhole"),
+            Ok(Err(error)) => panic!("a blackholed connection failed: {error}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn proxy_blackhole_holds_connections_silently_and_cuts_them_when_it_ends() {
+        let proxy = echo_proxy().await;
+        let mut open = connect(&proxy).await;
+        assert_eq!(round_trip(&mut open, b"before").await, b"before");
+
+        proxy.set_mode(LinkMode::Blackhole);
+        assert_eq!(proxy.mode(), LinkMode::Blackhole);
+        open.write_all(b"into the hole").await.expect("write");
+        assert_silent(&mut open, Duration::from_millis(300)).await;
+        // A new connection is accepted, and silent too.
+        let mut during = connect(&proxy).await;
+        during.write_all(b"also lost").await.expect("write");
+        assert_silent(&mut during, Duration::from_millis(100)).await;
+        // The proxy reads nothing, so a sender's writes stall once the kernel buffers are full:
+        // far more than they hold cannot be written.
+        let (mut reader, mut writer) = open.into_split();
+        let flood = tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            let mut written = 0usize;
+            while writer.write_all(&chunk).await.is_ok() {
+                written += chunk.len();
+            }
+            written
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !flood.is_finished(),
+            "the sender's writes failed in a blackhole"
+        );
+        let stats = proxy.stats();
+        assert_eq!(stats.bytes_to_target, 6, "bytes got through the blackhole");
+        assert_eq!(stats.bytes_to_client, 6, "bytes got through the blackhole");
+        assert_eq!(stats.connections_cut, 0);
+        assert_eq!(stats.connections_blackholed, 1);
+
+        // The heal cuts both connections (the held bytes are discarded); a new one passes.
+        proxy.set_mode(LinkMode::Pass);
+        assert_cut(&mut reader).await;
+        let written = tokio::time::timeout(STEP_TIMEOUT, flood)
+            .await
+            .expect("the stalled sender fails once cut")
+            .expect("sender task");
+        assert!(
+            written < 32 * QUEUE_BYTES_MAX,
+            "{written} bytes were written into a blackhole: the proxy kept reading"
+        );
+        assert_cut(&mut during).await;
+        let stats = wait_for_stats(&proxy, |stats| stats.connections_cut == 2).await;
+        assert_eq!(
+            stats.bytes_to_target, 6,
+            "held bytes were delivered after the heal"
+        );
+        let mut after = connect(&proxy).await;
+        assert_eq!(round_trip(&mut after, b"after").await, b"after");
     }
 
     #[tokio::test]

@@ -62,6 +62,8 @@ pub struct FaultEvent {
     /// Seconds since the start of the measured run.
     pub at_seconds: f64,
     pub label: String,
+    /// The node it hit (`None`: a fault that was not injected, its target unknown).
+    pub node: Option<u32>,
 }
 
 /// One row of a percentile distribution.

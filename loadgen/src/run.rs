@@ -9,7 +9,8 @@ use client::config::ClusterConfig;
 use client::{ClientOptions, TallyClient};
 
 use crate::checks::check;
-use crate::inject::{heal, run_faults};
+use crate::inject::{FaultRun, heal, run_faults};
+use crate::leaders::{LeaderChanges, watch_leaders};
 use crate::local::LocalCluster;
 use crate::recorder::{Recorder, tick};
 use crate::setup::{read_all_balances, set_up_accounts, wait_until_up};
@@ -65,6 +66,15 @@ pub async fn run(
     let started = Instant::now();
     let set_up = async {
         wait_until_up(&client).await?;
+        // A node of ours that could not start (its port taken since the check) leaves whatever
+        // answers at its address to be driven instead: stop before writing anything.
+        if let Some(cluster) = &cluster
+            && let Some((node, status)) = lock(cluster).exited().first()
+        {
+            anyhow::bail!(
+                "node {node} of the local cluster exited during start-up ({status}); see its log"
+            );
+        }
         set_up_accounts(&client, args.accounts, args.initial_balance).await?;
         read_all_balances(&client, args.accounts).await
     };
@@ -107,13 +117,22 @@ pub async fn run(
     let fault_task = cluster.clone().map(|cluster| {
         tokio::spawn(run_faults(
             args.faults.clone(),
-            cluster,
-            recorder.clone(),
-            fault_events.clone(),
-            active_faults.clone(),
-            started,
+            FaultRun {
+                cluster,
+                client: client.clone(),
+                recorder: recorder.clone(),
+                events: fault_events.clone(),
+                active: active_faults.clone(),
+                started,
+            },
         ))
     });
+    let leader_changes = Arc::new(Mutex::new(LeaderChanges::default()));
+    let leader_task = tokio::spawn(watch_leaders(
+        client.clone(),
+        started,
+        leader_changes.clone(),
+    ));
     let (timeline, intervals) = tick(
         &recorder,
         started,
@@ -131,6 +150,8 @@ pub async fn run(
         task.abort();
         let _ = task.await;
     }
+    leader_task.abort();
+    let _ = leader_task.await;
     if let Some(cluster) = &cluster {
         heal(cluster, &lock(&active_faults));
     }
@@ -150,6 +171,7 @@ pub async fn run(
         .into_inner()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let faults = lock(&fault_events).clone();
+    let leader_changes = std::mem::take(&mut *lock(&leader_changes));
     let mut checks = match interrupted_by {
         // Stopping is what was asked for: the checks (an audit, status look-ups, resends of
         // unknown outcomes) could take long against a faulty cluster.
@@ -178,6 +200,7 @@ pub async fn run(
         timeline,
         intervals,
         faults,
+        leader_changes,
         checks,
         start_unix_seconds,
     })

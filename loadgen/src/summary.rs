@@ -8,6 +8,7 @@ use anyhow::Context;
 use client::AuditVerdict;
 use hdrhistogram::Histogram;
 
+use crate::leaders::LeaderChanges;
 use crate::report::{FaultEvent, TimelineRow};
 use crate::{Checks, LoadgenArgs, chart, report};
 
@@ -24,6 +25,8 @@ pub struct Report {
     pub timeline: Vec<TimelineRow>,
     pub intervals: Vec<Histogram<u64>>,
     pub faults: Vec<FaultEvent>,
+    /// Each shard's leader changes seen during the run (every 250 ms).
+    pub leader_changes: LeaderChanges,
     pub checks: Checks,
     pub start_unix_seconds: f64,
 }
@@ -71,6 +74,18 @@ impl Report {
             out.push_str(&format!(
                 "fault at {:.1} s: {}\n",
                 fault.at_seconds, fault.label
+            ));
+        }
+        for change in &self.leader_changes.changes {
+            out.push_str(&format!(
+                "leader change at {:.1} s: shard {} led by node {} (term {})\n",
+                change.at_seconds, change.shard, change.leader, change.term
+            ));
+        }
+        if self.leader_changes.not_kept > 0 {
+            out.push_str(&format!(
+                "leader changes: {} more not kept\n",
+                self.leader_changes.not_kept
             ));
         }
         let checks = &self.checks;
@@ -130,7 +145,13 @@ pub(crate) fn write_files(
     );
     std::fs::write(
         out.join("chart.svg"),
-        chart::run_chart(&title, &report.timeline, &report.faults, &report.latency),
+        chart::run_chart(
+            &title,
+            &report.timeline,
+            &report.faults,
+            &report.leader_changes.changes,
+            &report.latency,
+        ),
     )
     .context("cannot write chart.svg")?;
     let summary = summary_json(args, report);
@@ -177,7 +198,9 @@ fn summary_json(args: &LoadgenArgs, report: &Report) -> serde_json::Value {
             "p99.99": report.latency_ms(0.9999),
             "max": report.latency.max() as f64 / 1000.0,
         },
-        "faults": report.faults.iter().map(|fault| serde_json::json!({"at_seconds": fault.at_seconds, "event": fault.label})).collect::<Vec<_>>(),
+        "faults": report.faults.iter().map(|fault| serde_json::json!({"at_seconds": fault.at_seconds, "event": fault.label, "node": fault.node})).collect::<Vec<_>>(),
+        "leader_changes": report.leader_changes.changes.iter().map(|change| serde_json::json!({"at_seconds": change.at_seconds, "shard": change.shard, "leader": change.leader, "term": change.term})).collect::<Vec<_>>(),
+        "leader_changes_not_kept": report.leader_changes.not_kept,
         "invariants": {
             "passed": checks.passed(),
             "conserved": audit.is_some_and(AuditVerdict::money_conserved),

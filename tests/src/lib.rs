@@ -438,3 +438,63 @@ pub fn random_pair(rng: &mut impl rand::Rng, accounts: &[u64]) -> (u64, u64) {
     }
     (debit, credit)
 }
+
+/// The first of three consecutive ports that were free a moment ago.
+pub fn free_base_port() -> u16 {
+    // Below Linux's ephemeral range (32768 and up): the nodes' own outgoing connections (each
+    // node connects to every other, replicas to replicas) take ephemeral ports, so a range just
+    // below a port the system handed out was taken now and then before a node could bind it.
+    for _ in 0..1000 {
+        let base: u16 = rand::random_range(20_000..32_000);
+        let free =
+            (base..base + 3).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no 3 consecutive free ports in 20000..32000");
+}
+
+/// Pids of the processes whose parent is `parent` (from /proc).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the parenthesised command name: state, then the parent's pid.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let parent_pid: Option<u32> = after_name
+            .split_whitespace()
+            .nth(1)
+            .and_then(|field| field.parse().ok());
+        if parent_pid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// The pid of the child of `parent` that runs `start --id ID` (from /proc), if any.
+pub fn node_pid(parent: u32, id: u32) -> Option<u32> {
+    let wanted = ["--id".to_owned(), id.to_string()];
+    children_of(parent).into_iter().find(|pid| {
+        let Ok(command_line) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let arguments: Vec<String> = command_line
+            .split(|byte| *byte == 0)
+            .map(|argument| String::from_utf8_lossy(argument).into_owned())
+            .collect();
+        arguments.windows(2).any(|pair| pair == wanted)
+    })
+}
+
+/// Whether process `pid` exists (a zombie counts until it is reaped).
+pub fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only asks whether the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}

@@ -1,6 +1,7 @@
 //! `tally start` and `tally cluster up`: running nodes.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use net::NodeId;
@@ -25,8 +26,9 @@ pub(super) struct StartArgs {
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ClusterCommand {
-    /// Start a cluster of local node processes; writes DIR/cluster.toml and stops the nodes on
-    /// SIGINT or SIGTERM.
+    /// Start a cluster of local node processes; writes DIR/cluster.toml, keeps the other nodes
+    /// running when one dies (saying which and how), reads commands on stdin (status, kill N,
+    /// stop N, restart N, quit) and stops every node on SIGINT, SIGTERM or quit.
     Up(UpArgs),
 }
 
@@ -45,6 +47,19 @@ pub(super) struct UpArgs {
     /// Node i (from 1) listens on 127.0.0.1:(base-port + i - 1).
     #[arg(long, default_value_t = 7101, value_parser = clap::value_parser!(u16).range(1..))]
     pub(super) base_port: u16,
+    /// Restart a node that died by itself this long after its death (like 5, 1.5s, 500ms);
+    /// without it a dead node stays down until `restart N` on stdin.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_restart_after)]
+    pub(super) restart_after: Option<Duration>,
+}
+
+/// A positive delay of at most a day.
+fn parse_restart_after(text: &str) -> Result<Duration, String> {
+    let delay = loadgen::faults::parse_duration(text)?;
+    if delay.is_zero() {
+        return Err("the delay must be positive".into());
+    }
+    Ok(delay)
 }
 
 /// `tally start`: runs the node until SIGINT or SIGTERM.
@@ -72,7 +87,8 @@ pub(super) fn up(args: UpArgs) -> Result<Exit, Failure> {
         replicas: args.replicas,
         data_dir: args.data_dir,
         base_port: args.base_port,
+        restart_after: args.restart_after,
     };
-    loadgen::local::up(options).map_err(|error| Failure::error(format!("{error:#}")))?;
+    loadgen::up::up(options).map_err(|error| Failure::error(format!("{error:#}")))?;
     Ok(Exit::Success)
 }

@@ -124,6 +124,8 @@ pub struct Group<T: Tables, S: Storage> {
     engine: Option<(Arc<GroupEngine<T>>, ReplicatedLog)>,
     /// Leading, and waiting for this index to be applied before opening an engine.
     open_at: Option<u64>,
+    /// The term the open engine serves: its records may be proposed in that term only.
+    engine_term: u64,
     unpersisted: VecDeque<Unpersisted>,
     /// The highest WAL LSN this group appended.
     last_wal_lsn: Lsn,
@@ -200,6 +202,7 @@ impl<T: Tables, S: Storage> Group<T, S> {
             wake,
             engine: None,
             open_at: None,
+            engine_term: 0,
             unpersisted: VecDeque::new(),
             last_wal_lsn: 0,
             ticks: 0,
@@ -402,6 +405,27 @@ impl<T: Tables, S: Storage> Group<T, S> {
     }
 
     fn propose(&mut self, output: &mut Output) -> Result<(), GroupError> {
+        if self.engine.is_none() {
+            return Ok(());
+        }
+        // The engine belongs to one leadership. Steps since the last round may have ended it
+        // (a higher term's vote request or append) before a `Ready` reported it: its records must
+        // not be proposed then. As a follower, raft-rs would forward them to the new leader,
+        // which would commit the old engine's records, LSNs and all, beside its own; in a later
+        // term of this same replica they would follow entries the engine never saw.
+        if !self.is_leader() || self.term() != self.engine_term {
+            tracing::info!(
+                shard = self.shard,
+                term = self.term(),
+                engine_term = self.engine_term,
+                "leadership changed under the engine; closing it"
+            );
+            self.close_engine(output)?;
+            if self.is_leader() {
+                self.open_at = Some(self.last_index());
+            }
+            return Ok(());
+        }
         let Some((_, log)) = &self.engine else {
             return Ok(());
         };
@@ -654,6 +678,7 @@ impl<T: Tables, S: Storage> Group<T, S> {
             "leader's engine open"
         );
         self.engine = Some((Arc::new(engine), log));
+        self.engine_term = self.term();
         output.opened = Some(report);
         Ok(())
     }

@@ -385,6 +385,90 @@ fn only_a_leader_with_its_majority_confirms_its_leadership() {
     );
 }
 
+/// A leader that learns of a newer leader (a heartbeat of a higher term) before it next proposes
+/// must not propose what its engine queued: as a follower raft-rs would forward it to the new
+/// leader, which would commit the old engine's records beside its own. The old engine closes, its
+/// queued deposit is never applied anywhere, and the new leader serves.
+#[test]
+fn a_deposed_leader_never_proposes_what_its_engine_queued() {
+    let mut cluster = Cluster::new();
+    let old = cluster.serving();
+    create(&mut cluster, 10);
+    deposit(&mut cluster, 1, 10, 100).unwrap();
+    cluster.tick(3);
+    let engine = cluster.nodes[&old]
+        .group
+        .as_ref()
+        .unwrap()
+        .engine()
+        .unwrap()
+        .clone();
+    // The old leader sits out while another replica is elected in a later term.
+    let mut old_group = cluster.nodes.get_mut(&old).unwrap().group.take().unwrap();
+    let mut new = None;
+    for _ in 0..100 {
+        cluster.tick(1);
+        new = VOTERS.into_iter().find(|id| {
+            cluster.nodes[id]
+                .group
+                .as_ref()
+                .is_some_and(|group| group.is_leader())
+        });
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("the other two elect a leader");
+    let new_group = cluster.nodes.get_mut(&new).unwrap().group.as_mut().unwrap();
+    assert!(new_group.is_leader());
+    // The old leader's engine queues a deposit; then, before its next round, it steps the new
+    // leader's heartbeat.
+    let queued = engine
+        .move_money_logged(2, 10, MovementKind::Deposit, 1_000)
+        .expect("queued");
+    for _ in 0..4 {
+        new_group.tick();
+    }
+    let heartbeats: Vec<Message> = new_group
+        .process()
+        .unwrap()
+        .messages
+        .into_iter()
+        .filter(|m| m.to == old)
+        .collect();
+    assert!(
+        !heartbeats.is_empty(),
+        "the new leader sends nothing to the old one"
+    );
+    for message in heartbeats {
+        old_group.step(message);
+    }
+    assert!(!old_group.is_leader());
+    let output = old_group.process().unwrap();
+    assert!(
+        !output
+            .messages
+            .iter()
+            .any(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgPropose),
+        "the deposed leader forwarded its engine's records: {:?}",
+        output.messages
+    );
+    assert!(output.closed, "the deposed leader's engine stays open");
+    cluster.nodes.get_mut(&old).unwrap().group = Some(old_group);
+    cluster.in_flight.extend(output.messages);
+    cluster.tick(30);
+    assert!(
+        engine.finish(queued).is_err(),
+        "the queued deposit was answered"
+    );
+    deposit(&mut cluster, 3, 10, 10).unwrap();
+    cluster.tick(5);
+    assert_eq!(
+        cluster.balances(10),
+        vec![(1, Some(110)), (2, Some(110)), (3, Some(110))]
+    );
+}
+
 #[test]
 fn a_crashed_replica_recovers_its_log_and_catches_up() {
     let mut cluster = Cluster::new();

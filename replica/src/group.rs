@@ -608,9 +608,13 @@ impl<T: Tables, S: Storage> Group<T, S> {
         self.apply_records(records, last)?;
         if let (Some(lsn), Some((engine, log))) = (engine_last_lsn, &self.engine) {
             log.committed(lsn);
-            if let Err(error) = engine.settle() {
+            // An engine that cannot apply what its group committed (its tables failed, or an
+            // invariant broke) cannot serve; a leader keeping it would hold the shard down. The
+            // group stops, as on a failure of its log, so that the other replicas elect.
+            engine.settle().map_err(|error| {
                 tracing::error!(shard = self.shard, %error, "the leader's engine failed to apply");
-            }
+                error
+            })?;
         }
         self.raw.advance_apply_to(last);
         if let Some(open_at) = self.open_at

@@ -110,8 +110,13 @@ impl Cluster {
                 let Some(group) = node.group.as_mut() else {
                     continue;
                 };
+                let mut failed = false;
                 loop {
-                    let output = group.process().expect("group processes");
+                    // A group that fails stops, as the node's driver stops it.
+                    let Ok(output) = group.process() else {
+                        failed = true;
+                        break;
+                    };
                     let quiet = output.messages.is_empty() && output.wait_for.is_none();
                     self.confirmed
                         .extend(output.confirmed.iter().map(|context| (node.id, *context)));
@@ -124,6 +129,10 @@ impl Cluster {
                         break;
                     }
                     moved = true;
+                }
+                if failed {
+                    node.group = None;
+                    continue;
                 }
                 if group.is_leader() {
                     let term = group.term();
@@ -466,6 +475,32 @@ fn a_deposed_leader_never_proposes_what_its_engine_queued() {
     assert_eq!(
         cluster.balances(10),
         vec![(1, Some(110)), (2, Some(110)), (3, Some(110))]
+    );
+}
+
+/// A leader whose engine cannot apply (its tables fail) stops instead of holding the shard with
+/// an engine that refuses everything: the other replicas elect, and the new leader serves.
+#[test]
+fn a_leader_whose_engine_fails_stops_and_another_serves() {
+    let mut cluster = Cluster::new();
+    let old = cluster.serving();
+    create(&mut cluster, 10);
+    deposit(&mut cluster, 1, 10, 100).unwrap();
+    cluster.tick(3);
+    cluster.nodes[&old].tables.fail_writes();
+    assert!(deposit(&mut cluster, 2, 10, 5).is_err());
+    let new = cluster.serving();
+    assert_ne!(new, old, "the leader with a failed engine still serves");
+    deposit(&mut cluster, 3, 10, 10).unwrap();
+    cluster.tick(5);
+    let live: Vec<_> = cluster
+        .balances(10)
+        .into_iter()
+        .filter(|(node, _)| *node != old)
+        .collect();
+    assert!(
+        live.iter().all(|(_, balance)| *balance == Some(115)),
+        "{live:?}"
     );
 }
 

@@ -261,6 +261,16 @@ impl Driver {
                 self.check_hand_over();
             }
             Input::ConfirmLeadership(shard, reply) => {
+                // A group of one replica needs no confirmation: no other replica can lead. Its
+                // reads go on after a storage failure too (the node refuses writes, not reads).
+                if self
+                    .groups
+                    .get(&shard)
+                    .is_some_and(|group| group.voter_count() == 1 && group.is_leader())
+                {
+                    let _ = reply.send(true);
+                    return;
+                }
                 let leading = self
                     .groups
                     .get(&shard)

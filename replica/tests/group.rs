@@ -179,6 +179,26 @@ impl Cluster {
         }
     }
 
+    /// A cluster whose leader serves account 10 with 100 deposited; and that leader.
+    fn with_deposit() -> (Self, u64) {
+        let mut cluster = Cluster::new();
+        let leader = cluster.serving();
+        create(&mut cluster, 10);
+        deposit(&mut cluster, 1, 10, 100).unwrap();
+        cluster.tick(3);
+        (cluster, leader)
+    }
+
+    /// The engine node `id` serves with (panics unless it does).
+    fn engine_of(&self, id: u64) -> Arc<GroupEngine<MemoryTables>> {
+        self.nodes[&id]
+            .group
+            .as_ref()
+            .and_then(|group| group.engine())
+            .expect("the node serves")
+            .clone()
+    }
+
     /// The node whose engine is open, once one is (ticking until then).
     fn serving(&mut self) -> u64 {
         for _ in 0..500 {
@@ -319,21 +339,11 @@ fn a_leader_serves_and_every_replica_applies_what_it_commits() {
 
 #[test]
 fn a_cut_off_leader_commits_nothing_and_the_majority_goes_on() {
-    let mut cluster = Cluster::new();
-    let old = cluster.serving();
-    create(&mut cluster, 10);
-    deposit(&mut cluster, 1, 10, 100).unwrap();
-    cluster.tick(3);
+    let (mut cluster, old) = Cluster::with_deposit();
 
     cluster.isolate(old);
     // The cut-off leader takes a deposit it can never commit.
-    let engine = cluster.nodes[&old]
-        .group
-        .as_ref()
-        .unwrap()
-        .engine()
-        .unwrap()
-        .clone();
+    let engine = cluster.engine_of(old);
     let lost = engine
         .move_money_logged(2, 10, MovementKind::Deposit, 1_000)
         .expect("logs locally");
@@ -400,18 +410,8 @@ fn only_a_leader_with_its_majority_confirms_its_leadership() {
 /// queued deposit is never applied anywhere, and the new leader serves.
 #[test]
 fn a_deposed_leader_never_proposes_what_its_engine_queued() {
-    let mut cluster = Cluster::new();
-    let old = cluster.serving();
-    create(&mut cluster, 10);
-    deposit(&mut cluster, 1, 10, 100).unwrap();
-    cluster.tick(3);
-    let engine = cluster.nodes[&old]
-        .group
-        .as_ref()
-        .unwrap()
-        .engine()
-        .unwrap()
-        .clone();
+    let (mut cluster, old) = Cluster::with_deposit();
+    let engine = cluster.engine_of(old);
     // The old leader sits out while another replica is elected in a later term.
     let mut old_group = cluster.nodes.get_mut(&old).unwrap().group.take().unwrap();
     let mut new = None;
@@ -482,11 +482,7 @@ fn a_deposed_leader_never_proposes_what_its_engine_queued() {
 /// an engine that refuses everything: the other replicas elect, and the new leader serves.
 #[test]
 fn a_leader_whose_engine_fails_stops_and_another_serves() {
-    let mut cluster = Cluster::new();
-    let old = cluster.serving();
-    create(&mut cluster, 10);
-    deposit(&mut cluster, 1, 10, 100).unwrap();
-    cluster.tick(3);
+    let (mut cluster, old) = Cluster::with_deposit();
     cluster.nodes[&old].tables.fail_writes();
     assert!(deposit(&mut cluster, 2, 10, 5).is_err());
     let new = cluster.serving();

@@ -45,7 +45,9 @@ impl Cluster {
 
     /// Starts `nodes` nodes and `nodes` shards, each shard with `replicas` replicas (shard `s` on
     /// nodes `s+1, s+2, ...`, first led by node `s+1`), and waits until all answer.
-    /// With several replicas it also waits until every shard has elected a leader.
+    /// With several replicas it also waits until every shard is led by its preferred leader
+    /// (nodes hand their groups over to it), so that a test starts with leaders where the cluster
+    /// file puts them and no hand-over under way.
     pub fn start_replicated(program: &Path, nodes: u32, replicas: u32) -> Cluster {
         let mut cluster = Cluster::configure_replicated(program, nodes, replicas);
         cluster.start_all();
@@ -55,8 +57,8 @@ impl Cluster {
         cluster
     }
 
-    /// Waits (60 s at most) until a replica of every shard reports that it leads. Callable from
-    /// inside an async test: it asks from a thread of its own.
+    /// Waits (60 s at most) until the preferred leader of every shard reports that it leads.
+    /// Callable from inside an async test: it asks from a thread of its own.
     pub fn wait_for_leaders(&self) {
         let config = self.config.clone();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -71,9 +73,11 @@ impl Cluster {
                     if let Ok(nodes) = client.cluster_status().await {
                         let led = |shard| {
                             nodes.iter().any(|node| {
-                                node.groups.iter().any(|group| {
-                                    group.shard == shard && group.role == net::ReplicaRole::Leader
-                                })
+                                node.node_id == config.preferred_leader(shard)
+                                    && node.groups.iter().any(|group| {
+                                        group.shard == shard
+                                            && group.role == net::ReplicaRole::Leader
+                                    })
                             })
                         };
                         if (0..config.shard_count).all(led) {
@@ -87,7 +91,10 @@ impl Cluster {
         })
         .join()
         .expect("leader wait");
-        assert!(led, "some shard elected no leader within 60 s");
+        assert!(
+            led,
+            "some shard is not led by its preferred leader within 60 s"
+        );
     }
 
     /// The cluster file and directory of `nodes` nodes, none started yet: set a node's data dir

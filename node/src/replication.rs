@@ -356,12 +356,9 @@ impl Driver {
             {
                 continue;
             }
-            let last_index = group.last_index();
-            let status = group.raft_status();
-            let ready = status.progress.is_some_and(|progress| {
-                progress
-                    .get(preferred)
-                    .is_some_and(|p| p.recent_active && p.matched == last_index)
+            let ready = group.status(0).replicas.iter().any(|replica| {
+                u64::from(replica.node_id) == preferred
+                    && replica.health == net::ReplicaHealth::Current
             });
             if ready {
                 tracing::info!(
@@ -497,7 +494,10 @@ impl Driver {
                 if output.closed {
                     server.close();
                 }
-                if output.closed || !group.is_leader() {
+                if (output.closed || !group.is_leader())
+                    && (self.reads_waiting.contains_key(shard)
+                        || self.confirmations.values().any(|c| c.shard == *shard))
+                {
                     lost_leadership.push(*shard);
                 }
                 confirmed.extend(output.confirmed.iter().copied());

@@ -5,6 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use client::{AuditVerdict, ClientError, TallyClient};
 use net::{AccountId, TransferId, TransferState};
 
@@ -12,6 +14,9 @@ use crate::local::LocalCluster;
 use crate::setup::{SETTLE_TIMEOUT, read_all_balances, wait_until_up};
 use crate::worker::{Ledger, Movement, maybe_applied};
 use crate::{LoadgenArgs, lock};
+
+/// Status look-ups of the sample in flight at once.
+const STATUS_CHECKS_IN_FLIGHT: usize = 64;
 
 /// The end-of-run checks.
 #[derive(Debug, Default)]
@@ -132,21 +137,26 @@ pub(crate) async fn check(
         }
         Err(error) => checks.problems.push(format!("{error:#}")),
     }
-    // Statuses agree with what clients heard.
-    for (ids, committed) in [
-        (&ledger.committed_sample, true),
-        (&ledger.aborted_sample, false),
-    ] {
-        for id in ids {
-            checks.statuses_checked += 1;
-            let agrees = match client.transfer_status(*id).await {
+    // Statuses agree with what clients heard: asked STATUS_CHECKS_IN_FLIGHT at a time, as a
+    // sample of tens of thousands asked one by one takes longer than the run.
+    let sampled = ledger
+        .committed_sample
+        .iter()
+        .map(|id| (*id, true))
+        .chain(ledger.aborted_sample.iter().map(|id| (*id, false)));
+    let mut answers = futures_util::stream::iter(sampled)
+        .map(|(id, committed)| async move {
+            match client.transfer_status(id).await {
                 Ok(TransferState::Committed) => committed,
                 Ok(TransferState::Aborted(_)) => !committed,
                 _ => false,
-            };
-            if !agrees {
-                checks.status_mismatches += 1;
             }
+        })
+        .buffer_unordered(STATUS_CHECKS_IN_FLIGHT);
+    while let Some(agrees) = answers.next().await {
+        checks.statuses_checked += 1;
+        if !agrees {
+            checks.status_mismatches += 1;
         }
     }
     checks

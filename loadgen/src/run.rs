@@ -182,7 +182,16 @@ pub async fn run(
             )],
             ..Checks::default()
         },
-        None => check(&client, cluster.as_ref(), args, &initial, ledger).await,
+        // A signal during the checks stops them too: whoever sent it wants the command to end.
+        None => tokio::select! {
+            checks = check(&client, cluster.as_ref(), args, &initial, ledger) => checks,
+            name = interrupted(&mut interruption) => Checks {
+                problems: vec![format!(
+                    "interrupted by {name} during the end-of-run checks: they did not finish"
+                )],
+                ..Checks::default()
+            },
+        },
     };
     if recorder.committed == 0 {
         checks

@@ -4,8 +4,20 @@
 //! off, only flushed memtables survive a crash; with a single column family a flush is one
 //! memtable, so every table and the applied LSN always survive together, at a batch boundary,
 //! without relying on atomic flush across column families.
+//!
+//! Batches are not written to RocksDB one by one. They gather in memory, in a write-back layer
+//! that reads consult first, and go to RocksDB together, in key order, once the layer holds
+//! [`PENDING_ENTRIES_MAX`] keys or [`PENDING_BYTES_MAX`] bytes, before any scan, on
+//! [`Tables::flush`] and on close. A key written again before then is written once: a prepared
+//! transaction's row and its removal, a decision and its end, an account changed twice. Each
+//! spill is one RocksDB write batch holding the newest applied LSN with the data it covers, so
+//! what survives a crash is still one batch boundary, only an older one: replay starts from it.
+//! Measured in docs/benchmarks.md.
 
+use std::collections::HashMap;
+use std::ops::Deref;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{
     BlockBasedOptions, Cache, DB, Direction, FlushOptions, IteratorMode, Options, WriteBatch,
@@ -25,10 +37,61 @@ type KeyValueVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), TablesError> + 
 /// RocksDB's block cache (its default is 32 MiB).
 const BLOCK_CACHE_BYTES: usize = 256 << 20;
 
+/// The write-back layer goes to RocksDB once it holds this many keys...
+pub const PENDING_ENTRIES_MAX: usize = 32_768;
+/// ... or this many bytes of keys and values.
+pub const PENDING_BYTES_MAX: usize = 8 << 20;
+
+/// A key's newest value in the write-back layer: `None` removes it.
+type Change = (Box<[u8]>, Option<Box<[u8]>>);
+type Changes = HashMap<Box<[u8]>, Option<Box<[u8]>>>;
+
+/// The write-back layer (see the module documentation).
+#[derive(Default)]
+struct WriteBack {
+    /// Written since the last spill began.
+    pending: Changes,
+    pending_bytes: usize,
+    /// Being written to RocksDB by a spill: older than `pending`, newer than RocksDB. Readers
+    /// consult it until RocksDB holds it, so no written key is ever out of sight.
+    spilling: Option<Arc<Changes>>,
+    /// Why a spill failed: the tables then refuse every write (a failed write is sticky).
+    failed: Option<TablesError>,
+}
+
 /// See the module documentation.
 pub struct RocksTables {
     database: DB,
     write_options: WriteOptions,
+    write_back: Mutex<WriteBack>,
+    /// The layer's bounds: [`PENDING_ENTRIES_MAX`] and [`PENDING_BYTES_MAX`] unless a test
+    /// chose others.
+    pending_entries_max: usize,
+    pending_bytes_max: usize,
+    /// Held for the whole of a spill, so spills reach RocksDB in the order they were taken.
+    spill: Mutex<()>,
+}
+
+/// A value read from the write-back layer or from RocksDB.
+enum Value<'a> {
+    Pending(Box<[u8]>),
+    Stored(rocksdb::DBPinnableSlice<'a>),
+}
+
+impl Deref for Value<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Value::Pending(bytes) => bytes,
+            Value::Stored(slice) => slice,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn error(error: rocksdb::Error) -> TablesError {
@@ -38,6 +101,16 @@ fn error(error: rocksdb::Error) -> TablesError {
 impl RocksTables {
     /// Opens (or creates) the tables in `directory`, usually `<data-dir>/tables`.
     pub fn open(directory: impl AsRef<Path>) -> Result<Self, TablesError> {
+        Self::open_with_write_back(directory, PENDING_ENTRIES_MAX, PENDING_BYTES_MAX)
+    }
+
+    /// Opens the tables with other bounds for the write-back layer (tests use small ones, so
+    /// that spills come often).
+    pub fn open_with_write_back(
+        directory: impl AsRef<Path>,
+        pending_entries_max: usize,
+        pending_bytes_max: usize,
+    ) -> Result<Self, TablesError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         // With its WAL off, RocksDB flushes the memtables when it is closed cleanly (the C API
@@ -63,11 +136,76 @@ impl RocksTables {
         Ok(Self {
             database,
             write_options,
+            write_back: Mutex::new(WriteBack::default()),
+            pending_entries_max,
+            pending_bytes_max,
+            spill: Mutex::new(()),
         })
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>, TablesError> {
-        self.database.get_pinned(key).map_err(error)
+    /// The newest value of `key`: the write-back layer's, or else RocksDB's.
+    fn get(&self, key: &[u8]) -> Result<Option<Value<'_>>, TablesError> {
+        {
+            let write_back = lock(&self.write_back);
+            let newest = write_back.pending.get(key).or_else(|| {
+                write_back
+                    .spilling
+                    .as_ref()
+                    .and_then(|spilling| spilling.get(key))
+            });
+            if let Some(value) = newest {
+                return Ok(value.clone().map(Value::Pending));
+            }
+        }
+        Ok(self
+            .database
+            .get_pinned(key)
+            .map_err(error)?
+            .map(Value::Stored))
+    }
+
+    /// Writes the write-back layer to RocksDB: one write batch, in key order, so the memtable's
+    /// skiplist walks on from each insert to the next instead of descending from its top.
+    fn spill(&self) -> Result<(), TablesError> {
+        let _spill = lock(&self.spill);
+        let changes = {
+            let mut write_back = lock(&self.write_back);
+            if let Some(failed) = &write_back.failed {
+                return Err(failed.clone());
+            }
+            if write_back.pending.is_empty() {
+                return Ok(());
+            }
+            let changes = Arc::new(std::mem::take(&mut write_back.pending));
+            write_back.pending_bytes = 0;
+            write_back.spilling = Some(changes.clone());
+            changes
+        };
+        let mut keys: Vec<&[u8]> = changes.keys().map(|key| &key[..]).collect();
+        keys.sort_unstable();
+        let mut write = WriteBatch::default();
+        for key in keys {
+            match &changes[key] {
+                Some(value) => write.put(key, value),
+                None => write.delete(key),
+            }
+        }
+        let written = self
+            .database
+            .write_opt(write, &self.write_options)
+            .map_err(error);
+        let mut write_back = lock(&self.write_back);
+        match written {
+            // Still visible in `spilling`, which stays: reads go on seeing every written key.
+            Err(failed) => {
+                write_back.failed = Some(failed.clone());
+                Err(failed)
+            }
+            Ok(()) => {
+                write_back.spilling = None;
+                Ok(())
+            }
+        }
     }
 
     /// Visits every key-value pair whose key starts with `prefix`, in key order.
@@ -76,6 +214,8 @@ impl RocksTables {
         prefix: &[u8],
         visit: &mut KeyValueVisitor<'_>,
     ) -> Result<(), TablesError> {
+        // Scans read RocksDB alone: whatever was written before the scan goes there first.
+        self.spill()?;
         for item in self
             .database
             .iterator(IteratorMode::From(prefix, Direction::Forward))
@@ -165,6 +305,7 @@ impl Tables for RocksTables {
         before_lsn: Lsn,
         limit: u32,
     ) -> Result<Vec<HistoryEntry>, TablesError> {
+        self.spill()?;
         let start = keys::history(account, before_lsn);
         let prefix = &start[..9];
         let mut entries = Vec::new();
@@ -209,55 +350,95 @@ impl Tables for RocksTables {
     }
 
     fn write(&self, batch: &TableBatch) -> Result<(), TablesError> {
-        let mut write = WriteBatch::default();
+        let mut changes: Vec<Change> = Vec::with_capacity(
+            batch.accounts.len()
+                + batch.transfers.len()
+                + batch.movements.len()
+                + batch.history.len()
+                + batch.prepared.len()
+                + 2 * batch.decisions.len()
+                + 2,
+        );
+        let mut put = |key: &[u8], value: Vec<u8>| changes.push((key.into(), Some(value.into())));
         for account in &batch.accounts {
-            write.put(keys::account(account.id), values::encode_account(account));
+            put(&keys::account(account.id), values::encode_account(account));
         }
         for transfer in &batch.transfers {
-            write.put(
-                keys::transfer(transfer.id),
+            put(
+                &keys::transfer(transfer.id),
                 values::encode_transfer(transfer),
             );
         }
         for movement in &batch.movements {
-            write.put(
-                keys::movement(movement.id),
+            put(
+                &keys::movement(movement.id),
                 values::encode_movement(movement),
             );
         }
         for entry in &batch.history {
-            write.put(
-                keys::history(entry.account, entry.lsn),
+            put(
+                &keys::history(entry.account, entry.lsn),
                 values::encode_history(entry),
             );
         }
-        for (id, prepared) in &batch.prepared {
-            match prepared {
-                Some(prepared) => write.put(keys::prepared(*id), values::encode_prepared(prepared)),
-                None => write.delete(keys::prepared(*id)),
-            }
-        }
         for decision in &batch.decisions {
-            write.put(
-                keys::decision(decision.id),
+            put(
+                &keys::decision(decision.id),
                 values::encode_decision(decision),
             );
-            if decision.ended {
-                write.delete(keys::unended(decision.id));
-            } else {
-                write.put(keys::unended(decision.id), []);
-            }
         }
-        write.put(keys::META_TOTALS, values::encode_totals(&batch.totals));
-        write.put(keys::META_APPLIED_LSN, batch.applied_lsn.to_le_bytes());
-        self.database
-            .write_opt(write, &self.write_options)
-            .map_err(error)
+        put(keys::META_TOTALS, values::encode_totals(&batch.totals));
+        put(
+            keys::META_APPLIED_LSN,
+            batch.applied_lsn.to_le_bytes().to_vec(),
+        );
+        for (id, prepared) in &batch.prepared {
+            changes.push((
+                keys::prepared(*id).into(),
+                prepared
+                    .as_ref()
+                    .map(|prepared| values::encode_prepared(prepared).into()),
+            ));
+        }
+        for decision in &batch.decisions {
+            let unended = (!decision.ended).then(Box::default);
+            changes.push((keys::unended(decision.id).into(), unended));
+        }
+        let full = {
+            let mut write_back = lock(&self.write_back);
+            if let Some(failed) = &write_back.failed {
+                return Err(failed.clone());
+            }
+            // The whole batch under one lock: a spill takes batches whole, with their LSN.
+            for (key, value) in changes {
+                let size =
+                    |value: &Option<Box<[u8]>>| value.as_ref().map_or(0, |value| value.len());
+                write_back.pending_bytes += size(&value);
+                let key_len = key.len();
+                match write_back.pending.insert(key, value) {
+                    Some(old) => write_back.pending_bytes -= size(&old),
+                    None => write_back.pending_bytes += key_len,
+                }
+            }
+            write_back.pending.len() >= self.pending_entries_max
+                || write_back.pending_bytes >= self.pending_bytes_max
+        };
+        if full { self.spill() } else { Ok(()) }
     }
 
     fn flush(&self) -> Result<(), TablesError> {
+        self.spill()?;
         let mut options = FlushOptions::default();
         options.set_wait(true);
         self.database.flush_opt(&options).map_err(error)
+    }
+}
+
+impl Drop for RocksTables {
+    /// A clean close writes the write-back layer, sparing its replay at the next start.
+    fn drop(&mut self) {
+        if let Err(failed) = self.spill() {
+            tracing::warn!(%failed, "the tables' last writes stay in the WAL only");
+        }
     }
 }

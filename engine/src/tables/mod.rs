@@ -12,7 +12,7 @@ mod rocks;
 
 pub use memory::MemoryTables;
 #[cfg(feature = "rocksdb")]
-pub use rocks::RocksTables;
+pub use rocks::{RocksTables, WriteBackLimits};
 
 use crate::model::{
     Account, AccountId, CoordinatorDecision, HistoryEntry, MovementId, MovementRecord,

@@ -14,7 +14,6 @@
 //! what survives a crash is still one batch boundary, only an older one: replay starts from it.
 //! Measured in docs/benchmarks.md.
 
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +22,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, DB, Direction, FlushOptions, IteratorMode, Options, WriteBatch,
     WriteOptions,
 };
+use rustc_hash::FxHashMap;
 
 use super::{TableBatch, Tables, TablesError, keys, values};
 use crate::model::{
@@ -42,9 +42,58 @@ pub const PENDING_ENTRIES_MAX: usize = 32_768;
 /// ... or this many bytes of keys and values.
 pub const PENDING_BYTES_MAX: usize = 8 << 20;
 
+/// Account rows kept in memory after they reach RocksDB, per shard replica: a read of one is
+/// then a hash look-up, not a walk of the memtable's skiplist or a block-cache probe. About 100
+/// bytes each; when full, an arbitrary eighth is dropped.
+pub const CLEAN_ACCOUNTS_MAX: usize = 262_144;
+
+/// The bounds of the write-back layer; tests choose small ones so that spills and evictions
+/// come often.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteBackLimits {
+    /// The layer goes to RocksDB once it holds this many keys ...
+    pub pending_entries_max: usize,
+    /// ... or this many bytes of keys and values.
+    pub pending_bytes_max: usize,
+    /// Account rows kept after they reach RocksDB.
+    pub clean_accounts_max: usize,
+}
+
+impl Default for WriteBackLimits {
+    fn default() -> Self {
+        Self {
+            pending_entries_max: PENDING_ENTRIES_MAX,
+            pending_bytes_max: PENDING_BYTES_MAX,
+            clean_accounts_max: CLEAN_ACCOUNTS_MAX,
+        }
+    }
+}
+
+/// A key of the tables: at most 17 bytes (a prefix and a 16-byte id), held inline so that the
+/// layer's maps allocate nothing per key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key {
+    length: u8,
+    bytes: [u8; 17],
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Self {
+        let mut bytes = [0; 17];
+        bytes[..key.len()].copy_from_slice(key);
+        Self {
+            length: key.len() as u8,
+            bytes,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.length)]
+    }
+}
+
 /// A key's newest value in the write-back layer: `None` removes it.
-type Change = (Box<[u8]>, Option<Box<[u8]>>);
-type Changes = HashMap<Box<[u8]>, Option<Box<[u8]>>>;
+type Changes = FxHashMap<Key, Option<Vec<u8>>>;
 
 /// The write-back layer (see the module documentation).
 #[derive(Default)]
@@ -55,8 +104,26 @@ struct WriteBack {
     /// Being written to RocksDB by a spill: older than `pending`, newer than RocksDB. Readers
     /// consult it until RocksDB holds it, so no written key is ever out of sight.
     spilling: Option<Arc<Changes>>,
+    /// Account rows as RocksDB holds them (older than `spilling` and `pending`).
+    clean_accounts: FxHashMap<Key, Vec<u8>>,
+    /// Counts finished spills: a row read from RocksDB joins `clean_accounts` only if no spill
+    /// finished while it was read, since that spill may have written a newer value.
+    spills: u64,
     /// Why a spill failed: the tables then refuse every write (a failed write is sticky).
     failed: Option<TablesError>,
+}
+
+impl WriteBack {
+    fn remember_account(&mut self, key: Key, value: Vec<u8>, limit: usize) {
+        if self.clean_accounts.len() >= limit && !self.clean_accounts.contains_key(&key) {
+            let mut seen = 0u32;
+            self.clean_accounts.retain(|_, _| {
+                seen += 1;
+                seen % 8 != 0
+            });
+        }
+        self.clean_accounts.insert(key, value);
+    }
 }
 
 /// See the module documentation.
@@ -64,17 +131,14 @@ pub struct RocksTables {
     database: DB,
     write_options: WriteOptions,
     write_back: Mutex<WriteBack>,
-    /// The layer's bounds: [`PENDING_ENTRIES_MAX`] and [`PENDING_BYTES_MAX`] unless a test
-    /// chose others.
-    pending_entries_max: usize,
-    pending_bytes_max: usize,
+    limits: WriteBackLimits,
     /// Held for the whole of a spill, so spills reach RocksDB in the order they were taken.
     spill: Mutex<()>,
 }
 
 /// A value read from the write-back layer or from RocksDB.
 enum Value<'a> {
-    Pending(Box<[u8]>),
+    Pending(Vec<u8>),
     Stored(rocksdb::DBPinnableSlice<'a>),
 }
 
@@ -101,15 +165,13 @@ fn error(error: rocksdb::Error) -> TablesError {
 impl RocksTables {
     /// Opens (or creates) the tables in `directory`, usually `<data-dir>/tables`.
     pub fn open(directory: impl AsRef<Path>) -> Result<Self, TablesError> {
-        Self::open_with_write_back(directory, PENDING_ENTRIES_MAX, PENDING_BYTES_MAX)
+        Self::open_with_write_back(directory, WriteBackLimits::default())
     }
 
-    /// Opens the tables with other bounds for the write-back layer (tests use small ones, so
-    /// that spills come often).
+    /// Opens the tables with other bounds for the write-back layer.
     pub fn open_with_write_back(
         directory: impl AsRef<Path>,
-        pending_entries_max: usize,
-        pending_bytes_max: usize,
+        limits: WriteBackLimits,
     ) -> Result<Self, TablesError> {
         let mut options = Options::default();
         options.create_if_missing(true);
@@ -137,31 +199,39 @@ impl RocksTables {
             database,
             write_options,
             write_back: Mutex::new(WriteBack::default()),
-            pending_entries_max,
-            pending_bytes_max,
+            limits,
             spill: Mutex::new(()),
         })
     }
 
     /// The newest value of `key`: the write-back layer's, or else RocksDB's.
     fn get(&self, key: &[u8]) -> Result<Option<Value<'_>>, TablesError> {
-        {
+        let key = Key::new(key);
+        let is_account = key.bytes[0] == keys::ACCOUNT;
+        let spills = {
             let write_back = lock(&self.write_back);
-            let newest = write_back.pending.get(key).or_else(|| {
+            let newest = write_back.pending.get(&key).or_else(|| {
                 write_back
                     .spilling
                     .as_ref()
-                    .and_then(|spilling| spilling.get(key))
+                    .and_then(|spilling| spilling.get(&key))
             });
             if let Some(value) = newest {
                 return Ok(value.clone().map(Value::Pending));
             }
+            if is_account && let Some(value) = write_back.clean_accounts.get(&key) {
+                return Ok(Some(Value::Pending(value.clone())));
+            }
+            write_back.spills
+        };
+        let stored = self.database.get_pinned(key.as_slice()).map_err(error)?;
+        if is_account && let Some(value) = &stored {
+            let mut write_back = lock(&self.write_back);
+            if write_back.spills == spills {
+                write_back.remember_account(key, value.to_vec(), self.limits.clean_accounts_max);
+            }
         }
-        Ok(self
-            .database
-            .get_pinned(key)
-            .map_err(error)?
-            .map(Value::Stored))
+        Ok(stored.map(Value::Stored))
     }
 
     /// Writes the write-back layer to RocksDB: one write batch, in key order, so the memtable's
@@ -181,13 +251,13 @@ impl RocksTables {
             write_back.spilling = Some(changes.clone());
             changes
         };
-        let mut keys: Vec<&[u8]> = changes.keys().map(|key| &key[..]).collect();
+        let mut keys: Vec<&Key> = changes.keys().collect();
         keys.sort_unstable();
         let mut write = WriteBatch::default();
-        for key in keys {
-            match &changes[key] {
-                Some(value) => write.put(key, value),
-                None => write.delete(key),
+        for key in &keys {
+            match &changes[*key] {
+                Some(value) => write.put(key.as_slice(), value),
+                None => write.delete(key.as_slice()),
             }
         }
         let written = self
@@ -202,7 +272,22 @@ impl RocksTables {
                 Err(failed)
             }
             Ok(()) => {
+                for key in keys {
+                    if key.bytes[0] == keys::ACCOUNT {
+                        match &changes[key] {
+                            Some(value) => write_back.remember_account(
+                                *key,
+                                value.clone(),
+                                self.limits.clean_accounts_max,
+                            ),
+                            None => {
+                                write_back.clean_accounts.remove(key);
+                            }
+                        }
+                    }
+                }
                 write_back.spilling = None;
+                write_back.spills += 1;
                 Ok(())
             }
         }
@@ -350,7 +435,7 @@ impl Tables for RocksTables {
     }
 
     fn write(&self, batch: &TableBatch) -> Result<(), TablesError> {
-        let mut changes: Vec<Change> = Vec::with_capacity(
+        let mut changes: Vec<(Key, Option<Vec<u8>>)> = Vec::with_capacity(
             batch.accounts.len()
                 + batch.transfers.len()
                 + batch.movements.len()
@@ -359,7 +444,7 @@ impl Tables for RocksTables {
                 + 2 * batch.decisions.len()
                 + 2,
         );
-        let mut put = |key: &[u8], value: Vec<u8>| changes.push((key.into(), Some(value.into())));
+        let mut put = |key: &[u8], value: Vec<u8>| changes.push((Key::new(key), Some(value)));
         for account in &batch.accounts {
             put(&keys::account(account.id), values::encode_account(account));
         }
@@ -394,15 +479,13 @@ impl Tables for RocksTables {
         );
         for (id, prepared) in &batch.prepared {
             changes.push((
-                keys::prepared(*id).into(),
-                prepared
-                    .as_ref()
-                    .map(|prepared| values::encode_prepared(prepared).into()),
+                Key::new(&keys::prepared(*id)),
+                prepared.as_ref().map(values::encode_prepared),
             ));
         }
         for decision in &batch.decisions {
-            let unended = (!decision.ended).then(Box::default);
-            changes.push((keys::unended(decision.id).into(), unended));
+            let unended = (!decision.ended).then(Vec::new);
+            changes.push((Key::new(&keys::unended(decision.id)), unended));
         }
         let full = {
             let mut write_back = lock(&self.write_back);
@@ -411,17 +494,15 @@ impl Tables for RocksTables {
             }
             // The whole batch under one lock: a spill takes batches whole, with their LSN.
             for (key, value) in changes {
-                let size =
-                    |value: &Option<Box<[u8]>>| value.as_ref().map_or(0, |value| value.len());
+                let size = |value: &Option<Vec<u8>>| value.as_ref().map_or(0, Vec::len);
                 write_back.pending_bytes += size(&value);
-                let key_len = key.len();
                 match write_back.pending.insert(key, value) {
                     Some(old) => write_back.pending_bytes -= size(&old),
-                    None => write_back.pending_bytes += key_len,
+                    None => write_back.pending_bytes += usize::from(key.length),
                 }
             }
-            write_back.pending.len() >= self.pending_entries_max
-                || write_back.pending_bytes >= self.pending_bytes_max
+            write_back.pending.len() >= self.limits.pending_entries_max
+                || write_back.pending_bytes >= self.limits.pending_bytes_max
         };
         if full { self.spill() } else { Ok(()) }
     }

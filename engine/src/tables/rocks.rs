@@ -15,7 +15,6 @@
 //! Measured in docs/benchmarks.md.
 
 use std::collections::HashMap;
-use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -140,22 +139,6 @@ pub struct RocksTables {
     spill: Mutex<()>,
 }
 
-/// A value read from the write-back layer or from RocksDB.
-enum Value<'a> {
-    Pending(Vec<u8>),
-    Stored(rocksdb::DBPinnableSlice<'a>),
-}
-
-impl Deref for Value<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Value::Pending(bytes) => bytes,
-            Value::Stored(slice) => slice,
-        }
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -208,8 +191,13 @@ impl RocksTables {
         })
     }
 
-    /// The newest value of `key`: the write-back layer's, or else RocksDB's.
-    fn get(&self, key: &[u8]) -> Result<Option<Value<'_>>, TablesError> {
+    /// The newest value of `key`, the write-back layer's or else RocksDB's, decoded by `decode`
+    /// (in place: a value in memory is decoded under the layer's lock, without a copy).
+    fn read<R>(
+        &self,
+        key: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<R, TablesError>,
+    ) -> Result<Option<R>, TablesError> {
         let key = Key::new(key);
         let is_account = key.bytes[0] == keys::ACCOUNT;
         let spills = {
@@ -221,21 +209,23 @@ impl RocksTables {
                     .and_then(|spilling| spilling.get(&key))
             });
             if let Some(value) = newest {
-                return Ok(value.clone().map(Value::Pending));
+                return value.as_deref().map(decode).transpose();
             }
             if is_account && let Some(value) = write_back.clean_accounts.get(&key) {
-                return Ok(Some(Value::Pending(value.clone())));
+                return decode(value).map(Some);
             }
             write_back.spills
         };
-        let stored = self.database.get_pinned(key.as_slice()).map_err(error)?;
-        if is_account && let Some(value) = &stored {
+        let Some(stored) = self.database.get_pinned(key.as_slice()).map_err(error)? else {
+            return Ok(None);
+        };
+        if is_account {
             let mut write_back = lock(&self.write_back);
             if write_back.spills == spills {
-                write_back.remember_account(key, value.to_vec(), self.limits.clean_accounts_max);
+                write_back.remember_account(key, stored.to_vec(), self.limits.clean_accounts_max);
             }
         }
-        Ok(stored.map(Value::Stored))
+        decode(&stored).map(Some)
     }
 
     /// Writes the write-back layer to RocksDB: one write batch, in key order, so the memtable's
@@ -250,7 +240,12 @@ impl RocksTables {
             if write_back.pending.is_empty() {
                 return Ok(());
             }
-            let changes = Arc::new(std::mem::take(&mut write_back.pending));
+            // The next window starts at full size: growing a map to it rehashes every key.
+            let capacity = write_back.pending.len();
+            let changes = Arc::new(std::mem::replace(
+                &mut write_back.pending,
+                Changes::with_capacity_and_hasher(capacity, Default::default()),
+            ));
             write_back.pending_bytes = 0;
             write_back.spilling = Some(changes.clone());
             changes
@@ -321,39 +316,36 @@ impl RocksTables {
 
 impl Tables for RocksTables {
     fn applied_lsn(&self) -> Result<Lsn, TablesError> {
-        match self.get(keys::META_APPLIED_LSN)? {
-            None => Ok(0),
-            Some(bytes) => Ok(u64::from_le_bytes(
+        let applied = self.read(keys::META_APPLIED_LSN, |bytes| {
+            Ok(u64::from_le_bytes(
                 bytes
-                    .as_ref()
                     .try_into()
                     .map_err(|_| TablesError::new("malformed applied LSN"))?,
-            )),
-        }
+            ))
+        })?;
+        Ok(applied.unwrap_or(0))
     }
 
     fn account(&self, id: AccountId) -> Result<Option<Account>, TablesError> {
-        self.get(&keys::account(id))?
-            .map(|bytes| values::decode_account(id, &bytes))
-            .transpose()
+        self.read(&keys::account(id), |bytes| {
+            values::decode_account(id, bytes)
+        })
     }
 
     fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, TablesError> {
-        self.get(&keys::transfer(id))?
-            .map(|bytes| values::decode_transfer(id, &bytes))
-            .transpose()
+        self.read(&keys::transfer(id), |bytes| {
+            values::decode_transfer(id, bytes)
+        })
     }
 
     fn movement(&self, id: MovementId) -> Result<Option<MovementRecord>, TablesError> {
-        self.get(&keys::movement(id))?
-            .map(|bytes| values::decode_movement(id, &bytes))
-            .transpose()
+        self.read(&keys::movement(id), |bytes| {
+            values::decode_movement(id, bytes)
+        })
     }
 
     fn prepared(&self, id: TransferId) -> Result<Option<PreparedTransaction>, TablesError> {
-        self.get(&keys::prepared(id))?
-            .map(|bytes| values::decode_prepared(&bytes))
-            .transpose()
+        self.read(&keys::prepared(id), |bytes| values::decode_prepared(bytes))
     }
 
     fn all_prepared(&self) -> Result<Vec<PreparedTransaction>, TablesError> {
@@ -366,9 +358,7 @@ impl Tables for RocksTables {
     }
 
     fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, TablesError> {
-        self.get(&keys::decision(id))?
-            .map(|bytes| values::decode_decision(&bytes))
-            .transpose()
+        self.read(&keys::decision(id), |bytes| values::decode_decision(bytes))
     }
 
     fn unended_decisions(&self) -> Result<Vec<CoordinatorDecision>, TablesError> {
@@ -420,10 +410,9 @@ impl Tables for RocksTables {
     }
 
     fn totals(&self) -> Result<Totals, TablesError> {
-        match self.get(keys::META_TOTALS)? {
-            None => Ok(Totals::default()),
-            Some(bytes) => values::decode_totals(&bytes),
-        }
+        Ok(self
+            .read(keys::META_TOTALS, values::decode_totals)?
+            .unwrap_or_default())
     }
 
     fn scan_accounts(&self, visit: &mut dyn FnMut(&Account)) -> Result<(), TablesError> {

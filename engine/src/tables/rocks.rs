@@ -345,7 +345,7 @@ impl Tables for RocksTables {
     }
 
     fn prepared(&self, id: TransferId) -> Result<Option<PreparedTransaction>, TablesError> {
-        self.read(&keys::prepared(id), |bytes| values::decode_prepared(bytes))
+        self.read(&keys::prepared(id), values::decode_prepared)
     }
 
     fn all_prepared(&self) -> Result<Vec<PreparedTransaction>, TablesError> {
@@ -358,7 +358,7 @@ impl Tables for RocksTables {
     }
 
     fn decision(&self, id: TransferId) -> Result<Option<CoordinatorDecision>, TablesError> {
-        self.read(&keys::decision(id), |bytes| values::decode_decision(bytes))
+        self.read(&keys::decision(id), values::decode_decision)
     }
 
     fn unended_decisions(&self) -> Result<Vec<CoordinatorDecision>, TablesError> {

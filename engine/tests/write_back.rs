@@ -108,58 +108,51 @@ fn random_batch(random: &mut StdRng, lsn: &mut u64) -> TableBatch {
     batch
 }
 
-/// Every read the tables answer, compared with the model's.
-fn assert_same(tables: &RocksTables, model: &MemoryTables, context: &str) {
-    assert_eq!(
-        tables.applied_lsn().unwrap(),
-        model.applied_lsn().unwrap(),
-        "{context}"
-    );
-    assert_eq!(
-        tables.totals().unwrap(),
-        model.totals().unwrap(),
-        "{context}"
-    );
-    for id in 1..=ACCOUNTS {
+/// An account row with nothing but its balance.
+fn account(id: u64, balance: u64) -> Account {
+    Account {
+        id,
+        balance,
+        owner: None,
+        flags: 0,
+        created_at_ms: 0,
+    }
+}
+
+/// Asserts that a read (a method call) answers the same on the tables and on the model.
+macro_rules! same {
+    ($tables:expr, $model:expr, $context:expr, $($read:tt)+) => {
         assert_eq!(
-            tables.account(id).unwrap(),
-            model.account(id).unwrap(),
-            "{context}: account {id}"
-        );
+            $tables.$($read)+.unwrap(),
+            $model.$($read)+.unwrap(),
+            "{}: {}",
+            $context,
+            stringify!($($read)+)
+        )
+    };
+}
+
+/// Every point read the tables answer (no spill), compared with the model's.
+fn assert_same_points(tables: &RocksTables, model: &MemoryTables, context: &str) {
+    same!(tables, model, context, applied_lsn());
+    same!(tables, model, context, totals());
+    for id in 1..=ACCOUNTS {
+        same!(tables, model, context, account(id));
     }
     for id in 1..=IDS {
-        assert_eq!(
-            tables.transfer(id).unwrap(),
-            model.transfer(id).unwrap(),
-            "{context}: transfer {id}"
-        );
-        assert_eq!(
-            tables.prepared(id).unwrap(),
-            model.prepared(id).unwrap(),
-            "{context}: prepared {id}"
-        );
-        assert_eq!(
-            tables.decision(id).unwrap(),
-            model.decision(id).unwrap(),
-            "{context}: decision {id}"
-        );
+        same!(tables, model, context, transfer(id));
+        same!(tables, model, context, prepared(id));
+        same!(tables, model, context, decision(id));
     }
-    assert_eq!(
-        tables.all_prepared().unwrap(),
-        model.all_prepared().unwrap(),
-        "{context}"
-    );
-    assert_eq!(
-        tables.unended_decisions().unwrap(),
-        model.unended_decisions().unwrap(),
-        "{context}"
-    );
+}
+
+/// Every read the tables answer, scans too, compared with the model's.
+fn assert_same(tables: &RocksTables, model: &MemoryTables, context: &str) {
+    assert_same_points(tables, model, context);
+    same!(tables, model, context, all_prepared());
+    same!(tables, model, context, unended_decisions());
     for account in 1..=4 {
-        assert_eq!(
-            tables.history(account, u64::MAX, 5).unwrap(),
-            model.history(account, u64::MAX, 5).unwrap(),
-            "{context}: history of {account}"
-        );
+        same!(tables, model, context, history(account, u64::MAX, 5));
     }
     let mut scanned = Vec::new();
     tables
@@ -187,21 +180,7 @@ fn write_back_tables_answer_as_the_model_across_spills_flushes_and_reopens() {
         model.write(&batch).unwrap();
         match random.random_range(0..100) {
             // Point reads only: answered from the layer or RocksDB, without a spill.
-            0..10 => {
-                for id in 1..=IDS {
-                    assert_eq!(
-                        tables.prepared(id).unwrap(),
-                        model.prepared(id).unwrap(),
-                        "step {step}"
-                    );
-                    assert_eq!(
-                        tables.transfer(id).unwrap(),
-                        model.transfer(id).unwrap(),
-                        "step {step}"
-                    );
-                }
-                assert_eq!(tables.applied_lsn().unwrap(), lsn, "step {step}");
-            }
+            0..10 => assert_same_points(&tables, &model, &format!("step {step}")),
             10..13 => assert_same(&tables, &model, &format!("step {step}")),
             13 => tables.flush().unwrap(),
             // A clean close writes the layer: the reopened tables hold everything.
@@ -246,13 +225,6 @@ fn a_key_being_spilled_stays_visible_to_readers() {
             reads
         })
     };
-    let account = |id, balance| Account {
-        id,
-        balance,
-        owner: None,
-        flags: 0,
-        created_at_ms: 0,
-    };
     // Until the reader's first reads, only the setup batch exists; make sure it is there.
     let setup = TableBatch {
         applied_lsn: 1,
@@ -291,13 +263,6 @@ fn account_rows_read_from_rocksdb_never_hide_a_newer_spill() {
     let directory = tempfile::tempdir().unwrap();
     let tables =
         Arc::new(RocksTables::open_with_write_back(directory.path(), small_limits(8)).unwrap());
-    let account = |id, balance| Account {
-        id,
-        balance,
-        owner: None,
-        flags: 0,
-        created_at_ms: 0,
-    };
     tables
         .write(&TableBatch {
             applied_lsn: 1,

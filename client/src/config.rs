@@ -18,18 +18,21 @@
 //! address = "127.0.0.1:7101"   # host:port the node listens on, unique
 //! shards = [0, 1, 2]           # the shards this node holds a replica of
 //! leads = [0]                  # optional: the shards whose first leader this node should be
+//! http = "127.0.0.1:8101"      # optional: where the node serves /metrics (none when absent)
 //!
 //! [[node]]
 //! id = 2
 //! address = "127.0.0.1:7102"
 //! shards = [0, 1, 2]
 //! leads = [1]
+//! http = "127.0.0.1:8102"
 //!
 //! [[node]]
 //! id = 3
 //! address = "127.0.0.1:7103"
 //! shards = [0, 1, 2]
 //! leads = [2]
+//! http = "127.0.0.1:8103"
 //! ```
 //!
 //! Without replication each shard is listed by one node (`shards = [0]`, `[1]`, `[2]`, no
@@ -208,6 +211,10 @@ pub struct NodeConfig {
     /// written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leads: Vec<u32>,
+    /// Where the node serves HTTP (`/metrics`), as `host:port`; absent means no HTTP. Unique
+    /// among every address of the file. Loopback unless the operator wants it reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 /// The cluster file as written, before validation.
@@ -337,6 +344,7 @@ impl ClusterConfig {
                 } else {
                     Vec::new()
                 },
+                http: None,
             })
             .collect::<Vec<_>>();
         ClusterConfig::new(shard_count, nodes).expect("a local cluster is valid by construction")
@@ -444,10 +452,19 @@ fn shard_map(shard_count: u32, nodes: &[NodeConfig]) -> Result<ShardMap, ConfigE
         if node.id == 0 {
             return Err(ConfigError::NodeIdZero);
         }
-        if !is_host_and_port(&node.address) {
-            return Err(ConfigError::InvalidAddress {
-                id: node.id,
+        for address in std::iter::once(&node.address).chain(&node.http) {
+            if !is_host_and_port(address) {
+                return Err(ConfigError::InvalidAddress {
+                    id: node.id,
+                    address: address.clone(),
+                });
+            }
+        }
+        if node.http.as_ref() == Some(&node.address) {
+            return Err(ConfigError::DuplicateAddress {
                 address: node.address.clone(),
+                first: node.id,
+                second: node.id,
             });
         }
         // At most NODES_MAX nodes, so comparing with each earlier one is cheap.
@@ -455,9 +472,14 @@ fn shard_map(shard_count: u32, nodes: &[NodeConfig]) -> Result<ShardMap, ConfigE
             if earlier.id == node.id {
                 return Err(ConfigError::DuplicateNodeId { id: node.id });
             }
-            if earlier.address == node.address {
+            let addresses = |node: &'_ NodeConfig| {
+                std::iter::once(node.address.clone()).chain(node.http.clone())
+            };
+            if let Some(address) =
+                addresses(node).find(|mine| addresses(earlier).any(|theirs| theirs == *mine))
+            {
                 return Err(ConfigError::DuplicateAddress {
-                    address: node.address.clone(),
+                    address,
                     first: earlier.id,
                     second: node.id,
                 });
@@ -604,6 +626,7 @@ shards = [2]
             address: address.to_string(),
             shards: shards.to_vec(),
             leads: leads.to_vec(),
+            http: None,
         }
     }
 
@@ -653,10 +676,51 @@ shards = [2]
     #[test]
     fn parses_the_replicated_example_of_the_module_docs() {
         let config = ClusterConfig::parse(&documented_example()).expect("valid");
-        assert_eq!(config, ClusterConfig::local_replicated(3, 3, 7101));
+        let mut expected = ClusterConfig::local_replicated(3, 3, 7101);
+        for node in &mut expected.nodes {
+            node.http = Some(format!("127.0.0.1:{}", 8100 + node.id));
+        }
+        assert_eq!(config, expected);
         for shard in 0..3 {
             assert_eq!(config.replicas_of(shard), [1, 2, 3]);
             assert_eq!(config.preferred_leader(shard), shard + 1);
+        }
+    }
+
+    #[test]
+    fn http_addresses_are_host_and_port_and_unique_among_every_address() {
+        let with_http = |id, address: &str, http: &str| NodeConfig {
+            http: Some(http.to_string()),
+            ..node(id, address, &[0])
+        };
+        assert!(
+            ClusterConfig::new(1, vec![with_http(1, "a:1", "a:2"), node(2, "a:3", &[])]).is_ok()
+        );
+        assert!(matches!(
+            ClusterConfig::new(1, vec![with_http(1, "a:1", "a")]),
+            Err(ConfigError::InvalidAddress { id: 1, .. })
+        ));
+        assert!(matches!(
+            ClusterConfig::new(1, vec![with_http(1, "a:1", "a:1")]),
+            Err(ConfigError::DuplicateAddress {
+                first: 1,
+                second: 1,
+                ..
+            })
+        ));
+        // A node's HTTP address taken by another node's protocol address, either way round.
+        for nodes in [
+            vec![with_http(1, "a:1", "a:2"), node(2, "a:2", &[])],
+            vec![node(1, "a:2", &[0]), with_http(2, "a:1", "a:2")],
+        ] {
+            assert!(matches!(
+                ClusterConfig::new(1, nodes),
+                Err(ConfigError::DuplicateAddress {
+                    first: 1,
+                    second: 2,
+                    ..
+                })
+            ));
         }
     }
 

@@ -10,6 +10,7 @@ pub use ::model;
 mod participant;
 pub mod record;
 mod shard;
+pub mod stats;
 pub mod tables;
 pub mod testing;
 pub mod wal;

@@ -22,7 +22,8 @@ pub struct LoadgenArgs {
     /// Data dir of the local cluster (default: a new temporary directory, removed at the end).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// First port of the local cluster (node i listens on base-port + i - 1).
+    /// First port of the local cluster (node i listens on base-port + i - 1, and serves HTTP
+    /// `/metrics` on base-port + nodes + i - 1).
     #[arg(long, default_value_t = 7401)]
     pub base_port: u16,
     /// Accounts to create, ids 1..=N (an existing account with the same attributes is reused).

@@ -56,14 +56,25 @@ pub fn prepare(options: &UpOptions) -> anyhow::Result<(PathBuf, ClusterConfig)> 
     if options.nodes == 0 {
         bail!("a cluster needs at least one node");
     }
-    if u32::from(options.base_port) + options.nodes > u32::from(u16::MAX) + 1 {
-        bail!("ports {}..{} do not fit", options.base_port, options.nodes);
+    // The nodes' ports, then as many for their HTTP (`/metrics`).
+    if u32::from(options.base_port) + 2 * options.nodes > u32::from(u16::MAX) + 1 {
+        bail!(
+            "ports {}..{} do not fit",
+            options.base_port,
+            u32::from(options.base_port) + 2 * options.nodes - 1
+        );
     }
-    let config = ClusterConfig::local_replicated(
+    let mut config = ClusterConfig::local_replicated(
         options.nodes,
         options.replicas.clamp(1, options.nodes),
         options.base_port,
     );
+    for node in &mut config.nodes {
+        node.http = Some(format!(
+            "127.0.0.1:{}",
+            u32::from(options.base_port) + options.nodes + node.id - 1
+        ));
+    }
     std::fs::write(&path, config.to_toml())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok((path, config))
@@ -73,12 +84,13 @@ pub fn prepare(options: &UpOptions) -> anyhow::Result<(PathBuf, ClusterConfig)> 
 /// and exit, and whatever listens there (another cluster, say) would be driven in their place.
 pub fn ensure_ports_free(config: &ClusterConfig) -> anyhow::Result<()> {
     for node in &config.nodes {
-        if let Err(error) = std::net::TcpListener::bind(node.address.as_str()) {
-            bail!(
-                "node {}'s address {} is not free ({error}): another cluster may run there; choose other ports with --base-port (or another --data-dir)",
-                node.id,
-                node.address
-            );
+        for address in std::iter::once(&node.address).chain(&node.http) {
+            if let Err(error) = std::net::TcpListener::bind(address.as_str()) {
+                bail!(
+                    "node {}'s address {address} is not free ({error}): another cluster may run there; choose other ports with --base-port (or another --data-dir)",
+                    node.id,
+                );
+            }
         }
     }
     Ok(())

@@ -6,6 +6,8 @@ mod convert;
 mod coordinator;
 mod engine_calls;
 pub mod failpoint;
+mod http;
+mod metrics;
 mod node;
 mod peers;
 mod replication;

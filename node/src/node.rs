@@ -55,6 +55,7 @@ pub(crate) struct Node {
     pub shards: BTreeMap<u32, Arc<ShardServer>>,
     pub replication: Replication,
     pub wal: Arc<Wal<FileStorage>>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 fn unavailable(error: Unavailable) -> ErrorResponse {
@@ -168,6 +169,13 @@ impl Node {
     }
 
     pub async fn handle(self: Arc<Self>, request: Message) -> Message {
+        let kind = request.kind();
+        let answer = self.answer(request).await;
+        self.metrics.request(kind, &answer);
+        answer
+    }
+
+    async fn answer(self: &Arc<Self>, request: Message) -> Message {
         let answer = match request {
             Message::CreateAccount(request) => self.create_account(request).await,
             Message::Deposit(request) => self.deposit(request).await,
@@ -175,7 +183,17 @@ impl Node {
             Message::GetBalance(GetBalance { account }) => self.balance(account).await,
             Message::GetBalances(GetBalances { accounts }) => self.balances(accounts).await,
             Message::GetHistory(request) => self.history(request).await,
-            Message::Transfer(request) => self.transfer(request).await,
+            Message::Transfer(request) => {
+                let started = Instant::now();
+                let answer = self.transfer(request).await;
+                match &answer {
+                    Ok(Message::TransferResult(result)) => self
+                        .metrics
+                        .transfer(outcome_from_wire(result.outcome), started.elapsed()),
+                    _ => self.metrics.transfer_failed(started.elapsed()),
+                }
+                answer
+            }
             Message::GetTransferStatus(GetTransferStatus { id }) => self.transfer_status(id).await,
             Message::Audit(Audit {}) => self.audit().await,
             Message::GetClusterStatus(_) => self.cluster_status().await,
@@ -223,7 +241,7 @@ impl Node {
                 .into())
             }
             Message::SnapshotLock(request) => match self.shards.get(&request.shard) {
-                Some(server) => snapshot::lock_shard(&self, server, request).await,
+                Some(server) => snapshot::lock_shard(self, server, request).await,
                 None => Err(ErrorResponse::wrong_node(
                     self.router.leader_of(request.shard),
                 )),

@@ -183,6 +183,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
             shards,
             replication: replication.clone(),
             wal: wal.clone(),
+            metrics: crate::metrics::Metrics::default(),
         });
         driver.open_single_replicas().await;
         // Its bound on requests in flight per connection is what a peer's connection may send
@@ -195,7 +196,25 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("cannot listen on {}", me.address))?;
+        let http = match &me.http {
+            Some(address) => Some(
+                tokio::net::TcpListener::bind(address.as_str())
+                    .await
+                    .with_context(|| format!("cannot listen for HTTP on {address}"))?,
+            ),
+            None => None,
+        };
         let mut tasks = tokio::task::JoinSet::new();
+        if let Some(listener) = http {
+            tracing::info!(address = ?me.http, "serving /metrics over HTTP");
+            let node = node.clone();
+            tasks.spawn(async move {
+                if let Err(error) = crate::http::serve(listener, node, std::future::pending()).await
+                {
+                    tracing::error!(%error, "the HTTP server stopped");
+                }
+            });
+        }
         tasks.spawn(driver.run());
         tasks.spawn(checkpoint_loop(node.clone()));
         tracing::info!(address = %me.address, "serving");

@@ -106,7 +106,8 @@ impl Cluster {
     /// [`Cluster::configure`] with `replicas` replicas of each shard.
     pub fn configure_replicated(program: &Path, nodes: u32, replicas: u32) -> Cluster {
         let directory = tempfile::tempdir().expect("temporary directory");
-        let ports = free_ports(nodes as usize);
+        // A port for each node's protocol, then one for each node's HTTP.
+        let ports = free_ports(2 * nodes as usize);
         let config = ClusterConfig::new(
             nodes,
             (1..=nodes)
@@ -125,6 +126,7 @@ impl Cluster {
                         } else {
                             Vec::new()
                         },
+                        http: Some(format!("127.0.0.1:{}", ports[(nodes + id) as usize - 1])),
                     }
                 })
                 .collect(),

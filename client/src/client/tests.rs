@@ -451,6 +451,7 @@ async fn a_transfer_that_may_have_left_stays_unknown_when_later_attempts_cannot_
             address,
             shards: vec![0],
             leads: Vec::new(),
+            http: None,
         }],
     )
     .expect("valid");
@@ -698,6 +699,7 @@ async fn a_closed_connection_is_replaced() {
             address: address.clone(),
             shards: vec![0],
             leads: Vec::new(),
+            http: None,
         }],
     )
     .expect("valid");

@@ -138,7 +138,7 @@ impl From<io::Error> for WalError {
 }
 
 /// Counters since open.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WalStats {
     pub records_appended: u64,
     /// Groups written; with `FdatasyncPerGroup`, one fdatasync each.
@@ -146,6 +146,8 @@ pub struct WalStats {
     pub bytes_written: u64,
     pub segments_created: u64,
     pub durable_lsn: Lsn,
+    /// How long each group's closing fdatasync took.
+    pub fsync: crate::stats::LatencySnapshot,
 }
 
 /// A segment as the writer, readers and truncation share it.
@@ -223,6 +225,7 @@ pub(crate) struct Shared<S: Storage> {
     pub(crate) groups_written: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
     pub(crate) segments_created: AtomicU64,
+    pub(crate) fsync: crate::stats::LatencyHistogram,
 }
 
 impl<S: Storage> Shared<S> {
@@ -360,6 +363,7 @@ impl<S: Storage> Wal<S> {
             groups_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             segments_created: AtomicU64::new(0),
+            fsync: crate::stats::LatencyHistogram::default(),
         });
         let spare = Arc::new(writer::SpareSlot::new());
         let preallocator = {
@@ -551,6 +555,7 @@ impl<S: Storage> Wal<S> {
             bytes_written: self.shared.bytes_written.load(Ordering::Relaxed),
             segments_created: self.shared.segments_created.load(Ordering::Relaxed),
             durable_lsn: self.durable_lsn(),
+            fsync: self.shared.fsync.snapshot(),
         }
     }
 

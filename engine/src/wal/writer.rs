@@ -273,7 +273,9 @@ fn write_group<S: Storage>(
         }
     }
     if sync {
+        let started = std::time::Instant::now();
         active.segment.file.sync_data()?;
+        shared.fsync.observe(started.elapsed());
     }
     shared.groups_written.fetch_add(1, Ordering::Relaxed);
     Ok(())

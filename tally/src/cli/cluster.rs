@@ -44,7 +44,8 @@ pub(super) struct UpArgs {
     /// Where the nodes keep their data, one subdirectory each.
     #[arg(long, value_name = "DIR")]
     pub(super) data_dir: PathBuf,
-    /// Node i (from 1) listens on 127.0.0.1:(base-port + i - 1).
+    /// Node i (from 1) listens on 127.0.0.1:(base-port + i - 1), and serves HTTP `/metrics` on
+    /// 127.0.0.1:(base-port + nodes + i - 1).
     #[arg(long, default_value_t = 7101, value_parser = clap::value_parser!(u16).range(1..))]
     pub(super) base_port: u16,
     /// Restart a node that died by itself this long after its death (like 5, 1.5s, 500ms);
@@ -75,7 +76,8 @@ pub(super) fn start(args: StartArgs) -> Result<Exit, Failure> {
 
 /// `tally cluster up`: runs the local cluster until SIGINT or SIGTERM.
 pub(super) fn up(args: UpArgs) -> Result<Exit, Failure> {
-    let port_last = u32::from(args.base_port) + args.nodes - 1;
+    // The nodes' ports, then as many for their HTTP.
+    let port_last = u32::from(args.base_port) + 2 * args.nodes - 1;
     if port_last > u32::from(u16::MAX) {
         return Err(Failure::error(format!(
             "{} nodes from port {} need ports up to {port_last}, past 65535",

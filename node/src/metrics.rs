@@ -1,0 +1,364 @@
+//! The node's Prometheus metrics, served at `/metrics` on its HTTP address (see `http`).
+//!
+//! Recording never takes a lock: request and transfer counts are relaxed atomic adds into fixed
+//! arrays indexed by message kind, error code and abort reason, latencies go into
+//! `engine::stats::LatencyHistogram`s, and everything else (the WAL's counters, every replica
+//! group's state, in-doubt counts) is read when a scrape asks. Names follow Prometheus' rules: the
+//! `tally_` prefix, base units (`_seconds`, `_bytes`), `_total` on counters only, and no account
+//! or transfer id as a label (labels are bounded sets: message kinds, error codes, abort reasons,
+//! shards, replicas).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use engine::model::{AbortReason, Outcome};
+use engine::stats::{LATENCY_BOUNDS_SECONDS, LatencyHistogram, LatencySnapshot};
+use engine::wal::WalStats;
+use net::{ErrorCode, GroupStatus, Message, MessageKind, ReplicaHealth, ReplicaRole};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// Error codes are small integers; this bounds the table (codes past it count as the last).
+const ERROR_CODES: usize = 32;
+/// Abort reasons likewise (codes 1 to 9 today).
+const ABORT_REASONS: usize = 16;
+
+/// What the node records as it serves.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Requests received, by the position of their kind in `MessageKind::ALL`.
+    requests: Vec<AtomicU64>,
+    /// Requests answered with an error, by kind position × `ERROR_CODES` + code.
+    errors: Vec<AtomicU64>,
+    transfers_committed: AtomicU64,
+    /// Transfers answered aborted, by reason code.
+    transfers_aborted: Vec<AtomicU64>,
+    /// Client transfer requests coordinated here, from arrival to answer, whatever the answer.
+    transfer_seconds: LatencyHistogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let counters = |count| (0..count).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            requests: counters(MessageKind::ALL.len()),
+            errors: counters(MessageKind::ALL.len() * ERROR_CODES),
+            transfers_committed: AtomicU64::new(0),
+            transfers_aborted: counters(ABORT_REASONS),
+            transfer_seconds: LatencyHistogram::default(),
+        }
+    }
+}
+
+fn kind_position(kind: MessageKind) -> usize {
+    MessageKind::ALL
+        .iter()
+        .position(|known| *known == kind)
+        .expect("every kind is in MessageKind::ALL")
+}
+
+impl Metrics {
+    /// Counts one request of `kind` and its answer (an error answer by its code).
+    pub fn request(&self, kind: MessageKind, answer: &Message) {
+        let position = kind_position(kind);
+        self.requests[position].fetch_add(1, Ordering::Relaxed);
+        if let Message::ErrorResponse(error) = answer {
+            let code = usize::from(error.code.code()).min(ERROR_CODES - 1);
+            self.errors[position * ERROR_CODES + code].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a transfer this node coordinated and answered with `outcome`, after `elapsed`.
+    pub fn transfer(&self, outcome: Outcome, elapsed: Duration) {
+        match outcome {
+            Outcome::Committed => self.transfers_committed.fetch_add(1, Ordering::Relaxed),
+            Outcome::Aborted(reason) => self.transfers_aborted
+                [usize::from(reason.code()).min(ABORT_REASONS - 1)]
+            .fetch_add(1, Ordering::Relaxed),
+        };
+        self.transfer_seconds.observe(elapsed);
+    }
+
+    /// A transfer request answered with an error (no outcome), after `elapsed`.
+    pub fn transfer_failed(&self, elapsed: Duration) {
+        self.transfer_seconds.observe(elapsed);
+    }
+}
+
+/// Everything one scrape reports: the recorded counters and what the node reads when asked.
+#[derive(Debug)]
+pub struct Scrape<'a> {
+    pub node: u32,
+    pub version: &'static str,
+    pub uptime: Duration,
+    pub metrics: &'a Metrics,
+    pub wal: WalStats,
+    pub groups: Vec<GroupStatus>,
+    /// Transactions prepared here without a decision, over the shards this node leads.
+    pub in_doubt: u64,
+}
+
+impl Scrape<'_> {
+    /// The Prometheus text exposition (OpenMetrics flavour, as `prometheus-client` writes it).
+    pub fn render(self) -> String {
+        let mut registry = Registry::default();
+        let collector = Snapshot::of(self);
+        registry.register_collector(Box::new(collector));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// A sample: its label pairs and its value.
+type Sample = (Vec<(&'static str, String)>, f64);
+
+/// The values of one scrape, owned, for the collector.
+#[derive(Debug)]
+struct Snapshot {
+    counters: Vec<(&'static str, &'static str, Vec<Sample>)>,
+    gauges: Vec<(&'static str, &'static str, Vec<Sample>)>,
+    histograms: Vec<(&'static str, &'static str, LatencySnapshot)>,
+    info: Vec<(&'static str, String)>,
+}
+
+fn label(name: &'static str, value: impl ToString) -> (&'static str, String) {
+    (name, value.to_string())
+}
+
+impl Snapshot {
+    fn of(scrape: Scrape<'_>) -> Self {
+        let Scrape {
+            node,
+            version,
+            uptime,
+            metrics,
+            wal,
+            groups,
+            in_doubt,
+        } = scrape;
+        let mut requests = Vec::new();
+        let mut errors = Vec::new();
+        for (position, kind) in MessageKind::ALL.iter().enumerate() {
+            let count = metrics.requests[position].load(Ordering::Relaxed);
+            if count > 0 {
+                requests.push((vec![label("kind", format!("{kind:?}"))], count as f64));
+            }
+            for code in 0..ERROR_CODES {
+                let count = metrics.errors[position * ERROR_CODES + code].load(Ordering::Relaxed);
+                if count > 0 {
+                    let code = ErrorCode::from_code(code as u16)
+                        .map_or_else(|| format!("code {code}"), |code| format!("{code:?}"));
+                    errors.push((
+                        vec![label("kind", format!("{kind:?}")), label("code", code)],
+                        count as f64,
+                    ));
+                }
+            }
+        }
+        let mut transfers = vec![(
+            vec![label("outcome", "committed"), label("reason", "")],
+            metrics.transfers_committed.load(Ordering::Relaxed) as f64,
+        )];
+        for code in 1..ABORT_REASONS {
+            let count = metrics.transfers_aborted[code].load(Ordering::Relaxed);
+            let reason = AbortReason::from_code(code as u8);
+            if count > 0 || reason.is_some() {
+                let reason =
+                    reason.map_or_else(|| format!("code {code}"), |reason| format!("{reason:?}"));
+                transfers.push((
+                    vec![label("outcome", "aborted"), label("reason", reason)],
+                    count as f64,
+                ));
+            }
+        }
+        let per_group = |value: &dyn Fn(&GroupStatus) -> f64| -> Vec<Sample> {
+            groups
+                .iter()
+                .map(|group| (vec![label("shard", group.shard)], value(group)))
+                .collect()
+        };
+        let mut lag = Vec::new();
+        let mut replica_up = Vec::new();
+        for group in groups
+            .iter()
+            .filter(|group| group.role == ReplicaRole::Leader)
+        {
+            for replica in &group.replicas {
+                let labels = vec![
+                    label("shard", group.shard),
+                    label("replica", replica.node_id),
+                ];
+                lag.push((
+                    labels.clone(),
+                    group.last_index.saturating_sub(replica.matched_index) as f64,
+                ));
+                replica_up.push((
+                    labels,
+                    f64::from(u8::from(replica.health != ReplicaHealth::Down)),
+                ));
+            }
+        }
+        Snapshot {
+            counters: vec![
+                (
+                    "tally_requests",
+                    "Requests received, by message kind.",
+                    requests,
+                ),
+                (
+                    "tally_request_errors",
+                    "Requests answered with an error, by message kind and error code.",
+                    errors,
+                ),
+                (
+                    "tally_transfers",
+                    "Transfers this node coordinated, by outcome and abort reason.",
+                    transfers,
+                ),
+                (
+                    "tally_wal_records",
+                    "Records appended to the WAL (every group's Raft entries and this node's own).",
+                    vec![(vec![], wal.records_appended as f64)],
+                ),
+                (
+                    "tally_wal_group_commits",
+                    "Group commits written (one fdatasync each); records per group commit is the ratio of the two rates.",
+                    vec![(vec![], wal.groups_written as f64)],
+                ),
+                (
+                    "tally_wal_written_bytes",
+                    "Bytes written to the WAL.",
+                    vec![(vec![], wal.bytes_written as f64)],
+                ),
+            ],
+            gauges: vec![
+                (
+                    "tally_uptime_seconds",
+                    "Seconds since the node started.",
+                    vec![(vec![], uptime.as_secs_f64())],
+                ),
+                (
+                    "tally_wal_durable_lsn",
+                    "The WAL's last durable log sequence number.",
+                    vec![(vec![], wal.durable_lsn as f64)],
+                ),
+                (
+                    "tally_in_doubt_transactions",
+                    "Transactions prepared on the shards this node leads, without a decision.",
+                    vec![(vec![], in_doubt as f64)],
+                ),
+                (
+                    "tally_raft_leader",
+                    "1 when this node's replica of the shard leads its group, else 0.",
+                    per_group(&|group| f64::from(u8::from(group.role == ReplicaRole::Leader))),
+                ),
+                (
+                    "tally_raft_term",
+                    "The replica's current Raft term.",
+                    per_group(&|group| group.term as f64),
+                ),
+                (
+                    "tally_raft_last_index",
+                    "The replica's last log index.",
+                    per_group(&|group| group.last_index as f64),
+                ),
+                (
+                    "tally_raft_commit_index",
+                    "The replica's commit index.",
+                    per_group(&|group| group.commit_index as f64),
+                ),
+                (
+                    "tally_raft_applied_index",
+                    "The replica's applied index.",
+                    per_group(&|group| group.applied_index as f64),
+                ),
+                (
+                    "tally_raft_follower_lag_entries",
+                    "On a leader: entries each replica lacks of the leader's log.",
+                    lag,
+                ),
+                (
+                    "tally_raft_replica_up",
+                    "On a leader: 1 when the replica answered within an election timeout.",
+                    replica_up,
+                ),
+            ],
+            histograms: vec![
+                (
+                    "tally_transfer_duration_seconds",
+                    "Client transfers coordinated here, from request to answer.",
+                    metrics.transfer_seconds.snapshot(),
+                ),
+                (
+                    "tally_wal_fsync_duration_seconds",
+                    "The fdatasync closing each WAL group commit.",
+                    wal.fsync,
+                ),
+            ],
+            info: vec![label("version", version), label("node", node)],
+        }
+    }
+}
+
+/// Writes one counter or gauge sample.
+fn encode_value(kind: MetricType, value: f64, metric: MetricEncoder<'_>) -> std::fmt::Result {
+    match kind {
+        MetricType::Counter => ConstCounter::new(value as u64).encode(metric),
+        _ => ConstGauge::new(value).encode(metric),
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // prometheus-client appends `_total` to a counter's name.
+        for (kind, metrics) in [
+            (MetricType::Counter, &self.counters),
+            (MetricType::Gauge, &self.gauges),
+        ] {
+            for (name, help, samples) in metrics {
+                let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+                match samples.as_slice() {
+                    // A metric without labels is written without braces.
+                    [(labels, value)] if labels.is_empty() => encode_value(kind, *value, family)?,
+                    _ => {
+                        for (labels, value) in samples {
+                            encode_value(kind, *value, family.encode_family(labels)?)?;
+                        }
+                    }
+                }
+            }
+        }
+        for (name, help, snapshot) in &self.histograms {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_SECONDS
+                .iter()
+                .copied()
+                .chain(std::iter::once(f64::MAX))
+                .zip(snapshot.buckets.iter().copied())
+                .collect();
+            metric.encode_histogram::<NoLabelSet>(
+                snapshot.sum_seconds,
+                snapshot.count,
+                &buckets,
+                None,
+            )?;
+        }
+        let mut build = encoder.encode_descriptor(
+            "tally_build",
+            "The node's version and id.",
+            None,
+            MetricType::Info,
+        )?;
+        build.encode_info(&self.info)?;
+        Ok(())
+    }
+}
+
+/// The content type of [`Scrape::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -1,0 +1,135 @@
+//! Every node's `/metrics` on a replicated cluster: the exposition parses with a Prometheus
+//! text-format parser, and what it counts agrees with what the client saw.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use prometheus_parse::{Scrape, Value};
+use tests::{Cluster, funded};
+
+const PROGRAM: &str = env!("CARGO_BIN_EXE_tally-failpoints");
+
+/// The body of `GET /metrics` at `address`, over plain HTTP/1.1, with its content type.
+fn get_metrics(address: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the HTTP address");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a header and a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-type: "))
+        .expect("a content type")
+        .to_string();
+    (content_type, body.to_string())
+}
+
+/// The sum of `name`'s samples whose labels include every pair of `labels`.
+fn sum(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .filter(|sample| {
+            labels
+                .iter()
+                .all(|(key, value)| sample.labels.get(key) == Some(*value))
+        })
+        .map(|sample| match &sample.value {
+            Value::Counter(value) | Value::Gauge(value) | Value::Untyped(value) => *value,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |bucket| bucket.count),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_and_count_what_the_client_saw() {
+    let cluster = Cluster::start_replicated(PROGRAM.as_ref(), 3, 3);
+    let client = cluster.client();
+    let accounts: Vec<u64> = (1..=12).collect();
+    for account in &accounts {
+        funded(&client, *account, 1_000).await;
+    }
+    let mut committed = 0u64;
+    let mut aborted = 0u64;
+    for round in 0..150u64 {
+        let debit = accounts[(round % 12) as usize];
+        let credit = accounts[((round * 5 + 1) % 12) as usize];
+        if debit == credit {
+            continue;
+        }
+        // Round 0 and every 25th move more than an account holds: aborted, insufficient funds.
+        let amount = if round % 25 == 0 { 1_000_000 } else { 1 };
+        match client
+            .transfer(u128::from(round) + 1, debit, credit, amount)
+            .await
+            .expect("transfer")
+        {
+            net::TransferOutcome::Committed => committed += 1,
+            net::TransferOutcome::Aborted(_) => aborted += 1,
+        }
+    }
+    assert!(
+        committed > 100 && aborted > 0,
+        "{committed} committed, {aborted} aborted"
+    );
+
+    let mut totals: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut leaders = 0.0;
+    for node in &client.config().nodes {
+        let address = node
+            .http
+            .as_deref()
+            .expect("the harness gives every node HTTP");
+        let (content_type, body) = get_metrics(address);
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        assert!(body.ends_with("# EOF\n"), "an exposition ends with # EOF");
+        let lines = body.lines().map(|line| Ok(line.to_string()));
+        let scrape = Scrape::parse(lines).expect("the exposition parses");
+        *totals.entry("committed").or_default() += sum(
+            &scrape,
+            "tally_transfers_total",
+            &[("outcome", "committed")],
+        );
+        *totals.entry("insufficient").or_default() += sum(
+            &scrape,
+            "tally_transfers_total",
+            &[("outcome", "aborted"), ("reason", "InsufficientFunds")],
+        );
+        *totals.entry("transfer requests").or_default() +=
+            sum(&scrape, "tally_requests_total", &[("kind", "Transfer")]);
+        leaders += sum(&scrape, "tally_raft_leader", &[]);
+        // Every node holds a replica of each of the 3 shards, and writes its WAL.
+        for shard in ["0", "1", "2"] {
+            assert!(
+                sum(&scrape, "tally_raft_commit_index", &[("shard", shard)]) > 0.0,
+                "node {}: shard {shard} has no commit index\n{body}",
+                node.id
+            );
+        }
+        assert!(sum(&scrape, "tally_wal_fsync_duration_seconds", &[]) > 0.0);
+        assert!(sum(&scrape, "tally_wal_records_total", &[]) > 0.0);
+        assert!(body.contains("tally_build_info{"), "{body}");
+    }
+    // Each transfer is counted once, by the node that coordinated it (no retry was needed on a
+    // quiet cluster, so requests equal transfers).
+    assert_eq!(totals["committed"], committed as f64, "{totals:?}");
+    assert_eq!(totals["insufficient"], aborted as f64, "{totals:?}");
+    assert_eq!(
+        totals["transfer requests"],
+        (committed + aborted) as f64,
+        "{totals:?}"
+    );
+    assert_eq!(leaders, 3.0, "one leader per shard");
+}

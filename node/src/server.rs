@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -43,16 +43,37 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 /// the bounds on connections and requests in flight.
 const BLOCKING_THREADS_MAX: usize = 64;
 
+/// Log lines waiting for the writer thread, per destination; when it falls this far behind,
+/// further lines are dropped rather than making a request wait.
+const LOG_LINES_QUEUED_MAX: usize = 65_536;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line per event for people: time, level, target, message, fields.
+    #[default]
+    Human,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`) and
+    /// the enclosing spans.
+    Json,
+}
+
 /// What `tally start` needs.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
     pub id: NodeId,
     pub cluster: PathBuf,
     pub data_dir: PathBuf,
+    pub log_format: LogFormat,
 }
 
-/// Logs to stderr and to `tally.log` in the data dir; the level comes from `RUST_LOG`.
-fn init_logging(data_dir: &Path) -> anyhow::Result<()> {
+/// Logs to stderr and to `tally.log` in the data dir, in `format`; the level comes from
+/// `RUST_LOG`. Lines are written by a thread of their own from a bounded queue (lossy when
+/// full): logging never blocks a request. The guards flush what is queued when dropped.
+fn init_logging(
+    data_dir: &Path,
+    format: LogFormat,
+) -> anyhow::Result<[tracing_appender::non_blocking::WorkerGuard; 2]> {
     let path = data_dir.join("tally.log");
     let file: File = OpenOptions::new()
         .create(true)
@@ -66,17 +87,32 @@ fn init_logging(data_dir: &Path) -> anyhow::Result<()> {
             )
         })?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(Mutex::new(file)),
-        )
-        .try_init()
-        .context("cannot set up logging")?;
-    Ok(())
+    let non_blocking = |writer| {
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(LOG_LINES_QUEUED_MAX)
+            .lossy(true)
+            .finish(writer)
+    };
+    let (stderr, stderr_guard) =
+        non_blocking(Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>);
+    let (file, file_guard) = non_blocking(Box::new(file));
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        LogFormat::Human => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(file),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(stderr))
+            .with(tracing_subscriber::fmt::layer().json().with_writer(file))
+            .try_init(),
+    };
+    installed.context("cannot set up logging")?;
+    Ok([stderr_guard, file_guard])
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -92,7 +128,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
     let data_dir = &options.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
-    init_logging(data_dir)?;
+    let _log_writers = init_logging(data_dir, options.log_format)?;
     tracing::info!(node = me.id, address = %me.address, data_dir = %data_dir.display(), shards = ?me.shards, "starting");
 
     let wal_dir = data_dir.join("wal");

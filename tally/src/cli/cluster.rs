@@ -9,7 +9,7 @@ use net::NodeId;
 use super::{Exit, Failure};
 use client::config::NODES_MAX;
 use loadgen::local::UpOptions;
-use node::server::StartOptions;
+use node::server::{LogFormat, StartOptions};
 
 #[derive(Debug, Args)]
 pub(super) struct StartArgs {
@@ -22,6 +22,16 @@ pub(super) struct StartArgs {
     /// Where this node keeps its log and tables.
     #[arg(long, value_name = "DIR")]
     pub(super) data_dir: PathBuf,
+    /// How log lines are written (to stderr and DIR/tally.log): for people, or one JSON object
+    /// per line.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Human, env = "TALLY_LOG_FORMAT")]
+    pub(super) log_format: LogFormatArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum LogFormatArg {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +79,10 @@ pub(super) fn start(args: StartArgs) -> Result<Exit, Failure> {
         id: args.id,
         cluster: args.cluster,
         data_dir: args.data_dir,
+        log_format: match args.log_format {
+            LogFormatArg::Human => LogFormat::Human,
+            LogFormatArg::Json => LogFormat::Json,
+        },
     };
     node::server::start(options).map_err(|error| Failure::error(format!("{error:#}")))?;
     Ok(Exit::Success)

@@ -8,6 +8,8 @@
 //! or transfer id as a label (labels are bounded sets: message kinds, error codes, abort reasons,
 //! shards, replicas).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -39,6 +41,9 @@ pub struct Metrics {
     transfers_aborted: Vec<AtomicU64>,
     /// Client transfer requests coordinated here, from arrival to answer, whatever the answer.
     transfer_seconds: LatencyHistogram,
+    /// Per shard: how often this node's replica became leader (its engine opened) and stopped
+    /// leading. Changed only on leader changes, so a lock is fine.
+    leadership: Mutex<BTreeMap<u32, [u64; 2]>>,
 }
 
 impl Default for Metrics {
@@ -50,6 +55,7 @@ impl Default for Metrics {
             transfers_committed: AtomicU64::new(0),
             transfers_aborted: counters(ABORT_REASONS),
             transfer_seconds: LatencyHistogram::default(),
+            leadership: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -81,6 +87,24 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed),
         };
         self.transfer_seconds.observe(elapsed);
+    }
+
+    /// This node's replica of `shard` became leader: its engine opened.
+    pub fn leadership_gained(&self, shard: u32) {
+        self.leadership_changed(shard, 0);
+    }
+
+    /// This node's replica of `shard` stopped leading: its engine closed.
+    pub fn leadership_lost(&self, shard: u32) {
+        self.leadership_changed(shard, 1);
+    }
+
+    fn leadership_changed(&self, shard: u32, which: usize) {
+        let mut leadership = self
+            .leadership
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        leadership.entry(shard).or_default()[which] += 1;
     }
 
     /// A transfer request answered with an error (no outcome), after `elapsed`.
@@ -204,8 +228,34 @@ impl Snapshot {
                 ));
             }
         }
+        let leadership = metrics
+            .leadership
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let leadership_samples = |which: usize| -> Vec<Sample> {
+            groups
+                .iter()
+                .map(|group| {
+                    let count = leadership
+                        .get(&group.shard)
+                        .map_or(0, |counts| counts[which]);
+                    (vec![label("shard", group.shard)], count as f64)
+                })
+                .collect()
+        };
         Snapshot {
             counters: vec![
+                (
+                    "tally_raft_leadership_gained",
+                    "Times this node's replica of the shard became leader (its engine opened).",
+                    leadership_samples(0),
+                ),
+                (
+                    "tally_raft_leadership_lost",
+                    "Times this node's replica of the shard stopped leading (its engine closed).",
+                    leadership_samples(1),
+                ),
                 (
                     "tally_requests",
                     "Requests received, by message kind.",

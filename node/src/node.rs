@@ -55,7 +55,7 @@ pub(crate) struct Node {
     pub shards: BTreeMap<u32, Arc<ShardServer>>,
     pub replication: Replication,
     pub wal: Arc<Wal<FileStorage>>,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn unavailable(error: Unavailable) -> ErrorResponse {

@@ -105,6 +105,7 @@ impl Replication {
 /// See the module documentation.
 pub(crate) struct Driver {
     me: NodeId,
+    metrics: Arc<crate::metrics::Metrics>,
     groups: BTreeMap<u32, NodeGroup>,
     shards: BTreeMap<u32, Arc<ShardServer>>,
     wal: Arc<Wal<FileStorage>>,
@@ -146,11 +147,13 @@ impl Driver {
         wal: Arc<Wal<FileStorage>>,
         router: Arc<Router>,
         wake: Arc<Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> (Self, Replication) {
         let (input_sender, inputs) = mpsc::channel(INBOX_MAX);
         (
             Self {
                 me,
+                metrics,
                 groups,
                 shards,
                 wal,
@@ -493,6 +496,10 @@ impl Driver {
                 self.router.learn_leader(*shard, group.leader() as NodeId);
                 if output.closed {
                     server.close();
+                    self.metrics.leadership_lost(*shard);
+                }
+                if output.opened.is_some() {
+                    self.metrics.leadership_gained(*shard);
                 }
                 if (output.closed || !group.is_leader())
                     && (self.reads_waiting.contains_key(shard)

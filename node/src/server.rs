@@ -203,6 +203,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let (mut driver, replication) = replication::Driver::new(
             me.id,
             groups,
@@ -210,6 +211,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
             wal.clone(),
             router.clone(),
             wake,
+            metrics.clone(),
         );
         let node = Arc::new(Node {
             id: me.id,
@@ -219,7 +221,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
             shards,
             replication: replication.clone(),
             wal: wal.clone(),
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
         });
         driver.open_single_replicas().await;
         // Its bound on requests in flight per connection is what a peer's connection may send

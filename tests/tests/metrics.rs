@@ -84,6 +84,8 @@ async fn metrics_parse_and_count_what_the_client_saw() {
 
     let mut totals: BTreeMap<&str, f64> = BTreeMap::new();
     let mut leaders = 0.0;
+    // Per shard, leaderships gained minus lost over the nodes: the leaders serving now.
+    let mut serving: BTreeMap<&str, f64> = BTreeMap::new();
     for node in &client.config().nodes {
         let address = node
             .http
@@ -110,6 +112,17 @@ async fn metrics_parse_and_count_what_the_client_saw() {
         *totals.entry("transfer requests").or_default() +=
             sum(&scrape, "tally_requests_total", &[("kind", "Transfer")]);
         leaders += sum(&scrape, "tally_raft_leader", &[]);
+        for shard in ["0", "1", "2"] {
+            *serving.entry(shard).or_default() += sum(
+                &scrape,
+                "tally_raft_leadership_gained_total",
+                &[("shard", shard)],
+            ) - sum(
+                &scrape,
+                "tally_raft_leadership_lost_total",
+                &[("shard", shard)],
+            );
+        }
         // Every node holds a replica of each of the 3 shards, and writes its WAL.
         for shard in ["0", "1", "2"] {
             assert!(
@@ -132,4 +145,7 @@ async fn metrics_parse_and_count_what_the_client_saw() {
         "{totals:?}"
     );
     assert_eq!(leaders, 3.0, "one leader per shard");
+    for (shard, count) in serving {
+        assert_eq!(count, 1.0, "shard {shard}: leaderships gained minus lost");
+    }
 }

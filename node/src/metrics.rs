@@ -139,6 +139,9 @@ impl Scrape<'_> {
     }
 }
 
+/// One number of a replica group's status.
+type GroupValue = fn(&GroupStatus) -> u64;
+
 /// A sample: its label pairs and its value.
 type Sample = (Vec<(&'static str, String)>, f64);
 
@@ -244,7 +247,7 @@ impl Snapshot {
                 })
                 .collect()
         };
-        Snapshot {
+        let mut snapshot = Snapshot {
             counters: vec![
                 (
                     "tally_raft_leadership_gained",
@@ -309,26 +312,6 @@ impl Snapshot {
                     per_group(&|group| f64::from(u8::from(group.role == ReplicaRole::Leader))),
                 ),
                 (
-                    "tally_raft_term",
-                    "The replica's current Raft term.",
-                    per_group(&|group| group.term as f64),
-                ),
-                (
-                    "tally_raft_last_index",
-                    "The replica's last log index.",
-                    per_group(&|group| group.last_index as f64),
-                ),
-                (
-                    "tally_raft_commit_index",
-                    "The replica's commit index.",
-                    per_group(&|group| group.commit_index as f64),
-                ),
-                (
-                    "tally_raft_applied_index",
-                    "The replica's applied index.",
-                    per_group(&|group| group.applied_index as f64),
-                ),
-                (
                     "tally_raft_follower_lag_entries",
                     "On a leader: entries each replica lacks of the leader's log.",
                     lag,
@@ -352,7 +335,36 @@ impl Snapshot {
                 ),
             ],
             info: vec![label("version", version), label("node", node)],
+        };
+        /// Gauges with one sample per replica group, from its status.
+        const PER_GROUP: [(&str, &str, GroupValue); 4] = [
+            (
+                "tally_raft_term",
+                "The replica's current Raft term.",
+                |group| group.term,
+            ),
+            (
+                "tally_raft_last_index",
+                "The replica's last log index.",
+                |group| group.last_index,
+            ),
+            (
+                "tally_raft_commit_index",
+                "The replica's commit index.",
+                |group| group.commit_index,
+            ),
+            (
+                "tally_raft_applied_index",
+                "The replica's applied index.",
+                |group| group.applied_index,
+            ),
+        ];
+        for (name, help, value) in PER_GROUP {
+            snapshot
+                .gauges
+                .push((name, help, per_group(&|group| value(group) as f64)));
         }
+        snapshot
     }
 }
 

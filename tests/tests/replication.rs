@@ -234,26 +234,38 @@ async fn a_shard_without_a_majority_refuses_writes_and_serves_again_when_one_ret
         "the refused deposit took {elapsed:?}"
     );
     println!("refused in {elapsed:?}: {refused:?}");
-    // Asked again later, the surviving replica (node 3) says why.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Asked again once it has been without a leader for longer than elections take (3 s), the
+    // surviving replica (node 3) says why. Until then it says an election is running.
     let survivor = net::Client::connect(
         cluster.config.node(3).unwrap().address.as_str(),
         net::ClientConfig::default(),
     )
     .await
     .expect("connect to node 3");
-    let answer = survivor
-        .call(net::Deposit {
-            id: TallyClient::new_transfer_id(),
-            account: on_shard[0],
-            amount: 7,
-        })
-        .await;
-    match &answer {
-        Err(net::ClientError::Remote(error))
-            if error.code == net::ErrorCode::NotLeader
-                && error.message.contains("a majority of its replicas is down") => {}
-        other => panic!("node 3 answered {other:?}"),
+    let asking = Instant::now();
+    loop {
+        let answer = survivor
+            .call(net::Deposit {
+                id: TallyClient::new_transfer_id(),
+                account: on_shard[0],
+                amount: 7,
+            })
+            .await;
+        match &answer {
+            Err(net::ClientError::Remote(error))
+                if error.code == net::ErrorCode::NotLeader
+                    && error.message.contains("a majority of its replicas is down") =>
+            {
+                break;
+            }
+            Err(net::ClientError::Remote(error))
+                if error.code == net::ErrorCode::NotLeader
+                    && asking.elapsed() < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => panic!("node 3 answered {other:?} after {:?}", asking.elapsed()),
+        }
     }
     // Shards 1, 2 and 3 kept two replicas each: they serve, within and across shards.
     for shard in [1, 2, 3] {

@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::{
-    AbortReason, CoordinatorDecision, NodeId, Operation, OperationKind, Outcome, TransferId,
-    TransferRecord,
+    AbortReason, CoordinatorDecision, NodeId, Operation, OperationKind, Outcome, Timestamp,
+    TransferId, TransferRecord,
 };
 use crate::shard::{LocalTransferError, PrepareRequest, StorageError, Vote};
 
@@ -182,6 +182,10 @@ impl PrepareEntry {
     }
 }
 
+/// A decision as a participant hears it: a commit carries the timestamp every participant
+/// applies it at (0 with an abort).
+pub type Verdict = (TransferId, Outcome, Timestamp);
+
 /// What the driver must do. Effects come out of [`Coordinator::take_ready`] in the order they
 /// must be carried out; each one whose result matters names the event that reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -198,11 +202,13 @@ pub enum Effect {
         entries: Vec<PrepareEntry>,
     },
     /// Log the decisions in one group commit and apply `local` (this shard's own part) in the
-    /// same one; report with [`Coordinator::decisions_logged`] once durable and applied.
+    /// same one, its commits at `commit_ts` (the decisions' own); report with
+    /// [`Coordinator::decisions_logged`] once durable and applied.
     LogDecisions {
         log: LogId,
         decisions: Vec<CoordinatorDecision>,
         local: Vec<(TransferId, Outcome)>,
+        commit_ts: Timestamp,
     },
     /// Release an answer to a client (only ever after the record behind it is durable).
     Answer {
@@ -214,14 +220,14 @@ pub enum Effect {
     /// again.
     AnswerInquiry {
         inquiry: InquiryToken,
-        decisions: Vec<(TransferId, Outcome)>,
+        decisions: Vec<Verdict>,
     },
     /// Send logged decisions to a participant; report the acknowledged ids with
     /// [`Coordinator::delivered`] (none when the participant did not answer).
     SendDecisions {
         delivery: DeliveryId,
         participant: NodeId,
-        decisions: Vec<(TransferId, Outcome)>,
+        decisions: Vec<Verdict>,
     },
     /// Log that these decisions are acknowledged by every participant. Lazily: no event reports
     /// it, and losing it only means resending the decisions after a restart.
@@ -319,6 +325,9 @@ struct Batch {
     ids: Vec<TransferId>,
     local_votes: HashMap<TransferId, Vote>,
     remote_votes: HashMap<TransferId, RemoteVote>,
+    /// The latest clock reading among the votes that arrived: the batch's commits get a later
+    /// timestamp, after every participant's locks were taken (`engine::clock`).
+    latest_clock: Timestamp,
     /// Participants whose votes have not arrived.
     awaiting: HashSet<NodeId>,
     deadline: Time,
@@ -328,6 +337,7 @@ struct Batch {
 struct PendingLog {
     batch: Option<BatchId>,
     outcomes: Vec<(TransferId, Outcome)>,
+    commit_ts: Timestamp,
     /// The decisions whose participants must still hear them.
     to_deliver: Vec<CoordinatorDecision>,
 }
@@ -335,6 +345,7 @@ struct PendingLog {
 #[derive(Debug)]
 struct Unended {
     outcome: Outcome,
+    commit_ts: Timestamp,
     /// Participants that have not acknowledged.
     pending: Vec<NodeId>,
     next_send: Time,
@@ -345,7 +356,7 @@ struct Unended {
 struct PendingInquiry {
     /// Ids of the inquiry not settled yet (answered or left out).
     waiting: usize,
-    decisions: Vec<(TransferId, Outcome)>,
+    decisions: Vec<Verdict>,
 }
 
 /// See the module documentation.
@@ -517,11 +528,11 @@ impl Coordinator {
         };
         match (known, transfer) {
             (Known::Decided(decision), _) => {
-                let outcome = decision.outcome;
+                let decided = (decision.outcome, decision.commit_ts);
                 self.settle(
                     id,
                     |transfer| decided_answer(&decision, transfer),
-                    Some(outcome),
+                    Some(decided),
                 );
             }
             (Known::Recorded(record), Some(request)) => {
@@ -531,7 +542,7 @@ impl Coordinator {
                 self.settle(
                     id,
                     |_| answer.clone(),
-                    Some(Outcome::Aborted(AbortReason::PresumedAbort)),
+                    Some((Outcome::Aborted(AbortReason::PresumedAbort), 0)),
                 );
             }
             (Known::Recorded(_), None) => {
@@ -540,7 +551,7 @@ impl Coordinator {
                 self.settle(
                     id,
                     |_| unreachable!("no client waits on an inquired id"),
-                    Some(Outcome::Aborted(AbortReason::PresumedAbort)),
+                    Some((Outcome::Aborted(AbortReason::PresumedAbort), 0)),
                 );
             }
             (Known::Nothing, None) => {
@@ -587,14 +598,15 @@ impl Coordinator {
         self.settle(id, |_| answer.clone(), None);
     }
 
-    /// A participant's votes on a batch (or why they did not come). Votes for a batch already
+    /// A participant's votes on a batch (or why they did not come), with its clock read after
+    /// it took the batch's locks (`engine::Engine::clock_now`). Votes for a batch already
     /// decided, from a participant that already voted, or on transfers the participant was not
     /// asked about, are ignored.
     pub fn votes(
         &mut self,
         batch_id: BatchId,
         participant: NodeId,
-        votes: Result<Vec<(TransferId, Vote)>, VoteFailure>,
+        votes: Result<(Vec<(TransferId, Vote)>, Timestamp), VoteFailure>,
     ) {
         let me = self.me;
         let Some(batch) = self.batches.get_mut(&batch_id) else {
@@ -622,7 +634,8 @@ impl Coordinator {
                     }
                 }
             }
-            Ok(votes) => {
+            Ok((votes, clock)) => {
+                batch.latest_clock = batch.latest_clock.max(clock);
                 for (id, vote) in votes {
                     if participant == me {
                         if batch.ids.contains(&id) {
@@ -664,7 +677,8 @@ impl Coordinator {
                         Phase::Deciding(log),
                         "transfer {id} was not being decided"
                     );
-                    self.settle(*id, |_| Ok(*outcome), Some(*outcome));
+                    let commit_ts = commit_ts_of(*outcome, pending.commit_ts);
+                    self.settle(*id, |_| Ok(*outcome), Some((*outcome, commit_ts)));
                 }
                 for decision in &pending.to_deliver {
                     self.add_unended(decision, now);
@@ -845,7 +859,7 @@ impl Coordinator {
         &mut self,
         id: TransferId,
         answer: impl Fn(Transfer) -> Answer,
-        decided: Option<Outcome>,
+        decided: Option<(Outcome, Timestamp)>,
     ) {
         let entry = self
             .in_flight
@@ -854,7 +868,7 @@ impl Coordinator {
         if !entry.waiters.is_empty() {
             let reply = match &entry.content {
                 Content::Transfer(request) => answer(request.transfer),
-                Content::PresumedAbort => Ok(decided.expect("a presumed abort is decided")),
+                Content::PresumedAbort => Ok(decided.expect("a presumed abort is decided").0),
                 Content::Inquired => unreachable!("a client's request gives the content"),
             };
             for client in entry.waiters {
@@ -862,11 +876,11 @@ impl Coordinator {
             }
         }
         for inquiry in entry.inquiries {
-            self.inquiry_settled(inquiry, decided.map(|outcome| (id, outcome)));
+            self.inquiry_settled(inquiry, decided.map(|(outcome, at)| (id, outcome, at)));
         }
     }
 
-    fn inquiry_settled(&mut self, inquiry: InquiryToken, decision: Option<(TransferId, Outcome)>) {
+    fn inquiry_settled(&mut self, inquiry: InquiryToken, decision: Option<Verdict>) {
         let pending = self
             .inquiries
             .get_mut(&inquiry)
@@ -912,6 +926,7 @@ impl Coordinator {
             decision.id,
             Unended {
                 outcome: decision.outcome,
+                commit_ts: decision.commit_ts,
                 pending: decision.participants.clone(),
                 next_send: now,
                 interval: self.limits.resend_interval_min,
@@ -937,6 +952,7 @@ impl Coordinator {
                 outcome,
                 participants: Vec::new(),
                 ended: true,
+                commit_ts: 0,
             });
         }
         self.logs.insert(
@@ -944,6 +960,7 @@ impl Coordinator {
             PendingLog {
                 batch: None,
                 outcomes: ids.iter().map(|id| (*id, outcome)).collect(),
+                commit_ts: 0,
                 to_deliver: Vec::new(),
             },
         );
@@ -951,6 +968,7 @@ impl Coordinator {
             log,
             decisions,
             local: Vec::new(),
+            commit_ts: 0,
         });
     }
 
@@ -1008,6 +1026,7 @@ impl Coordinator {
                 ids,
                 local_votes: HashMap::new(),
                 remote_votes,
+                latest_clock: 0,
                 awaiting,
                 deadline: now + self.limits.vote_timeout,
             },
@@ -1042,6 +1061,9 @@ impl Coordinator {
         let log = LogId(self.next_log);
         self.next_log += 1;
         let batch = self.batches.get(&batch_id).expect("deciding a known batch");
+        // Later than every participant's clock once it held the batch's locks, so a read at any
+        // timestamp a participant had reached by then never sees these commits.
+        let commit_ts = batch.latest_clock + 1;
         let mut decisions = Vec::with_capacity(batch.ids.len());
         let mut local = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.ids.len());
@@ -1093,6 +1115,7 @@ impl Coordinator {
                 outcome,
                 participants,
                 ended: false,
+                commit_ts: commit_ts_of(outcome, commit_ts),
             });
         }
         let to_deliver = decisions
@@ -1105,6 +1128,7 @@ impl Coordinator {
             PendingLog {
                 batch: Some(batch_id),
                 outcomes,
+                commit_ts,
                 to_deliver,
             },
         );
@@ -1114,17 +1138,20 @@ impl Coordinator {
             log,
             decisions,
             local,
+            commit_ts,
         });
     }
 
     fn send_due_decisions(&mut self, now: Time) {
-        let mut due: BTreeMap<NodeId, Vec<(TransferId, Outcome)>> = BTreeMap::new();
+        let mut due: BTreeMap<NodeId, Vec<Verdict>> = BTreeMap::new();
         for (id, unended) in &self.unended {
             if unended.next_send <= now {
                 for participant in &unended.pending {
-                    due.entry(*participant)
-                        .or_default()
-                        .push((*id, unended.outcome));
+                    due.entry(*participant).or_default().push((
+                        *id,
+                        unended.outcome,
+                        unended.commit_ts,
+                    ));
                 }
             }
         }
@@ -1134,7 +1161,7 @@ impl Coordinator {
                     // Past the bound the rest stay due, and go when a delivery ends.
                     return;
                 }
-                for (id, _) in chunk {
+                for (id, _, _) in chunk {
                     let unended = self.unended.get_mut(id).expect("listed above");
                     unended.next_send = now + unended.interval;
                     unended.interval = (unended.interval * 2).min(self.limits.resend_interval_max);
@@ -1149,6 +1176,14 @@ impl Coordinator {
                 });
             }
         }
+    }
+}
+
+/// The timestamp a decision carries: its batch's for a commit, 0 for an abort.
+fn commit_ts_of(outcome: Outcome, commit_ts: Timestamp) -> Timestamp {
+    match outcome {
+        Outcome::Committed => commit_ts,
+        Outcome::Aborted(_) => 0,
     }
 }
 

@@ -3,6 +3,7 @@
 //! two-phase locking and takes part in two-phase commit. The engine never touches a socket.
 
 mod apply;
+pub mod clock;
 pub mod coordinator;
 pub mod lock;
 pub mod log;
@@ -13,12 +14,13 @@ mod shard;
 pub mod stats;
 pub mod tables;
 pub mod testing;
+mod versions;
 pub mod wal;
 
 pub use apply::{ApplyError, plan_batch};
 pub use log::Log;
 pub use shard::{
     CreateAccountError, Disagreement, Engine, EngineOptions, LocalTransferError, Logged,
-    MovementError, OnConflict, OpenReport, PrepareRequest, ReadError, ReadLocks, ShardAudit,
+    MovementError, OnConflict, OpenReport, PrepareRequest, ReadError, ReadFence, ShardAudit,
     StorageCause, StorageError, StorageFailure, TransferStatus, Vote, apply_records,
 };

@@ -51,7 +51,8 @@ pub const LOCK_STRIPE_COUNT_MAX: usize = 1 << 16;
 /// How a transaction holds an account. Modes are checked only through `is_compatible_with`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LockMode {
-    /// For reading a balance: any number of transactions at once.
+    /// For reading a balance: any number of transactions at once. The engine's reads take no
+    /// lock (they read at a timestamp: `crate::clock`); the mode stays for a reader that would.
     Shared,
     /// For adding `amount` to a balance: any number of credits and debits at once, since
     /// additions and subtractions commute. Whether all pending credits fit in the balance is the
@@ -83,10 +84,9 @@ impl LockMode {
     /// other): a credit is admitted only if the balance plus every pending credit fits, a debit
     /// only if the balance covers every pending debit, so the balance can never go negative nor
     /// overflow whichever of them commit. A pending credit never counts towards a debit (it may
-    /// abort). Why the rest is "no": a consistent read must see each change applied or not at
-    /// every account it reads, which its shared locks ensure by waiting for the change's decision
-    /// to be applied; and an exclusive holder (an account's creation) changes what the others
-    /// validate against.
+    /// abort). Why the rest is "no": a shared holder must see each change applied or not at
+    /// every account it reads; and an exclusive holder (an account's creation) changes what the
+    /// others validate against.
     pub const fn is_compatible_with(self, other: LockMode) -> bool {
         matches!(
             (self, other),
@@ -375,6 +375,28 @@ impl LockManager {
         pending
     }
 
+    /// Whether a transaction numbered below `bound` holds `account` in a mode that changes it
+    /// (credit, debit, exclusive): what a read fenced at `bound` waits for.
+    pub fn changing_below(&self, account: u64, bound: u128) -> bool {
+        let state = self.stripe(account).lock();
+        state
+            .accounts
+            .get(&account)
+            .is_some_and(|lock| lock.holders().any(|holder| holder.changes_below(bound)))
+    }
+
+    /// Whether a transaction numbered below `bound` holds any account in a mode that changes it.
+    /// Visits every stripe: for the audit, not for the hot path.
+    pub fn any_changing_below(&self, bound: u128) -> bool {
+        self.stripes.iter().any(|stripe| {
+            stripe
+                .lock()
+                .accounts
+                .values()
+                .any(|lock| lock.holders().any(|holder| holder.changes_below(bound)))
+        })
+    }
+
     /// The mode in which `transaction_id` holds `account`, for tests.
     #[cfg(test)]
     fn mode_held(&self, transaction_id: u128, account: u64) -> Option<LockMode> {
@@ -450,6 +472,12 @@ struct Holder {
     transaction_id: u128,
     mode: LockMode,
     timestamp: u64,
+}
+
+impl Holder {
+    fn changes_below(&self, bound: u128) -> bool {
+        self.transaction_id < bound && self.mode != LockMode::Shared
+    }
 }
 
 /// The holders of one locked account (never none: an unlocked account has no entry). The first

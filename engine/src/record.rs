@@ -32,6 +32,8 @@ pub mod kind {
     pub const DEPOSITED: u8 = 11;
     pub const WITHDRAWN: u8 = 12;
     pub const MOVEMENT_REFUSED: u8 = 13;
+    /// A coordinator decision with its commit timestamp: kind 9's payload, then the timestamp.
+    pub const DECIDED_AT: u8 = 14;
 }
 
 /// A state change, as logged.
@@ -125,7 +127,7 @@ impl Record {
             Record::Prepared { .. } => kind::PREPARED,
             Record::Committed { .. } => kind::COMMITTED,
             Record::Aborted { .. } => kind::ABORTED,
-            Record::Decided(_) => kind::DECIDED,
+            Record::Decided(_) => kind::DECIDED_AT,
             Record::Ended { .. } => kind::ENDED,
         }
     }
@@ -247,6 +249,7 @@ impl Record {
                 for node in &decision.participants {
                     out.extend_from_slice(&node.to_le_bytes());
                 }
+                out.extend_from_slice(&decision.commit_ts.to_le_bytes());
             }
             Record::Ended { ids } => {
                 assert!(ids.len() <= ENDED_IDS_MAX);
@@ -270,6 +273,7 @@ impl Record {
             kind::COMMITTED => "committed",
             kind::ABORTED => "aborted",
             kind::DECIDED => "decided",
+            kind::DECIDED_AT => "decided-at",
             kind::ENDED => "ended",
             kind::DEPOSITED => "deposited",
             kind::WITHDRAWN => "withdrawn",
@@ -375,7 +379,7 @@ impl Record {
                 reason: AbortReason::from_code(reader.u8()?)
                     .ok_or_else(|| reader.error("unknown abort reason"))?,
             },
-            kind::DECIDED => {
+            kind::DECIDED | kind::DECIDED_AT => {
                 let id = reader.u128()?;
                 let debit = reader.u64()?;
                 let credit = reader.u64()?;
@@ -396,6 +400,11 @@ impl Record {
                 for _ in 0..count {
                     participants.push(reader.u32()?);
                 }
+                let commit_ts = if kind == kind::DECIDED_AT {
+                    reader.u64()?
+                } else {
+                    0
+                };
                 Record::Decided(CoordinatorDecision {
                     id,
                     transfer: (amount > 0).then_some(Transfer {
@@ -406,6 +415,7 @@ impl Record {
                     outcome,
                     participants,
                     ended: false,
+                    commit_ts,
                 })
             }
             kind::ENDED => {
@@ -581,6 +591,7 @@ mod tests {
                 outcome: Outcome::Committed,
                 participants: vec![1, 3],
                 ended: false,
+                commit_ts: 0,
             }),
             Record::Decided(CoordinatorDecision {
                 id: 14,
@@ -592,6 +603,7 @@ mod tests {
                 outcome: Outcome::Aborted(AbortReason::ParticipantUnavailable),
                 participants: vec![],
                 ended: false,
+                commit_ts: 0,
             }),
             Record::Decided(CoordinatorDecision {
                 id: 15,
@@ -599,6 +611,7 @@ mod tests {
                 outcome: Outcome::Aborted(AbortReason::PresumedAbort),
                 participants: vec![],
                 ended: false,
+                commit_ts: 0,
             }),
             Record::Ended { ids: vec![13, 14] },
             Record::Ended { ids: vec![] },

@@ -410,11 +410,9 @@ fn restarts_at_random_points_recover_exactly_what_was_acknowledged() {
         // In-doubt transactions hold their locks again: a consistent read of their account
         // waits for them.
         if let Some((_, operation)) = model.in_doubt.iter().next() {
+            let fence = engine.read_fence(None);
             assert!(
-                matches!(
-                    engine.lock_and_read(&[operation.account], Duration::ZERO),
-                    Err(ReadError::LockConflict { .. })
-                ),
+                !engine.fence_settled(&fence, Some(&[operation.account])),
                 "{context}"
             );
         }
@@ -681,10 +679,8 @@ fn participant_messages_may_be_duplicated_late_or_reordered() {
     assert_eq!(engine.wal().next_lsn(), lsn);
     // Its locks and its reservation hold until the decision: a consistent read waits, and
     // only the funds not reserved can be debited.
-    assert!(matches!(
-        engine.lock_and_read(&[1], Duration::ZERO),
-        Err(ReadError::LockConflict { account: 1 })
-    ));
+    let fence = engine.read_fence(None);
+    assert!(!engine.fence_settled(&fence, Some(&[1])));
     assert_eq!(
         prepare_one(&engine, 2, debit(1, 71)),
         Vote::No(AbortReason::FundsHeld)
@@ -816,11 +812,15 @@ fn a_storage_failure_keeps_its_io_error_kind() {
         );
         assert_eq!(later.io_kind(), Some(expected), "{later}");
         assert_eq!(engine.balance(1).unwrap(), 0);
-        let (locks, balances) = engine
-            .lock_and_read(&[1], Duration::ZERO)
-            .expect("no lock left behind by the failed deposit");
-        engine.release_locks(locks);
-        assert_eq!(balances, vec![0]);
+        let fence = engine.read_fence(None);
+        assert!(
+            engine.fence_settled(&fence, Some(&[1])),
+            "no lock left behind by the failed deposit"
+        );
+        assert_eq!(
+            engine.balances_at(&[1], engine.clock_now()).unwrap(),
+            vec![0]
+        );
     }
 }
 
@@ -896,6 +896,7 @@ fn decision(id: TransferId, outcome: Outcome) -> engine::model::CoordinatorDecis
         outcome,
         participants: vec![1, 2],
         ended: false,
+        commit_ts: 0,
     }
 }
 
@@ -926,6 +927,7 @@ fn coordinator_decisions_survive_a_crash_and_end_once_acknowledged() {
         engine.decision(2).unwrap().unwrap(),
         engine::model::CoordinatorDecision {
             ended: true,
+            commit_ts: 0,
             ..decision(2, Outcome::Aborted(AbortReason::InsufficientFunds))
         }
     );
@@ -946,66 +948,57 @@ fn coordinator_decisions_survive_a_crash_and_end_once_acknowledged() {
 }
 
 #[test]
-fn closed_prepares_refuse_new_transactions_and_let_prepared_ones_drain() {
+fn a_read_at_a_timestamp_waits_for_earlier_writers_blocks_none_and_takes_back_later_ones() {
     let (_storage, _tables, engine) = fresh();
     for account in [1, 2] {
         engine.create_account(account, None, 0, 0).unwrap();
         fund(&engine, account, 100);
     }
     assert_eq!(prepare_one(&engine, 10, debit(1, 5)), Vote::Yes);
-    engine.close_prepares();
+    let vote_clock = engine.clock_now();
+    let at = engine.clock_now();
+    let fence = engine.read_fence(Some(at));
+    assert!(!engine.fence_settled(&fence, Some(&[2, 1])));
+    assert!(engine.fence_settled(&fence, Some(&[2])));
+    // A writer arriving after the read is not refused, and the read does not wait for it.
+    assert_eq!(prepare_one(&engine, 11, credit(2, 5)), Vote::Yes);
+    assert!(engine.fence_settled(&fence, Some(&[2])));
+    // Transaction 10 commits at a timestamp later than its vote's clock, but not later than
+    // the read: the read sees it. Transaction 11 commits later than the read: it does not.
+    let results = engine
+        .decide_from(2, &[(10, Outcome::Committed, vote_clock + 1)])
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(vote_clock < at);
+    assert!(engine.fence_settled(&fence, Some(&[2, 1])));
+    engine.commit(&[11]).unwrap();
     assert_eq!(
-        prepare_one(&engine, 11, debit(2, 5)),
-        Vote::No(AbortReason::LockConflict)
+        engine.balances_at(&[2, 1, 2], at).unwrap(),
+        vec![100, 95, 100]
     );
-    // A resent prepare of an already prepared transaction is still answered.
-    assert_eq!(prepare_one(&engine, 10, debit(1, 5)), Vote::Yes);
-    assert_eq!(engine.undecided_count(), 1);
-    engine.commit(&[10]).unwrap();
-    assert_eq!(engine.undecided_count(), 0);
-    engine.open_prepares();
-    assert_eq!(prepare_one(&engine, 12, debit(2, 5)), Vote::Yes);
-}
-
-#[test]
-fn a_locked_read_waits_for_prepared_writers_and_blocks_new_ones() {
-    let (_storage, _tables, engine) = fresh();
-    for account in [1, 2] {
-        engine.create_account(account, None, 0, 0).unwrap();
-        fund(&engine, account, 100);
-    }
-    assert_eq!(prepare_one(&engine, 10, debit(1, 5)), Vote::Yes);
+    assert_eq!(engine.balance(2).unwrap(), 105);
+    let then = engine.audit_at(at).unwrap();
+    assert_eq!(then.balance_sum, 195);
+    assert_eq!(then.totals.debited_by_transactions, 5);
+    assert_eq!(then.totals.credited_by_transactions, 0);
+    assert!(then.is_balanced(), "{then:?}");
+    let now = engine.clock_now();
+    assert_eq!(engine.balances_at(&[1, 2], now).unwrap(), vec![95, 105]);
+    let audit = engine.audit_at(now).unwrap();
+    assert_eq!(audit.balance_sum, 200);
+    assert!(audit.is_balanced(), "{audit:?}");
+    // One-phase changes are stamped too: a deposit after the read is taken back.
+    fund(&engine, 1, 50);
+    assert_eq!(engine.balances_at(&[1], at).unwrap(), vec![95]);
+    assert_eq!(
+        engine.balances_at(&[1], engine.clock_now()).unwrap(),
+        vec![145]
+    );
+    // Older than what the shard keeps: refused, with the timestamp to read at instead.
     assert!(matches!(
-        engine.lock_and_read(&[2, 1], Duration::from_millis(5)),
-        Err(ReadError::LockConflict { account: 1 })
+        engine.balances_at(&[1], 1),
+        Err(ReadError::TooOld { at: 1, .. })
     ));
-    engine.commit(&[10]).unwrap();
-    let (locks, balances) = engine
-        .lock_and_read(&[2, 1, 2], Duration::from_millis(5))
-        .unwrap();
-    assert_eq!(balances, vec![100, 95, 100]);
-    assert_eq!(
-        prepare_one(&engine, 11, credit(2, 5)),
-        Vote::No(AbortReason::LockConflict)
-    );
-    engine.release_locks(locks);
-    assert_eq!(prepare_one(&engine, 12, credit(2, 5)), Vote::Yes);
-    engine.commit(&[12]).unwrap();
-    // Reads of more accounts than one lock owner may hold take them in id-ordered chunks.
-    for account in 3..=200 {
-        engine.create_account(account, None, 0, 0).unwrap();
-    }
-    let many: Vec<AccountId> = (1..=200).rev().collect();
-    let (locks, balances) = engine
-        .lock_and_read(&many, Duration::from_millis(5))
-        .unwrap();
-    assert_eq!(balances.len(), 200);
-    assert_eq!(
-        prepare_one(&engine, 13, credit(150, 5)),
-        Vote::No(AbortReason::LockConflict)
-    );
-    engine.release_locks(locks);
-    assert_eq!(prepare_one(&engine, 14, credit(150, 5)), Vote::Yes);
 }
 
 #[test]
@@ -1024,6 +1017,7 @@ fn a_coordinator_logs_its_decision_and_applies_its_own_part_in_one_step() {
             2,
             vec![decision(10, Outcome::Committed)],
             &[(10, Outcome::Committed)],
+            1,
         )
         .unwrap();
     assert!(results.iter().all(Result::is_ok));
@@ -1062,13 +1056,23 @@ fn a_decision_from_another_coordinator_never_touches_this_coordinators_transacti
         .unwrap();
     assert_eq!(other, vec![Vote::No(AbortReason::InvalidRequest)]);
     let aborted = engine
-        .decide_from(3, &[(10, Outcome::Aborted(AbortReason::Timeout))])
+        .decide_from(3, &[(10, Outcome::Aborted(AbortReason::Timeout), 0)])
         .unwrap();
     assert!(aborted[0].is_ok());
-    assert!(engine.decide_from(3, &[(10, Outcome::Committed)]).unwrap()[0].is_err());
+    assert!(
+        engine
+            .decide_from(3, &[(10, Outcome::Committed, 1)])
+            .unwrap()[0]
+            .is_err()
+    );
     assert_eq!(engine.in_doubt().len(), 1);
     // Its own coordinator's commit applies.
-    assert!(engine.decide_from(2, &[(10, Outcome::Committed)]).unwrap()[0].is_ok());
+    assert!(
+        engine
+            .decide_from(2, &[(10, Outcome::Committed, 1)])
+            .unwrap()[0]
+            .is_ok()
+    );
     assert_eq!(engine.balance(1).unwrap(), 70);
     assert!(engine.in_doubt().is_empty());
 }

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use engine::coordinator::{
     Answer, Asker, ClientToken, Coordinator, CoordinatorLimits, Effect, InquiryToken, Refusal,
-    Time, Transfer, TransferRequest, VoteFailure,
+    Time, Transfer, TransferRequest, Verdict, VoteFailure,
 };
 use engine::model::{
     AbortReason, AccountId, Amount, CoordinatorDecision, MovementId, MovementKind, MovementOutcome,
@@ -527,7 +527,7 @@ struct Cluster {
     next_token: u64,
     /// Answers the cores released: to clients, and to inquiries.
     answers: BTreeMap<ClientToken, Answer>,
-    inquiry_answers: BTreeMap<InquiryToken, Vec<(TransferId, Outcome)>>,
+    inquiry_answers: BTreeMap<InquiryToken, Vec<Verdict>>,
 }
 
 impl Cluster {
@@ -993,11 +993,14 @@ impl Cluster {
                     engine.prepare(&requests)
                 });
                 let votes = match answer {
-                    Some(result) => Ok(requests
-                        .iter()
-                        .map(|request| request.id)
-                        .zip(ok(result, step)?)
-                        .collect()),
+                    Some(result) => Ok((
+                        requests
+                            .iter()
+                            .map(|request| request.id)
+                            .zip(ok(result, step)?)
+                            .collect(),
+                        self.engine(participant as usize).clock_now(),
+                    )),
                     None => Err(VoteFailure::Unreachable {
                         surely_not_applied: false,
                     }),
@@ -1010,6 +1013,7 @@ impl Cluster {
                 log,
                 decisions,
                 local,
+                commit_ts,
             } => {
                 let presumed = decisions
                     .iter()
@@ -1023,7 +1027,7 @@ impl Cluster {
                     "coordinator: log decisions"
                 };
                 let Some(results) = self.call(coordinator, step, |engine| {
-                    engine.log_decisions_and_decide(me, decisions, &local)
+                    engine.log_decisions_and_decide(me, decisions, &local, commit_ts)
                 }) else {
                     self.note("  decisions lost: the coordinator is down".into());
                     return Ok(());
@@ -1058,7 +1062,7 @@ impl Cluster {
                 });
                 let mut acknowledged = Vec::new();
                 if let Some(results) = results {
-                    for ((id, outcome), result) in decisions.iter().zip(ok(results, step)?) {
+                    for ((id, outcome, _), result) in decisions.iter().zip(ok(results, step)?) {
                         ok(
                             result,
                             &format!("transfer {id}: shard {participant} refuses {outcome:?}"),
@@ -1184,7 +1188,7 @@ impl Cluster {
                             e.decide_from(from, &answers)
                         })
                     {
-                        for ((id, outcome), result) in
+                        for ((id, outcome, _), result) in
                             answers.iter().zip(ok(results, "apply answer")?)
                         {
                             ok(
@@ -1226,7 +1230,7 @@ impl Cluster {
         coordinator: usize,
         ids: &[TransferId],
         asker: Asker,
-    ) -> Checked<Option<Vec<(TransferId, Outcome)>>> {
+    ) -> Checked<Option<Vec<Verdict>>> {
         let Some(core) = self.shards[coordinator].core.as_mut() else {
             return Ok(None);
         };
@@ -1258,13 +1262,7 @@ impl Cluster {
             let accounts = accounts_of(shard);
             observed
                 .locks_free
-                .push(match engine.lock_and_read(&accounts, Duration::ZERO) {
-                    Ok((locks, _)) => {
-                        engine.release_locks(locks);
-                        true
-                    }
-                    Err(_) => false,
-                });
+                .push(engine.fence_settled(&engine.read_fence(None), Some(&accounts)));
             for account in accounts {
                 observed
                     .balances
@@ -1533,7 +1531,7 @@ fn the_checker_reports_a_doubled_credit_a_changed_outcome_and_a_lost_commit() {
     };
     assert_eq!(participant.prepare(&[copy]).unwrap(), vec![Vote::Yes]);
     participant
-        .decide_from(1, &[(1_000_000, Outcome::Committed)])
+        .decide_from(1, &[(1_000_000, Outcome::Committed, 1)])
         .unwrap()
         .into_iter()
         .for_each(|result| result.unwrap());

@@ -96,6 +96,7 @@ fn random_batch(random: &mut StdRng, lsn: &mut u64) -> TableBatch {
                 outcome: Outcome::Committed,
                 participants: vec![1, 2],
                 ended: random.random_bool(0.5),
+                commit_ts: random.random(),
             });
         }
     }

@@ -305,7 +305,16 @@ pub struct CoordinatorDecision {
     pub participants: Vec<NodeId>,
     /// Every participant acknowledged: nothing is left to resend. The outcome stays.
     pub ended: bool,
+    /// The commit's timestamp, which every participant applies it at, so that a read at a
+    /// timestamp sees it at every account or at none (see `engine::clock`). 0 for an abort, and
+    /// for a decision logged before timestamps existed.
+    pub commit_ts: Timestamp,
 }
+
+/// A point on a node's hybrid logical clock (`engine::clock::Hlc`): microseconds since the Unix
+/// epoch, pushed ahead of the physical clock when the node hears of a later one. Totally ordered
+/// across the cluster; a commit's timestamp orders it against every read.
+pub type Timestamp = u64;
 
 /// Money that entered and left the shard, for the conservation check:
 /// sum of balances == deposits - withdrawals + credits received - debits sent by 2PC.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use engine::coordinator::{
     Answer, Asker, ClientToken, Coordinator as Core, CoordinatorLimits, Effect, InquiryToken,
-    Refusal, TransferRequest, VoteFailure,
+    Refusal, TransferRequest, Verdict, VoteFailure,
 };
 use engine::model::{NodeId, Outcome, TransferId};
 use engine::{LocalTransferError, OnConflict, StorageError};
@@ -39,7 +39,7 @@ enum Request {
     Inquiry {
         ids: Vec<TransferId>,
         asker: Asker,
-        reply: oneshot::Sender<Vec<(TransferId, Outcome)>>,
+        reply: oneshot::Sender<Vec<Verdict>>,
     },
     InFlight {
         id: TransferId,
@@ -53,7 +53,7 @@ enum Completion {
     Votes {
         batch: engine::coordinator::BatchId,
         participant: NodeId,
-        votes: Result<Vec<(TransferId, Vote)>, VoteFailure>,
+        votes: Result<(Vec<(TransferId, Vote)>, u64), VoteFailure>,
     },
     Logged {
         log: engine::coordinator::LogId,
@@ -92,7 +92,7 @@ pub(crate) struct Driver {
     completions: mpsc::UnboundedReceiver<Completion>,
     completion_sender: mpsc::UnboundedSender<Completion>,
     clients: HashMap<ClientToken, oneshot::Sender<Answer>>,
-    inquiries: HashMap<InquiryToken, oneshot::Sender<Vec<(TransferId, Outcome)>>>,
+    inquiries: HashMap<InquiryToken, oneshot::Sender<Vec<Verdict>>>,
     next_token: u64,
     epoch: Instant,
 }
@@ -153,7 +153,7 @@ impl Coordinator {
         &self,
         ids: Vec<TransferId>,
         asker: Asker,
-    ) -> Result<Vec<(TransferId, Outcome)>, Unavailable> {
+    ) -> Result<Vec<Verdict>, Unavailable> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Inquiry { ids, asker, reply })?;
         answer.await.map_err(|_| Unavailable::Dropped)
@@ -335,7 +335,7 @@ impl Driver {
                     let ids: Vec<TransferId> = requests.iter().map(|request| request.id).collect();
                     let votes = durably_in_task(&engine, engine.prepare_logged(&requests))
                         .await
-                        .map(|votes| ids.into_iter().zip(votes).collect())
+                        .map(|votes| (ids.into_iter().zip(votes).collect(), engine.clock_now()))
                         .map_err(|error| {
                             tracing::error!(%error, "local PREPARE failed; the batch's outcome is unknown");
                             VoteFailure::Storage(Arc::new(error))
@@ -368,17 +368,20 @@ impl Driver {
                     let count = request.entries.len();
                     // Idempotent: a prepare seen twice votes the same.
                     let votes = match router.call(participant, request, true).await {
-                        Ok(Message::Votes(votes)) => Ok(votes
-                            .votes
-                            .into_iter()
-                            .map(|entry| {
-                                let vote = match entry.vote {
-                                    net::Vote::Yes => Vote::Yes,
-                                    net::Vote::No(reason) => Vote::No(reason_from_wire(reason)),
-                                };
-                                (entry.txid, vote)
-                            })
-                            .collect()),
+                        Ok(Message::Votes(votes)) => Ok((
+                            votes
+                                .votes
+                                .into_iter()
+                                .map(|entry| {
+                                    let vote = match entry.vote {
+                                        net::Vote::Yes => Vote::Yes,
+                                        net::Vote::No(reason) => Vote::No(reason_from_wire(reason)),
+                                    };
+                                    (entry.txid, vote)
+                                })
+                                .collect(),
+                            votes.clock,
+                        )),
                         Ok(other) => {
                             tracing::error!(participant, kind = ?other.kind(), "PREPARE answered with the wrong kind");
                             Err(VoteFailure::Unreachable {
@@ -403,6 +406,7 @@ impl Driver {
                 log,
                 decisions,
                 local,
+                commit_ts,
             } => {
                 let presumed = Outcome::Aborted(engine::model::AbortReason::PresumedAbort);
                 if decisions
@@ -414,7 +418,7 @@ impl Driver {
                 tokio::spawn(async move {
                     let logged = durably_in_task(
                         &engine,
-                        engine.log_decisions_and_decide_logged(me, decisions, &local),
+                        engine.log_decisions_and_decide_logged(me, decisions, &local, commit_ts),
                     )
                     .await
                     .map(|results| {
@@ -437,7 +441,7 @@ impl Driver {
                 }
             }
             Effect::AnswerInquiry { inquiry, decisions } => {
-                for (id, outcome) in &decisions {
+                for (id, outcome, _) in &decisions {
                     if *outcome == Outcome::Aborted(engine::model::AbortReason::PresumedAbort) {
                         tracing::info!(transaction = %id, "presumed abort: no decision was logged");
                     }
@@ -467,9 +471,10 @@ impl Driver {
                             shard: participant,
                             decisions: decisions
                                 .iter()
-                                .map(|(id, outcome)| DecisionEntry {
+                                .map(|(id, outcome, commit_ts)| DecisionEntry {
                                     txid: *id,
                                     outcome: outcome_to_wire(*outcome),
+                                    commit_ts: *commit_ts,
                                 })
                                 .collect(),
                         };
@@ -558,7 +563,7 @@ async fn ask(
     me: NodeId,
     coordinator: NodeId,
     ids: Vec<TransferId>,
-) -> Option<Vec<(TransferId, Outcome)>> {
+) -> Option<Vec<Verdict>> {
     let request = net::DecisionInquiry {
         participant: me,
         shard: coordinator,
@@ -569,7 +574,13 @@ async fn ask(
             answer
                 .decisions
                 .iter()
-                .map(|entry| (entry.txid, outcome_from_wire(entry.outcome)))
+                .map(|entry| {
+                    (
+                        entry.txid,
+                        outcome_from_wire(entry.outcome),
+                        entry.commit_ts,
+                    )
+                })
                 .collect(),
         ),
         Ok(other) => {
@@ -583,18 +594,14 @@ async fn ask(
     }
 }
 
-async fn apply_resolved(
-    engine: &Arc<NodeEngine>,
-    coordinator: NodeId,
-    decisions: Vec<(TransferId, Outcome)>,
-) {
+async fn apply_resolved(engine: &Arc<NodeEngine>, coordinator: NodeId, decisions: Vec<Verdict>) {
     if decisions.is_empty() {
         return;
     }
     let applied = apply_decisions(engine, coordinator, &decisions).await;
     match applied {
         Ok(applied) => {
-            for (id, outcome) in decisions {
+            for (id, outcome, _) in decisions {
                 if applied.contains(&id) {
                     tracing::info!(transaction = %id, coordinator, ?outcome, "in-doubt transaction resolved");
                 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engine::model::{NodeId, Outcome, TransferId};
+use engine::model::{NodeId, TransferId};
 use engine::tables::RocksTables;
 use engine::wal::WalError;
 use engine::{
@@ -188,7 +188,8 @@ impl WireError for ReadError {
         match self {
             ReadError::UnknownAccount(_) => ErrorCode::UnknownAccount,
             ReadError::InvalidPageSize => ErrorCode::InvalidArgument,
-            ReadError::LockConflict { .. } => ErrorCode::LockConflict,
+            // Transient: a read at a later timestamp succeeds.
+            ReadError::TooOld { .. } => ErrorCode::Timeout,
             ReadError::Storage(_) => ErrorCode::Internal,
         }
     }
@@ -198,11 +199,11 @@ impl WireError for ReadError {
 pub(crate) async fn apply_decisions(
     engine: &Arc<NodeEngine>,
     coordinator: NodeId,
-    decisions: &[(TransferId, Outcome)],
+    decisions: &[engine::coordinator::Verdict],
 ) -> Result<Vec<TransferId>, StorageError> {
     let results = durably(engine, engine.decide_from_logged(coordinator, decisions)).await?;
     let mut applied = Vec::with_capacity(decisions.len());
-    for ((id, _), result) in decisions.iter().zip(results) {
+    for ((id, _, _), result) in decisions.iter().zip(results) {
         match result {
             Ok(()) => applied.push(*id),
             Err(error) => {

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use engine::coordinator::Verdict;
 use engine::coordinator::{Asker, Refusal, Transfer, TransferRequest};
 use engine::model::{
     AccountId, HistoryKind, MovementId, MovementKind, MovementOutcome, NodeId, Outcome,
@@ -15,13 +16,13 @@ use engine::model::{
 };
 use engine::tables::Tables;
 use engine::wal::{FileStorage, Wal};
-use engine::{PrepareRequest, ReadError, StorageError, TransferStatus, Vote};
+use engine::{PrepareRequest, StorageError, TransferStatus, Vote};
 use net::{
     AccountCreated, Acks, Audit, AuditReport, Balance, Balances, ClusterStatus, CreateAccount,
     DecisionBatch, DecisionInquiry, Deposit, Deposited, ErrorCode, ErrorResponse, GetBalance,
     GetBalances, GetHistory, GetTransferStatus, Handler, Heartbeat, HeartbeatReply, History,
     InquiryAnswer, Message, NodeStatus, PrepareBatch, RaftMessages, RaftMessagesReceived,
-    SnapshotRelease, SnapshotReleased, TransferState, VoteEntry, Votes, Withdraw, Withdrawn,
+    TransferState, VoteEntry, Votes, Withdraw, Withdrawn,
 };
 
 use crate::convert::{op_from_wire, outcome_from_wire, outcome_to_wire, reason_to_wire};
@@ -34,7 +35,7 @@ use crate::peers::PeerError;
 use crate::replication::Replication;
 use crate::router::Router;
 use crate::shard::{Serving, ShardServer};
-use crate::snapshot::{self, READ_LOCK_WAIT};
+use crate::snapshot;
 use client::config::ClusterConfig;
 
 /// Time the replication driver gets to report its groups for `GetClusterStatus`; the client
@@ -216,9 +217,10 @@ impl Node {
                             InquiryAnswer {
                                 decisions: decisions
                                     .into_iter()
-                                    .map(|(txid, outcome)| net::DecisionEntry {
+                                    .map(|(txid, outcome, commit_ts)| net::DecisionEntry {
                                         txid,
                                         outcome: outcome_to_wire(outcome),
+                                        commit_ts,
                                     })
                                     .collect(),
                             }
@@ -240,18 +242,12 @@ impl Node {
                 }
                 .into())
             }
-            Message::SnapshotLock(request) => match self.shards.get(&request.shard) {
-                Some(server) => snapshot::lock_shard(self, server, request).await,
+            Message::SnapshotRead(request) => match self.shards.get(&request.shard) {
+                Some(_) => snapshot::read_shard(self, request).await,
                 None => Err(ErrorResponse::wrong_node(
                     self.router.leader_of(request.shard),
                 )),
             },
-            Message::SnapshotRelease(SnapshotRelease { snapshot_id, shard }) => {
-                if let Some(server) = self.shards.get(&shard) {
-                    snapshot::release_shard(server, snapshot_id);
-                }
-                Ok(SnapshotReleased {}.into())
-            }
             other => Err(ErrorResponse::new(
                 ErrorCode::MalformedFrame,
                 format!("{:?} is not a request", other.kind()),
@@ -412,17 +408,15 @@ impl Node {
     }
 
     async fn balance(&self, account: AccountId) -> Result<Message, ErrorResponse> {
-        let serving = self.serving_current(self.config.shard_of(account)).await?;
-        // Under a shared lock: a transfer whose outcome a client has heard may still be applying
-        // here (a credit waits for its COMMIT); the read waits for it rather than miss it.
+        let shard = self.config.shard_of(account);
+        let serving = self.serving_current(shard).await?;
+        // A transfer whose outcome a client has heard may still be applying here (a credit
+        // waits for its COMMIT): the read waits for the changes that held the account when it
+        // arrived, without locking anything itself, and then reads the latest balance.
         let engine = serving.engine.clone();
-        let balance = blocking(move || {
-            let (owner, balances) = engine.lock_and_read(&[account], READ_LOCK_WAIT)?;
-            engine.release_locks(owner);
-            Ok::<_, ReadError>(balances[0])
-        })
-        .await
-        .map_err(engine_error)?;
+        let fence = engine.read_fence(None);
+        snapshot::wait_for_fence(&engine, &fence, Some(&[account]), shard).await?;
+        let balance = engine.balance(account).map_err(engine_error)?;
         Ok(Balance { account, balance }.into())
     }
 
@@ -573,17 +567,25 @@ impl Node {
                 },
             })
             .collect();
-        Ok(Votes { votes }.into())
+        // Read after every lock of the batch was taken: the commits come later (engine::clock).
+        let clock = engine.clock_now();
+        Ok(Votes { votes, clock }.into())
     }
 
     /// Participant: phase two for a batch; acknowledges each decision once applied.
     async fn decide(&self, batch: DecisionBatch) -> Result<Message, ErrorResponse> {
         let serving = self.serving(batch.shard)?;
         failpoint::hit(points::PARTICIPANT_BEFORE_DECISION);
-        let decisions: Vec<(TransferId, Outcome)> = batch
+        let decisions: Vec<Verdict> = batch
             .decisions
             .iter()
-            .map(|entry| (entry.txid, outcome_from_wire(entry.outcome)))
+            .map(|entry| {
+                (
+                    entry.txid,
+                    outcome_from_wire(entry.outcome),
+                    entry.commit_ts,
+                )
+            })
             .collect();
         let txids = apply_decisions(&serving.engine, batch.coordinator, &decisions)
             .await

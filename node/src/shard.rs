@@ -4,7 +4,6 @@
 //! The replication driver opens and closes the service as leadership comes and goes; requests
 //! meet either the service or a `NotLeader` answer naming the leader this replica knows.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -17,7 +16,6 @@ use net::ErrorResponse;
 use crate::coordinator::{Coordinator, resolve_in_doubt_loop};
 use crate::engine_calls::{NodeEngine, lock};
 use crate::router::Router;
-use crate::snapshot::Held;
 
 /// A transaction in doubt this long is asked about; decisions normally take milliseconds.
 const IN_DOUBT_GRACE: Duration = Duration::from_secs(1);
@@ -49,8 +47,6 @@ pub(crate) struct ShardServer {
     leader: AtomicU32,
     /// Since when this replica has known no leader (`None` while it knows one).
     leaderless_since: Mutex<Option<Instant>>,
-    /// Consistent cuts holding this shard, until released or their lease ends.
-    pub snapshots: Arc<Mutex<HashMap<u128, Held>>>,
 }
 
 impl ShardServer {
@@ -61,7 +57,6 @@ impl ShardServer {
             serving: RwLock::new(None),
             leader: AtomicU32::new(0),
             leaderless_since: Mutex::new(Some(Instant::now())),
-            snapshots: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -149,7 +144,7 @@ impl ShardServer {
         Ok(())
     }
 
-    /// This replica stopped leading: stop serving. Snapshots held here end with the engine.
+    /// This replica stopped leading: stop serving.
     pub fn close(&self) {
         let serving = self
             .serving
@@ -157,7 +152,6 @@ impl ShardServer {
             .expect("a thread panicked holding the serving lock")
             .take();
         if serving.is_some() {
-            lock(&self.snapshots).clear();
             tracing::info!(shard = self.shard, "stopped serving");
         }
     }

@@ -1,67 +1,66 @@
-//! Consistent cuts across shards: a multi-account read (shared locks on the accounts of each
-//! shard, taken by its leader) or an audit (each leader refuses new prepares until its prepared
-//! transactions are decided, then reads its totals). `SnapshotLock` on every shard of the cut,
-//! then `SnapshotRelease` on each, whatever happened.
+//! Consistent reads across shards without locks: a multi-account read or the audit, read at one
+//! timestamp on every shard it touches (`engine::clock` has the protocol and why it is a
+//! consistent cut).
+//!
+//! Two rounds of `SnapshotRead`, to every shard's leader at once. The first waits until the
+//! changes holding the read's accounts when it arrived are applied, and answers the leader's
+//! clock: by then at least the timestamp of every change it applied, so reading at the latest of
+//! those clocks sees every transfer that finished before the read began (the read is
+//! linearizable, not only consistent). The second reads at that timestamp. Neither takes a lock:
+//! transfers meeting a read go on as if it were not there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::model::AccountId;
-use engine::{ReadLocks, ShardAudit};
-use net::{
-    Balance, ErrorCode, ErrorResponse, Message, NodeAudit, SnapshotLock, SnapshotLocked,
-    SnapshotRelease,
-};
+use engine::{ReadFence, ShardAudit};
+use net::{Balance, ErrorCode, ErrorResponse, Message, NodeAudit, SnapshotPart, SnapshotRead};
 
-use crate::engine_calls::{NodeEngine, blocking, engine_error, lock};
+use crate::engine_calls::{NodeEngine, blocking, engine_error};
 use crate::node::{Node, peer_error};
-use crate::shard::ShardServer;
 
-/// How long a multi-account read waits for the shared locks of one shard's accounts.
-pub(crate) const READ_LOCK_WAIT: Duration = Duration::from_millis(50);
-/// How long an audit waits for a shard's prepared transactions to be decided. Well below the
-/// peer timeout, so that a shard that cannot drain says so before its caller gives up on it.
-const AUDIT_DRAIN_WAIT: Duration = Duration::from_secs(1);
-/// A snapshot's state is dropped after this long even if its release never comes.
-const SNAPSHOT_LEASE: Duration = Duration::from_secs(5);
-/// Attempts of a consistent read that meets lock conflicts before it gives up.
-const SNAPSHOT_ATTEMPTS_MAX: u32 = 8;
+/// How long a read waits for the changes that held its accounts when it arrived. Well below the
+/// peer timeout, so that a shard that cannot settle (a coordinator of its prepared transactions
+/// is down) says so before its caller gives up on it.
+const READ_WAIT: Duration = Duration::from_secs(1);
+/// Attempts of a consistent read whose timestamp a shard no longer keeps (its leader changed
+/// between the two rounds) before it gives up.
+const SNAPSHOT_ATTEMPTS_MAX: u32 = 4;
 
-/// What a shard holds for one snapshot until it is released.
-enum SnapshotHold {
-    /// Shared locks.
-    Locks(ReadLocks),
-    /// Prepares are closed.
-    Gate,
-}
-
-/// A snapshot's hold, the engine holding it, and the task that ends it when its lease runs out.
-pub(crate) struct Held {
-    hold: SnapshotHold,
-    engine: Arc<NodeEngine>,
-    lease: Option<tokio::task::AbortHandle>,
-}
-
-impl Held {
-    fn release(self) {
-        if let Some(lease) = self.lease {
-            lease.abort();
+/// Waits until every change that held one of `accounts` (`None`: any account) when `fence` was
+/// taken is applied, at most `READ_WAIT`.
+pub(crate) async fn wait_for_fence(
+    engine: &NodeEngine,
+    fence: &ReadFence,
+    accounts: Option<&[AccountId]>,
+    shard: u32,
+) -> Result<(), ErrorResponse> {
+    let deadline = Instant::now() + READ_WAIT;
+    let mut pause = Duration::from_micros(200);
+    while !engine.fence_settled(fence, accounts) {
+        if Instant::now() >= deadline {
+            return Err(ErrorResponse::new(
+                ErrorCode::Timeout,
+                format!(
+                    "shard {shard}: changes locked before the read are still undecided after {} ms \
+                     (a coordinator may be down); no consistent read",
+                    READ_WAIT.as_millis()
+                ),
+            ));
         }
-        match self.hold {
-            SnapshotHold::Locks(owner) => self.engine.release_locks(owner),
-            SnapshotHold::Gate => self.engine.open_prepares(),
-        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(5));
     }
+    Ok(())
 }
 
-/// One shard's part of a snapshot (see `SnapshotLock` in docs/protocol.md), on its leader.
-pub(crate) async fn lock_shard(
+/// One shard's part of a read (see `SnapshotRead` in docs/protocol.md), on its leader.
+pub(crate) async fn read_shard(
     node: &Node,
-    server: &ShardServer,
-    request: SnapshotLock,
+    request: SnapshotRead,
 ) -> Result<Message, ErrorResponse> {
-    let shard = server.shard;
+    let shard = request.shard;
     let serving = node.serving_current(shard).await?;
     for account in &request.accounts {
         if node.config.shard_of(*account) != shard {
@@ -71,54 +70,35 @@ pub(crate) async fn lock_shard(
             ));
         }
     }
-    let lease = Duration::from_millis(u64::from(request.lease_ms)).min(SNAPSHOT_LEASE);
-    let id = request.snapshot_id;
     let engine = serving.engine.clone();
-    let (hold, balances, audit) = if request.whole_shard {
-        engine.close_prepares();
-        lock(&server.snapshots).insert(
-            id,
-            Held {
-                hold: SnapshotHold::Gate,
-                engine: engine.clone(),
-                lease: None,
-            },
-        );
-        let deadline = Instant::now() + AUDIT_DRAIN_WAIT.min(lease);
-        while engine.undecided_count() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+    let at = (request.at != 0).then_some(request.at);
+    let fence = engine.read_fence(at);
+    let accounts = (!request.whole_shard).then_some(request.accounts.as_slice());
+    wait_for_fence(&engine, &fence, accounts, shard).await?;
+    let Some(at) = at else {
+        return Ok(SnapshotPart {
+            balances: Vec::new(),
+            audit: None,
+            clock: engine.clock_now(),
         }
-        let undecided = engine.undecided_count();
-        if undecided > 0 {
-            release_shard(server, id);
-            return Err(ErrorResponse::new(
-                ErrorCode::Timeout,
-                format!(
-                    "shard {shard}: {undecided} prepared transactions still undecided after {} ms (a coordinator may be down); no consistent cut",
-                    AUDIT_DRAIN_WAIT.as_millis()
-                ),
-            ));
-        }
-        let audited = engine.clone();
-        let audit = match blocking(move || audited.audit()).await {
-            Ok(audit) => audit,
-            Err(error) => {
-                release_shard(server, id);
-                return Err(engine_error(error));
-            }
-        };
-        (
-            SnapshotHold::Gate,
-            Vec::new(),
-            Some(node_audit(node.id, shard, &audit)),
-        )
-    } else {
-        let accounts = request.accounts.clone();
+        .into());
+    };
+    let reader = engine.clone();
+    let accounts = request.accounts.clone();
+    let balances = blocking(move || reader.balances_at(&accounts, at))
+        .await
+        .map_err(engine_error)?;
+    let audit = if request.whole_shard {
         let reader = engine.clone();
-        let (owner, balances) = blocking(move || reader.lock_and_read(&accounts, READ_LOCK_WAIT))
+        let audit = blocking(move || reader.audit_at(at))
             .await
             .map_err(engine_error)?;
-        let balances = request
+        Some(node_audit(node.id, shard, &audit))
+    } else {
+        None
+    };
+    Ok(SnapshotPart {
+        balances: request
             .accounts
             .iter()
             .zip(balances)
@@ -126,69 +106,19 @@ pub(crate) async fn lock_shard(
                 account: *account,
                 balance,
             })
-            .collect();
-        (SnapshotHold::Locks(owner), balances, None)
-    };
-    let snapshots = server.snapshots.clone();
-    let expiry = tokio::spawn(async move {
-        tokio::time::sleep(lease).await;
-        let held = lock(&snapshots).remove(&id);
-        if let Some(held) = held {
-            tracing::warn!(snapshot = id, "snapshot lease expired before its release");
-            held.release();
-        }
-    });
-    {
-        let mut snapshots = lock(&server.snapshots);
-        let gate_released = matches!(hold, SnapshotHold::Gate) && !snapshots.contains_key(&id);
-        if gate_released {
-            // Released while draining: nothing is held any more.
-            expiry.abort();
-        } else {
-            snapshots.insert(
-                id,
-                Held {
-                    hold,
-                    engine,
-                    lease: Some(expiry.abort_handle()),
-                },
-            );
-        }
+            .collect(),
+        audit,
+        clock: engine.clock_now(),
     }
-    Ok(SnapshotLocked { balances, audit }.into())
+    .into())
 }
 
-/// Ends a snapshot's hold on a shard (unknown or expired ids are fine).
-pub(crate) fn release_shard(server: &ShardServer, id: u128) {
-    let held = lock(&server.snapshots).remove(&id);
-    if let Some(held) = held {
-        held.release();
-    }
-}
-
-/// One consistent cut over several shards. It runs as a task of its own: a request dropped
-/// halfway (its client closed the connection) still releases what it locked as soon as it can,
-/// instead of leaving the locks to their lease while every transfer touching those accounts
-/// aborts.
+/// One consistent read over several shards (every shard when `whole_cluster`: the audit).
 pub(crate) async fn take(
     node: &Arc<Node>,
     accounts: &[AccountId],
     whole_cluster: bool,
-) -> Result<Vec<SnapshotLocked>, ErrorResponse> {
-    let node = node.clone();
-    let accounts = accounts.to_vec();
-    let cut = tokio::spawn(async move { take_cut(&node, &accounts, whole_cluster).await });
-    match cut.await {
-        Ok(result) => result,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
-    }
-}
-
-async fn take_cut(
-    node: &Arc<Node>,
-    accounts: &[AccountId],
-    whole_cluster: bool,
-) -> Result<Vec<SnapshotLocked>, ErrorResponse> {
+) -> Result<Vec<SnapshotPart>, ErrorResponse> {
     let mut per_shard: BTreeMap<u32, Vec<AccountId>> = BTreeMap::new();
     if whole_cluster {
         for shard in 0..node.config.shard_count {
@@ -205,104 +135,89 @@ async fn take_cut(
     loop {
         attempt += 1;
         let snapshot_id: u128 = rand::random();
-        let mut calls = tokio::task::JoinSet::new();
-        for (shard, accounts) in &per_shard {
-            let request = SnapshotLock {
-                snapshot_id,
-                shard: *shard,
-                accounts: accounts.clone(),
-                whole_shard: whole_cluster,
-                lease_ms: SNAPSHOT_LEASE.as_millis() as u32,
-            };
-            let shard = *shard;
-            let node = node.clone();
-            calls.spawn(async move { (shard, lock_part(&node, request).await) });
-        }
-        let mut parts = BTreeMap::new();
-        let mut failure = None;
-        while let Some(joined) = calls.join_next().await {
-            let (shard, answer) = joined.expect("snapshot call panicked");
-            match answer {
-                Ok(part) => {
-                    parts.insert(shard, part);
-                }
-                Err(error) => failure = Some(error),
-            }
-        }
-        let mut releases = tokio::task::JoinSet::new();
-        for shard in per_shard.keys() {
-            releases.spawn(release_part(node.clone(), *shard, snapshot_id));
-        }
-        while releases.join_next().await.is_some() {}
-        match failure {
-            None => return Ok(parts.into_values().collect()),
-            Some(error)
-                if error.code == ErrorCode::LockConflict && attempt < SNAPSHOT_ATTEMPTS_MAX =>
-            {
-                let backoff = rand::random_range(1..=(1u64 << attempt.min(6)));
-                tokio::time::sleep(Duration::from_millis(backoff)).await;
-            }
-            Some(error) => return Err(error),
+        let first = round(node, &per_shard, snapshot_id, whole_cluster, 0).await?;
+        let at = first
+            .values()
+            .map(|part| part.clock)
+            .max()
+            .expect("a read touches at least one shard");
+        match round(node, &per_shard, snapshot_id, whole_cluster, at).await {
+            Ok(parts) => return Ok(parts.into_values().collect()),
+            // A shard whose leader changed between the rounds keeps only later timestamps.
+            Err(error)
+                if error.code == ErrorCode::Timeout
+                    && error.message.contains("older than this shard keeps")
+                    && attempt < SNAPSHOT_ATTEMPTS_MAX => {}
+            Err(error) => return Err(error),
         }
     }
 }
 
-/// One shard's part of a snapshot: in place when this node serves it, else from its leader.
-async fn lock_part(
+/// One round of `SnapshotRead` to every shard at once.
+async fn round(
     node: &Arc<Node>,
-    request: SnapshotLock,
-) -> Result<SnapshotLocked, ErrorResponse> {
+    per_shard: &BTreeMap<u32, Vec<AccountId>>,
+    snapshot_id: u128,
+    whole_shard: bool,
+    at: u64,
+) -> Result<BTreeMap<u32, SnapshotPart>, ErrorResponse> {
+    let mut calls = tokio::task::JoinSet::new();
+    for (shard, accounts) in per_shard {
+        let request = SnapshotRead {
+            snapshot_id,
+            shard: *shard,
+            accounts: accounts.clone(),
+            whole_shard,
+            at,
+        };
+        let shard = *shard;
+        let node = node.clone();
+        calls.spawn(async move { (shard, read_part(&node, request).await) });
+    }
+    let mut parts = BTreeMap::new();
+    let mut failure = None;
+    while let Some(joined) = calls.join_next().await {
+        let (shard, answer) = joined.expect("snapshot call panicked");
+        match answer {
+            Ok(part) => {
+                parts.insert(shard, part);
+            }
+            Err(error) => failure = Some(error),
+        }
+    }
+    match failure {
+        None => Ok(parts),
+        Some(error) => Err(error),
+    }
+}
+
+/// One shard's part of a read: in place when this node serves it, else from its leader.
+async fn read_part(node: &Arc<Node>, request: SnapshotRead) -> Result<SnapshotPart, ErrorResponse> {
     let shard = request.shard;
     let local = node
         .shards
         .get(&shard)
-        .filter(|server| server.serving().is_some());
-    let answer = match local {
-        Some(server) => lock_shard(node, server, request).await?,
-        // Not idempotent: a lock taken twice is held until its lease.
-        None => node
-            .router
-            .call(shard, request, false)
+        .is_some_and(|server| server.serving().is_some());
+    let answer = if local {
+        read_shard(node, request).await?
+    } else {
+        // Idempotent: a read changes nothing.
+        node.router
+            .call(shard, request, true)
             .await
-            .map_err(|error| peer_error(&error))?,
+            .map_err(|error| peer_error(&error))?
     };
     match answer {
-        Message::SnapshotLocked(part) => Ok(part),
+        Message::SnapshotPart(part) => Ok(part),
         Message::ErrorResponse(error) => Err(error),
         other => Err(ErrorResponse::new(
             ErrorCode::Internal,
-            format!("shard {shard} answered a snapshot with {:?}", other.kind()),
+            format!(
+                "shard {shard} answered a snapshot read with {:?}",
+                other.kind()
+            ),
         )),
     }
-}
-
-/// Releases one shard's part of a snapshot. A release that does not get through (the leader is
-/// partitioned away or paused, and may hold the locks) is sent again in the background, with
-/// backoff, until it does or the lease has ended it anyway.
-async fn release_part(node: Arc<Node>, shard: u32, snapshot_id: u128) {
-    if let Some(server) = node.shards.get(&shard) {
-        release_shard(server, snapshot_id);
-        if server.serving().is_some() {
-            return;
-        }
-    }
-    let release = SnapshotRelease { snapshot_id, shard };
-    let lease_end = Instant::now() + SNAPSHOT_LEASE;
-    let Err(error) = node.router.call(shard, release.clone(), true).await else {
-        return;
-    };
-    tracing::info!(shard, %error, "snapshot release not delivered; sending it again");
-    tokio::spawn(async move {
-        let mut pause = Duration::from_millis(50);
-        while Instant::now() + pause < lease_end {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
-            if node.router.call(shard, release.clone(), true).await.is_ok() {
-                return;
-            }
-        }
-        tracing::warn!(shard, "snapshot release not delivered; its lease ends it");
-    });
 }
 
 fn node_audit(node: u32, shard: u32, audit: &ShardAudit) -> NodeAudit {

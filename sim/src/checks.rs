@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use engine::coordinator::{ClientToken, Effect, TransferRequest};
 use engine::model::{AccountId, MovementKind, MovementOutcome, NodeId, Outcome, TransferId};
 use engine::tables::Tables as _;
 use engine::{ReadError, TransferStatus};
+use rand::Rng as _;
 
 use crate::client::Cash;
 use crate::{INITIAL_BALANCE, SimEngine, Simulation};
@@ -30,63 +30,53 @@ impl Simulation {
             .collect()
     }
 
-    /// A consistent read of every account, taken at one instant with shared locks on every
-    /// account at every shard's leader (refused while any transfer is between its first and
-    /// last change: a prepared transaction holds its locks until its decision is applied). The
-    /// total must be what was deposited, and no balance may exceed it.
+    /// A consistent read of every account at one timestamp, without locks: each shard's leader
+    /// reads at the latest of their clocks, or up to 100 ms of timestamps before it (so that the
+    /// changes applied since are taken back), once the changes that held locks on its accounts
+    /// when the read arrived are applied (refused while any is not: a node would wait). The
+    /// total must be what was deposited minus what was withdrawn by the shards' totals at the
+    /// same timestamp, every cross-shard commit must be seen on both sides (credits equal
+    /// debits), no balance may exceed the total, and the previous read, taken again at its
+    /// timestamp, must find exactly what it found.
     pub(crate) fn consistent_read(&mut self) -> Result<(), String> {
+        let lookback = self.random.random_range(0..=100_000);
+        let previous = self.last_read.take();
         let Some(engines) = self.serving_engines() else {
             return Ok(());
         };
-        let mut held = Vec::new();
-        let mut balances = Vec::new();
-        let mut refused = false;
-        for (shard, node, engine) in &engines {
-            let accounts: Vec<AccountId> = (1..=self.scenario.accounts)
-                .filter(|account| self.shard_of(*account) == *shard)
-                .collect();
-            match engine.lock_and_read(&accounts, Duration::ZERO) {
-                Ok((locks, read)) => {
-                    held.push((*engine, locks));
-                    balances.extend(accounts.into_iter().zip(read));
-                }
-                Err(ReadError::LockConflict { .. }) => {
-                    refused = true;
-                    break;
-                }
-                Err(error) => {
-                    return Err(format!(
-                        "shard {shard} (node {node}): consistent read: {error}"
-                    ));
-                }
-            }
+        let latest = engines
+            .iter()
+            .map(|(_, _, engine)| engine.clock_now())
+            .max()
+            .expect("at least one shard");
+        let at = latest - lookback;
+        let mut reads = vec![(at, Vec::new())];
+        reads.extend(previous);
+        let mut results = Vec::new();
+        for (at, _) in &reads {
+            results.push(self.read_at(&engines, *at)?);
         }
-        for (engine, locks) in held {
-            engine.release_locks(locks);
+        if let (Some(Some(again)), Some((at, first))) = (results.get(1), reads.get(1))
+            && again.0 != *first
+        {
+            return Err(format!(
+                "a read at timestamp {at} found {first:?}, and taken again later {:?}",
+                again.0
+            ));
         }
-        if refused {
+        drop(engines);
+        let Some(Some((balances, total))) = results.into_iter().next() else {
             self.stats.reads_refused += 1;
             return Ok(());
-        }
-        // What came in minus what went out, by the shards' own totals at this same instant.
-        let mut total: u128 = 0;
-        let mut withdrawn: u128 = 0;
-        for (shard, node, engine) in &engines {
-            let audit = engine
-                .audit()
-                .map_err(|error| format!("shard {shard} (node {node}): audit: {error}"))?;
-            total += audit.totals.deposited;
-            withdrawn += audit.totals.withdrawn;
-        }
+        };
         self.stats.consistent_reads += 1;
-        let total = total - withdrawn;
         let sum: u128 = balances
             .iter()
             .map(|(_, balance)| u128::from(*balance))
             .sum();
         if sum != total {
             return Err(format!(
-                "consistent read during the run: balances sum to {sum}, deposits to {total}: {balances:?}"
+                "consistent read at {at}: balances sum to {sum}, deposits less withdrawals to {total}: {balances:?}"
             ));
         }
         if let Some((account, balance)) = balances
@@ -94,10 +84,61 @@ impl Simulation {
             .find(|(_, balance)| u128::from(*balance) > total)
         {
             return Err(format!(
-                "consistent read: account {account} holds {balance}, more than all the money"
+                "consistent read at {at}: account {account} holds {balance}, more than all the money"
             ));
         }
+        self.last_read = Some((at, balances));
         Ok(())
+    }
+
+    /// Every account and the deposits less withdrawals at timestamp `at`; `None` where a node
+    /// would wait (a change locked before the read is not applied) or the timestamp is older
+    /// than a leader keeps.
+    #[allow(clippy::type_complexity)]
+    fn read_at(
+        &self,
+        engines: &[(u32, NodeId, &SimEngine)],
+        at: u64,
+    ) -> Result<Option<(Vec<(AccountId, u64)>, u128)>, String> {
+        let mut balances = Vec::new();
+        let (mut came_in, mut went_out, mut credited, mut debited) = (0u128, 0u128, 0u128, 0u128);
+        for (shard, node, engine) in engines {
+            let accounts: Vec<AccountId> = (1..=self.scenario.accounts)
+                .filter(|account| self.shard_of(*account) == *shard)
+                .collect();
+            let fence = engine.read_fence(Some(at));
+            if !engine.fence_settled(&fence, None) {
+                return Ok(None);
+            }
+            let read = match engine.balances_at(&accounts, at) {
+                Ok(read) => read,
+                Err(ReadError::TooOld { .. }) => return Ok(None),
+                Err(error) => {
+                    return Err(format!(
+                        "shard {shard} (node {node}): read at {at}: {error}"
+                    ));
+                }
+            };
+            balances.extend(accounts.into_iter().zip(read));
+            let audit = engine
+                .audit_at(at)
+                .map_err(|error| format!("shard {shard} (node {node}): audit at {at}: {error}"))?;
+            if !audit.is_balanced() {
+                return Err(format!(
+                    "shard {shard} (node {node}): its books at {at} do not balance: {audit:?}"
+                ));
+            }
+            came_in += audit.totals.deposited;
+            went_out += audit.totals.withdrawn;
+            credited += audit.totals.credited_by_transactions;
+            debited += audit.totals.debited_by_transactions;
+        }
+        if credited != debited {
+            return Err(format!(
+                "read at {at}: the shards received {credited} by cross-shard commits and sent {debited}: a commit seen on one side only"
+            ));
+        }
+        Ok(Some((balances, came_in - went_out)))
     }
 
     /// Every client answered; every shard served by one leader whose coordinator and engine

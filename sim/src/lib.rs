@@ -36,14 +36,15 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use engine::Vote;
 use engine::coordinator::{
     Answer, BatchId, Coordinator, CoordinatorLimits, DeliveryId, PrepareEntry, Time,
-    TransferRequest,
+    TransferRequest, Verdict,
 };
-use engine::model::{AccountId, Amount, MovementId, MovementOutcome, NodeId, Outcome, TransferId};
+use engine::model::{AccountId, Amount, MovementId, MovementOutcome, NodeId, TransferId};
 use engine::tables::{MemoryTables, Tables};
 use engine::testing::{single_threaded_engine_options, small_segment_wal_options};
 use engine::wal::{CrashMode, Lsn, Wal, WalOptions};
@@ -202,6 +203,9 @@ pub enum Mutation {
     /// The driver sends what Raft says must wait for the WAL (votes, append acknowledgements)
     /// before the WAL's sync completes: a crash then loses what the others were told is durable.
     AcknowledgeBeforeSync,
+    /// A participant applies a commit at its own clock's timestamp instead of the one the
+    /// decision carries: a read at a timestamp between the two sees the commit on one side only.
+    CommitAtOwnClock,
 }
 
 /// One shard's service on one node, for messages answering it: a new leadership (a new epoch)
@@ -240,13 +244,15 @@ enum Message {
         from_shard: u32,
         batch: BatchId,
         votes: Vec<(TransferId, Vote)>,
+        /// The voter's clock after it took the batch's locks.
+        clock: u64,
     },
     /// To shard `shard`'s leader.
     Decisions {
         shard: u32,
         from: Party,
         delivery: DeliveryId,
-        decisions: Vec<(TransferId, Outcome)>,
+        decisions: Vec<Verdict>,
     },
     Acks {
         to: Party,
@@ -262,7 +268,7 @@ enum Message {
     InquiryAnswer {
         to: Party,
         from_shard: u32,
-        decisions: Vec<(TransferId, Outcome)>,
+        decisions: Vec<Verdict>,
     },
     /// A replica that does not serve `shard` refuses a message for it, naming the leader it
     /// knows.
@@ -429,6 +435,9 @@ struct GroupRecord {
     checked: BTreeMap<NodeId, u64>,
 }
 
+/// Where the simulated nodes' clocks start: 2026-01-01 in microseconds since the Unix epoch.
+const SIM_EPOCH_MICROS: u64 = 1_767_225_600_000_000;
+
 /// One simulated cluster.
 pub struct Simulation {
     pub seed: u64,
@@ -460,6 +469,10 @@ pub struct Simulation {
     setup_left: usize,
     setup_failure: Option<String>,
     trace: VecDeque<String>,
+    /// The timestamp and balances of the last consistent read, taken again at the next.
+    last_read: Option<(u64, Vec<(AccountId, u64)>)>,
+    /// Simulated time in microseconds, which the nodes' clocks read.
+    micros: Arc<AtomicU64>,
     pub stats: Stats,
 }
 
@@ -531,6 +544,8 @@ impl Simulation {
             setup_left: 0,
             setup_failure: None,
             trace: VecDeque::new(),
+            last_read: None,
+            micros: Arc::new(AtomicU64::new(0)),
             stats: Stats::default(),
             scenario,
         };
@@ -679,6 +694,8 @@ impl Simulation {
             ));
         };
         self.now = time;
+        self.micros
+            .store(time.elapsed().as_micros() as u64, Ordering::Relaxed);
         let event = self.events.remove(&index).expect("queued");
         self.stats.events += 1;
         self.handle(event)
@@ -937,6 +954,13 @@ impl Simulation {
             .map(|(shard, tables)| (*shard, tables.clone()))
             .collect();
         let mut replicas = BTreeMap::new();
+        // The node's clock: simulated time from a recent epoch, off by up to 50 ms (nodes'
+        // physical clocks disagree), started afresh like a process's.
+        let skew = self.random.random_range(0..=50_000u64);
+        let micros = self.micros.clone();
+        let clock = Arc::new(engine::clock::Hlc::with_physical(move || {
+            SIM_EPOCH_MICROS + skew + micros.load(Ordering::Relaxed)
+        }));
         for (shard, tables) in shards {
             let mut group = recovered.remove(&shard);
             if self.mutation == Mutation::ForgetVoteOnRestart
@@ -950,7 +974,12 @@ impl Simulation {
                 election_ticks_min: election,
                 election_ticks_max: election + 1,
                 heartbeat_ticks: 2,
-                engine: single_threaded_engine_options(),
+                engine: engine::EngineOptions {
+                    clock: clock.clone(),
+                    // Long enough for a read to be taken again at the next check.
+                    versions_window: Duration::from_secs(60),
+                    ..single_threaded_engine_options()
+                },
                 ..GroupOptions::default()
             };
             let voters: Vec<u64> = self.replicas_of(shard).into_iter().map(u64::from).collect();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use engine::coordinator::{
     Asker, BatchId, ClientToken, Coordinator, DeliveryId, Effect, InquiryToken, LogId, Refusal,
-    Time, VoteFailure,
+    Time, Verdict, VoteFailure,
 };
 use engine::model::{NodeId, Outcome, TransferId};
 use engine::wal::WalError;
@@ -49,7 +49,7 @@ pub(crate) enum Pending {
     Decide {
         ack: Option<(Party, DeliveryId)>,
         coordinator: u32,
-        decisions: Vec<(TransferId, Outcome)>,
+        decisions: Vec<Verdict>,
         logged: Logged<Vec<Result<(), Disagreement>>>,
     },
     Local {
@@ -176,8 +176,9 @@ impl Simulation {
                     from_shard,
                     batch,
                     votes,
+                    clock,
                     ..
-                } => serving.core.votes(batch, from_shard, Ok(votes)),
+                } => serving.core.votes(batch, from_shard, Ok((votes, clock))),
                 Message::Acks { delivery, ids, .. } => {
                     if serving.deliveries.remove(&delivery).is_some() {
                         serving.core.delivered(delivery, ids);
@@ -367,9 +368,10 @@ impl Simulation {
         node: NodeId,
         shard: u32,
         coordinator: u32,
-        decisions: Vec<(TransferId, Outcome)>,
+        decisions: Vec<Verdict>,
         ack: Option<(Party, DeliveryId)>,
     ) -> Result<(), String> {
+        let mutation = self.mutation;
         let Some(serving) = self.serving_mut(node, shard) else {
             return Ok(());
         };
@@ -384,6 +386,12 @@ impl Simulation {
                 self.send(me, Self::party_address(to), acks);
             }
             return Ok(());
+        }
+        let mut decisions = decisions;
+        if mutation == Mutation::CommitAtOwnClock {
+            for (_, _, commit_ts) in &mut decisions {
+                *commit_ts = serving.engine.clock_now();
+            }
         }
         if let Ok(logged) = serving.engine.decide_from_logged(coordinator, &decisions) {
             serving.pending.push(Pending::Decide {
@@ -451,6 +459,7 @@ impl Simulation {
                         from_shard: shard,
                         batch,
                         votes: ids.into_iter().zip(votes).collect(),
+                        clock: engine.clock_now(),
                     };
                     self.send(me, Self::party_address(to), votes);
                 }
@@ -458,7 +467,7 @@ impl Simulation {
             Pending::LocalVotes { batch, ids, logged } => {
                 let votes = engine
                     .finish(logged)
-                    .map(|votes| ids.into_iter().zip(votes).collect())
+                    .map(|votes| (ids.into_iter().zip(votes).collect(), engine.clock_now()))
                     .map_err(|error| VoteFailure::Storage(Arc::new(error)));
                 serving.core.votes(batch, shard, votes);
             }
@@ -472,7 +481,7 @@ impl Simulation {
                     return Ok(());
                 };
                 let mut applied = Vec::new();
-                for ((id, outcome), result) in decisions.iter().zip(results) {
+                for ((id, outcome, _), result) in decisions.iter().zip(results) {
                     match result {
                         Ok(()) => applied.push(*id),
                         Err(error) => {
@@ -626,6 +635,7 @@ impl Simulation {
                 log,
                 mut decisions,
                 mut local,
+                commit_ts,
             } => {
                 if mutation == Mutation::CommitOnNoVote
                     && let Some(position) = decisions.iter().position(|decision| {
@@ -641,7 +651,7 @@ impl Simulation {
                 }
                 match serving
                     .engine
-                    .log_decisions_and_decide_logged(shard, decisions, &local)
+                    .log_decisions_and_decide_logged(shard, decisions, &local, commit_ts)
                 {
                     Ok(logged) => {
                         serving

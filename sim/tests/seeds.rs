@@ -69,6 +69,7 @@ fn deliberate_bugs_are_caught() {
         (Mutation::ForgetUnendedOnRestart, ""),
         (Mutation::ForgetVoteOnRestart, "two leaders in term"),
         (Mutation::AcknowledgeBeforeSync, ""),
+        (Mutation::CommitAtOwnClock, "a commit seen on one side only"),
     ] {
         let caught = (first..first + MUTATION_SEEDS_MAX)
             .find_map(|seed| run_seed_quick(seed, mutation).err().map(|why| (seed, why)));

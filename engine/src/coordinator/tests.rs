@@ -31,6 +31,7 @@ fn decision(id: TransferId, outcome: Outcome, participants: Vec<NodeId>) -> Coor
         outcome,
         participants,
         ended: false,
+        commit_ts: 0,
     }
 }
 
@@ -79,9 +80,9 @@ impl Check {
     /// This node and node 2 both vote yes on transfer `id` of batch `batch`.
     fn both_vote_yes(&mut self, batch: u64, id: TransferId) {
         self.core
-            .votes(BatchId(batch), ME, Ok(vec![(id, Vote::Yes)]));
+            .votes(BatchId(batch), ME, Ok((vec![(id, Vote::Yes)], 0)));
         self.core
-            .votes(BatchId(batch), TWO, Ok(vec![(id, Vote::Yes)]));
+            .votes(BatchId(batch), TWO, Ok((vec![(id, Vote::Yes)], 0)));
     }
 
     fn logged(&mut self, log: LogId) -> Vec<Effect> {
@@ -133,7 +134,7 @@ fn answer(client: u64, id: TransferId, outcome: Outcome) -> Effect {
     }
 }
 
-fn inquiry_answer(token: u64, decisions: Vec<(TransferId, Outcome)>) -> Effect {
+fn inquiry_answer(token: u64, decisions: Vec<Verdict>) -> Effect {
     Effect::AnswerInquiry {
         inquiry: InquiryToken(token),
         decisions,
@@ -162,6 +163,7 @@ fn log_of(effects: &[Effect]) -> (LogId, Vec<CoordinatorDecision>, Vec<(Transfer
                 log,
                 decisions,
                 local,
+                ..
             } => Some((*log, decisions.clone(), local.clone())),
             _ => None,
         })
@@ -182,16 +184,31 @@ fn a_transfer_commits_on_two_yes_votes_and_is_answered_only_once_logged() {
     let effects = check.start(7, request(1, TWO), Known::Nothing);
     assert_eq!(effects, vec![prepare(0, ME, &[1]), prepare(0, TWO, &[1])]);
 
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(0), TWO, Ok((vec![(1, Vote::Yes)], 70)));
     assert_eq!(
         check.ready(),
         vec![],
         "the decision waits for this node's vote"
     );
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(0), ME, Ok((vec![(1, Vote::Yes)], 40)));
     let effects = check.ready();
     let (log, decisions, local) = log_of(&effects);
-    assert_eq!(decisions, vec![decision(1, COMMITTED, vec![TWO])]);
+    // Committed later than every participant's clock when it voted.
+    assert!(matches!(
+        effects[0],
+        Effect::LogDecisions { commit_ts: 71, .. }
+    ));
+    assert_eq!(
+        decisions,
+        vec![CoordinatorDecision {
+            commit_ts: 71,
+            ..decision(1, COMMITTED, vec![TWO])
+        }]
+    );
     assert_eq!(local, vec![(1, COMMITTED)]);
     assert_eq!(effects.len(), 1, "no answer before the decision is durable");
 
@@ -203,7 +220,7 @@ fn a_transfer_commits_on_two_yes_votes_and_is_answered_only_once_logged() {
             Effect::SendDecisions {
                 delivery: DeliveryId(0),
                 participant: TWO,
-                decisions: vec![(1, COMMITTED)],
+                decisions: vec![(1, COMMITTED, 71)],
             },
         ]
     );
@@ -222,9 +239,11 @@ fn a_no_vote_aborts_with_its_reason_and_only_prepared_participants_hear_it() {
     check.core.votes(
         BatchId(0),
         TWO,
-        Ok(vec![(1, Vote::No(AbortReason::UnknownAccount))]),
+        Ok((vec![(1, Vote::No(AbortReason::UnknownAccount))], 0)),
     );
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(0), ME, Ok((vec![(1, Vote::Yes)], 0)));
     let effects = check.ready();
     let (log, decisions, local) = log_of(&effects);
     let outcome = aborted(AbortReason::UnknownAccount);
@@ -235,11 +254,13 @@ fn a_no_vote_aborts_with_its_reason_and_only_prepared_participants_hear_it() {
 
     // This node refused: the participant that voted yes must hear the abort; nothing local.
     check.start(8, request(2, TWO), Known::Nothing);
-    check.core.votes(BatchId(1), TWO, Ok(vec![(2, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(1), TWO, Ok((vec![(2, Vote::Yes)], 0)));
     check.core.votes(
         BatchId(1),
         ME,
-        Ok(vec![(2, Vote::No(AbortReason::InsufficientFunds))]),
+        Ok((vec![(2, Vote::No(AbortReason::InsufficientFunds))], 0)),
     );
     let (_, decisions, local) = log_of(&check.ready());
     let outcome = aborted(AbortReason::InsufficientFunds);
@@ -251,7 +272,9 @@ fn a_no_vote_aborts_with_its_reason_and_only_prepared_participants_hear_it() {
 fn a_silent_participant_may_be_prepared_and_a_refused_one_is_not() {
     let mut check = Check::new();
     check.start(7, request(1, TWO), Known::Nothing);
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(0), ME, Ok((vec![(1, Vote::Yes)], 0)));
     check.core.votes(
         BatchId(0),
         TWO,
@@ -264,7 +287,9 @@ fn a_silent_participant_may_be_prepared_and_a_refused_one_is_not() {
     assert_eq!(decisions, vec![decision(1, outcome, vec![TWO])]);
 
     check.start(8, request(2, TWO), Known::Nothing);
-    check.core.votes(BatchId(1), ME, Ok(vec![(2, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(1), ME, Ok((vec![(2, Vote::Yes)], 0)));
     check.core.votes(
         BatchId(1),
         TWO,
@@ -280,7 +305,9 @@ fn a_silent_participant_may_be_prepared_and_a_refused_one_is_not() {
 fn remote_votes_past_the_deadline_count_as_unknown_and_late_ones_are_ignored() {
     let mut check = Check::new();
     check.start(7, request(1, TWO), Known::Nothing);
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(0), ME, Ok((vec![(1, Vote::Yes)], 0)));
     let deadline = check.core.next_deadline().expect("votes awaited");
     assert_eq!(
         deadline,
@@ -302,7 +329,9 @@ fn remote_votes_past_the_deadline_count_as_unknown_and_late_ones_are_ignored() {
         )]
     );
     // The yes arriving now changes nothing.
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(0), TWO, Ok((vec![(1, Vote::Yes)], 0)));
     assert_eq!(check.ready(), vec![]);
     let effects = check.logged(log);
     assert_eq!(
@@ -315,10 +344,14 @@ fn remote_votes_past_the_deadline_count_as_unknown_and_late_ones_are_ignored() {
 fn the_deadline_never_decides_without_this_nodes_vote() {
     let mut check = Check::new();
     check.start(7, request(1, TWO), Known::Nothing);
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(0), TWO, Ok((vec![(1, Vote::Yes)], 0)));
     check.core.tick(at(60_000));
     assert_eq!(check.ready(), vec![]);
-    check.core.votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(0), ME, Ok((vec![(1, Vote::Yes)], 0)));
     let (_, decisions, _) = log_of(&check.ready());
     assert_eq!(decisions[0].outcome, COMMITTED);
 }
@@ -336,21 +369,23 @@ fn votes_from_the_wrong_participant_or_on_unknown_transfers_are_ignored() {
     check.core.votes(
         BatchId(0),
         THREE,
-        Ok(vec![(1, Vote::Yes), (2, Vote::Yes), (99, Vote::Yes)]),
+        Ok((vec![(1, Vote::Yes), (2, Vote::Yes), (99, Vote::Yes)], 0)),
     );
     // A second answer from node 3 does not count.
     check.core.votes(
         BatchId(0),
         THREE,
-        Ok(vec![(2, Vote::No(AbortReason::LockConflict))]),
+        Ok((vec![(2, Vote::No(AbortReason::LockConflict))], 0)),
     );
-    check
-        .core
-        .votes(BatchId(0), ME, Ok(vec![(1, Vote::Yes), (2, Vote::Yes)]));
+    check.core.votes(
+        BatchId(0),
+        ME,
+        Ok((vec![(1, Vote::Yes), (2, Vote::Yes)], 0)),
+    );
     check.core.votes(
         BatchId(0),
         TWO,
-        Ok(vec![(1, Vote::No(AbortReason::LockConflict))]),
+        Ok((vec![(1, Vote::No(AbortReason::LockConflict))], 0)),
     );
     let (_, decisions, _) = log_of(&check.ready());
     assert_eq!(decisions[0].outcome, aborted(AbortReason::LockConflict));
@@ -484,7 +519,7 @@ fn an_inquiry_about_an_unknown_id_logs_a_presumed_abort_before_answering() {
         check.logged(log),
         vec![
             answer(9, 5, presumed),
-            inquiry_answer(1, vec![(5, presumed)])
+            inquiry_answer(1, vec![(5, presumed, 0)])
         ]
     );
 }
@@ -503,7 +538,7 @@ fn an_inquiry_is_answered_from_a_logged_decision() {
     check.core.looked_up(6, Err(engine_failure()));
     assert_eq!(
         check.ready(),
-        vec![inquiry_answer(1, vec![(5, COMMITTED)])],
+        vec![inquiry_answer(1, vec![(5, COMMITTED, 0)])],
         "an id that could not be read is left out, to be asked again"
     );
 }
@@ -528,7 +563,7 @@ fn an_inquiry_while_votes_are_collected_forces_an_abort_and_is_answered_later() 
     assert_eq!(check.ready(), vec![]);
     let effects = check.logged(log);
     assert_eq!(effects[0], answer(7, 1, outcome));
-    assert_eq!(effects[1], inquiry_answer(2, vec![(1, outcome)]));
+    assert_eq!(effects[1], inquiry_answer(2, vec![(1, outcome, 0)]));
 }
 
 #[test]
@@ -580,7 +615,9 @@ fn a_failed_decision_log_answers_with_the_failure_and_sends_nothing() {
 fn a_failed_local_prepare_decides_nothing() {
     let mut check = Check::new();
     check.start(7, request(1, TWO), Known::Nothing);
-    check.core.votes(BatchId(0), TWO, Ok(vec![(1, Vote::Yes)]));
+    check
+        .core
+        .votes(BatchId(0), TWO, Ok((vec![(1, Vote::Yes)], 0)));
     check
         .core
         .votes(BatchId(0), ME, Err(VoteFailure::Storage(engine_failure())));
@@ -643,7 +680,7 @@ fn unacknowledged_decisions_are_resent_with_backoff() {
     let send = |delivery| Effect::SendDecisions {
         delivery: DeliveryId(delivery),
         participant: TWO,
-        decisions: vec![(1, COMMITTED)],
+        decisions: vec![(1, COMMITTED, 0)],
     };
     assert_eq!(
         check.ready(),
@@ -695,7 +732,7 @@ fn deliveries_in_flight_are_bounded() {
         Effect::SendDecisions {
             delivery: DeliveryId(1),
             participant: THREE,
-            decisions: vec![(2, COMMITTED)]
+            decisions: vec![(2, COMMITTED, 0)]
         }
     );
 }

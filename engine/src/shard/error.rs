@@ -6,7 +6,7 @@
 use std::io;
 
 use crate::model::{
-    AccountId, HISTORY_PAGE_MAX_ENTRIES, MovementId, OWNER_NAME_MAX_BYTES, TransferId,
+    AccountId, HISTORY_PAGE_MAX_ENTRIES, MovementId, OWNER_NAME_MAX_BYTES, Timestamp, TransferId,
 };
 use crate::record::RecordDecodeError;
 use crate::tables::TablesError;
@@ -155,9 +155,10 @@ pub enum ReadError {
     UnknownAccount(AccountId),
     #[error("history page size must be between 1 and {HISTORY_PAGE_MAX_ENTRIES}")]
     InvalidPageSize,
-    /// A consistent read's shared locks were not granted in time (a writer holds one).
-    #[error("lock conflict on account {account}")]
-    LockConflict { account: AccountId },
+    /// A read at a timestamp older than the changes this shard still keeps: read again at a
+    /// later one (at least `floor`).
+    #[error("read at timestamp {at} is older than this shard keeps (it keeps from {floor})")]
+    TooOld { at: Timestamp, floor: Timestamp },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

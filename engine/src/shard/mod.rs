@@ -17,16 +17,14 @@
 //! (`prepare`, `commit`, ...) are `finish(…_logged(…))`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::apply::{ApplyError, plan_batch, transfer_record};
-use crate::coordinator::Known;
-use crate::lock::{
-    LOCK_REQUEST_ACCOUNTS_MAX, LOCK_STRIPE_COUNT_DEFAULT, LockError, LockManager, LockMode,
-    LockPolicy,
-};
+use crate::clock::{Hlc, MAX_CLOCK_OFFSET, Timestamp};
+use crate::coordinator::{Known, Verdict};
+use crate::lock::{LOCK_STRIPE_COUNT_DEFAULT, LockError, LockManager, LockMode, LockPolicy};
 use crate::log::Log;
 use crate::model::{
     AbortReason, Account, AccountId, Amount, CoordinatorDecision, HISTORY_PAGE_MAX_ENTRIES,
@@ -38,6 +36,7 @@ pub use crate::participant::Vote;
 use crate::participant::{Answer, Decide, Participant, Status, Undo};
 use crate::record::{ENDED_IDS_MAX, Record};
 use crate::tables::Tables;
+use crate::versions::{Change, ChangeKind, Stamp, Versions};
 use crate::wal::{FileStorage, Lsn, Wal, WalError};
 
 mod error;
@@ -51,6 +50,7 @@ pub use error::{
     CreateAccountError, Disagreement, LocalTransferError, MovementError, ReadError, StorageCause,
     StorageError, StorageFailure,
 };
+pub use reads::ReadFence;
 
 /// Records replayed per table batch at start-up.
 const REPLAY_BATCH_RECORDS_MAX: usize = 1024;
@@ -67,6 +67,13 @@ pub struct EngineOptions {
     /// before it is refused with a lock conflict. Zero means no waiting. Prepares never wait: one
     /// waiting transaction would hold up its whole batch.
     pub lock_wait: Duration,
+    /// The node's clock, shared by its engines (`crate::clock`).
+    pub clock: Arc<Hlc>,
+    /// How long the changes applied are kept for reads at a timestamp: a read at a timestamp
+    /// older than one to two windows is refused (`ReadError::TooOld`), and asked again later.
+    pub versions_window: Duration,
+    /// At most this many changes per window: past it, the window closes early.
+    pub versions_changes_max: usize,
 }
 
 impl Default for EngineOptions {
@@ -74,6 +81,9 @@ impl Default for EngineOptions {
         Self {
             lock_stripe_count: LOCK_STRIPE_COUNT_DEFAULT,
             lock_wait: Duration::from_millis(5),
+            clock: Arc::new(Hlc::system()),
+            versions_window: Duration::from_secs(2),
+            versions_changes_max: 1 << 20,
         }
     }
 }
@@ -99,12 +109,6 @@ pub enum TransferStatus {
     Prepared(PreparedTransaction),
     Decided(TransferRecord),
 }
-
-/// Shared locks held for a consistent read (see `Engine::lock_and_read`); give them back with
-/// `Engine::release_locks`.
-#[derive(Debug)]
-#[must_use = "locks stay held until released"]
-pub struct ReadLocks(Vec<u128>);
 
 /// A consistent cut of one shard, for the conservation check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +232,12 @@ pub struct Engine<T: Tables, L: Log = Wal<FileStorage>> {
     /// Logged records not yet applied, by LSN. Filled under this mutex in the same step that
     /// assigns their LSNs, so the applier never sees a gap that will later be filled.
     pending: Mutex<BTreeMap<Lsn, Record>>,
+    /// The timestamps and changes of logged records not yet applied (those that change
+    /// balances), by LSN; filled with `pending`, moved into `versions` as they are applied.
+    stamps: Mutex<BTreeMap<Lsn, Stamp>>,
+    /// Recent changes by timestamp, for reads at a timestamp; changed only with `applied` held,
+    /// together with the tables.
+    versions: Mutex<Versions>,
     /// LSN up to which the tables reflect the log; held while applying.
     applied: Mutex<Lsn>,
     failure: OnceLock<StorageFailure>,
@@ -238,9 +248,6 @@ pub struct Engine<T: Tables, L: Log = Wal<FileStorage>> {
     participant: Mutex<Participant>,
     /// What one-phase writes give back once their record is applied, by that record's LSN.
     when_applied: Mutex<BTreeMap<Lsn, Vec<Release>>>,
-    /// While non-zero, prepares of new transactions are refused (a cluster-wide cut is being
-    /// taken; see `close_prepares`).
-    prepares_closed: AtomicU32,
 }
 
 impl<T: Tables, L: Log> Engine<T, L> {
@@ -283,6 +290,15 @@ impl<T: Tables, L: Log> Engine<T, L> {
         records_replayed += batch.len() as u64;
         apply_records(&tables, &mut batch)?;
         let applied = tables.applied_lsn()?;
+        // Whatever was applied before, on this node or where the log came from, was stamped by a
+        // clock at most `MAX_CLOCK_OFFSET` ahead of this one: reads start above all of it.
+        let clock = options.clock.clone();
+        clock.observe(clock.physical() + MAX_CLOCK_OFFSET.as_micros() as Timestamp);
+        let versions = Versions::new(
+            clock.now(),
+            options.versions_window.as_micros() as u64,
+            options.versions_changes_max,
+        );
 
         let engine = Self {
             log,
@@ -291,12 +307,13 @@ impl<T: Tables, L: Log> Engine<T, L> {
             options,
             next_lock_owner: AtomicU64::new(0),
             pending: Mutex::new(BTreeMap::new()),
+            stamps: Mutex::new(BTreeMap::new()),
+            versions: Mutex::new(versions),
             applied: Mutex::new(applied),
             failure: OnceLock::new(),
             local_in_flight: Mutex::new(HashSet::new()),
             participant: Mutex::new(Participant::default()),
             when_applied: Mutex::new(BTreeMap::new()),
-            prepares_closed: AtomicU32::new(0),
         };
         let in_doubt = engine.tables.all_prepared()?;
         {
@@ -346,8 +363,21 @@ impl<T: Tables, L: Log> Engine<T, L> {
         &self.tables
     }
 
+    /// Owners are numbered in order (sequentially consistent with the clock: see
+    /// `Engine::read_fence`).
     fn new_lock_owner(&self) -> u128 {
-        LOCK_OWNER_BASE + u128::from(self.next_lock_owner.fetch_add(1, Ordering::Relaxed))
+        LOCK_OWNER_BASE + u128::from(self.next_lock_owner.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// A reading of the node's clock. Read after a prepare batch took its locks, it is what the
+    /// votes carry (`crate::clock`).
+    pub fn clock_now(&self) -> Timestamp {
+        self.options.clock.now()
+    }
+
+    /// The node's clock.
+    pub fn clock(&self) -> &Arc<Hlc> {
+        &self.options.clock
     }
 
     fn check_writable(&self) -> Result<(), StorageError> {
@@ -419,6 +449,22 @@ impl<T: Tables, L: Log> Engine<T, L> {
     /// order agree; under WAL back-pressure (pending bound reached) appliers wait here too, which
     /// is the back-pressure working as meant.
     fn log(&self, records: Vec<Record>) -> Result<Lsn, StorageError> {
+        self.log_with_stamps(records, Vec::new())
+    }
+
+    /// [`Engine::log`] of one record that changes balances at `stamp`'s timestamp.
+    fn log_stamped(&self, records: Vec<Record>, stamp: Option<Stamp>) -> Result<Lsn, StorageError> {
+        debug_assert_eq!(records.len(), 1);
+        self.log_with_stamps(records, stamp.map(|stamp| (0, stamp)).into_iter().collect())
+    }
+
+    /// [`Engine::log`], with the stamps of the records that change balances (by their index in
+    /// `records`).
+    fn log_with_stamps(
+        &self,
+        records: Vec<Record>,
+        stamps: Vec<(usize, Stamp)>,
+    ) -> Result<Lsn, StorageError> {
         self.check_writable()?;
         let encoded: Vec<(u8, Vec<u8>)> = records
             .iter()
@@ -437,6 +483,12 @@ impl<T: Tables, L: Log> Engine<T, L> {
             Err(error) => return Err(error.into()),
         };
         let first = last + 1 - records.len() as Lsn;
+        if !stamps.is_empty() {
+            let mut stamped = lock(&self.stamps);
+            for (offset, stamp) in stamps {
+                stamped.insert(first + offset as Lsn, stamp);
+            }
+        }
         for (offset, record) in records.into_iter().enumerate() {
             pending.insert(first + offset as Lsn, record);
         }
@@ -475,6 +527,7 @@ impl<T: Tables, L: Log> Engine<T, L> {
                 Ok(applied_lsn) => *applied = applied_lsn,
                 Err(error) => return Err(self.fail(StorageFailure::of(&error))),
             }
+            self.record_versions(*applied);
             assert!(
                 *applied > before,
                 "the applied LSN went from {before} to {}",
@@ -497,6 +550,25 @@ impl<T: Tables, L: Log> Engine<T, L> {
             self.locks.release_all(owner);
         }
         Ok(*applied)
+    }
+
+    /// Moves the stamps of records applied up to `applied` into the versions (the applied lock
+    /// is held, so reads see the tables and the versions change together).
+    fn record_versions(&self, applied: Lsn) {
+        let mut stamps = lock(&self.stamps);
+        let Some((&first, _)) = stamps.first_key_value() else {
+            return;
+        };
+        if first > applied {
+            return;
+        }
+        let mut versions = lock(&self.versions);
+        while let Some(entry) = stamps.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            versions.record(entry.remove());
+        }
     }
 
     /// Settles up to `lsn`, which is durable.

@@ -176,21 +176,35 @@ impl<T: Tables, L: Log> Engine<T, L> {
                 MovementKind::Withdrawal => Some(RefusalReason::InsufficientFunds),
             },
         };
-        let lsn = self.log(vec![match refusal {
-            None => Record::Movement {
-                id,
+        let stamp = refusal.is_none().then(|| Stamp {
+            at: self.options.clock.now(),
+            changes: vec![Change {
                 account,
-                kind,
+                kind: match kind {
+                    MovementKind::Deposit => ChangeKind::Deposited,
+                    MovementKind::Withdrawal => ChangeKind::Withdrawn,
+                },
                 amount,
-            },
-            Some(reason) => Record::MovementRefused {
-                id,
-                account,
-                kind,
-                amount,
-                reason,
-            },
-        }])?;
+            }],
+        });
+        let lsn = self.log_stamped(
+            vec![match refusal {
+                None => Record::Movement {
+                    id,
+                    account,
+                    kind,
+                    amount,
+                },
+                Some(reason) => Record::MovementRefused {
+                    id,
+                    account,
+                    kind,
+                    amount,
+                    reason,
+                },
+            }],
+            stamp,
+        )?;
         self.release_when_applied(lsn, [locks.keep(), in_flight.keep()]);
         Ok(Logged::after(lsn, ()))
     }
@@ -325,21 +339,39 @@ impl<T: Tables, L: Log> Engine<T, L> {
                 None => (Outcome::Committed, Some(locks)),
             },
         };
-        let lsn = self.log(vec![match outcome {
-            Outcome::Committed => Record::LocalTransfer {
-                id,
-                debit,
-                credit,
-                amount,
-            },
-            Outcome::Aborted(reason) => Record::TransferAborted {
-                id,
-                debit,
-                credit,
-                amount,
-                reason,
-            },
-        }])?;
+        let stamp = (outcome == Outcome::Committed).then(|| Stamp {
+            at: self.options.clock.now(),
+            changes: vec![
+                Change {
+                    account: debit,
+                    kind: ChangeKind::LocalDebit,
+                    amount,
+                },
+                Change {
+                    account: credit,
+                    kind: ChangeKind::LocalCredit,
+                    amount,
+                },
+            ],
+        });
+        let lsn = self.log_stamped(
+            vec![match outcome {
+                Outcome::Committed => Record::LocalTransfer {
+                    id,
+                    debit,
+                    credit,
+                    amount,
+                },
+                Outcome::Aborted(reason) => Record::TransferAborted {
+                    id,
+                    debit,
+                    credit,
+                    amount,
+                    reason,
+                },
+            }],
+            stamp,
+        )?;
         let releases = locks.map(Held::keep).into_iter();
         self.release_when_applied(lsn, releases.chain([in_flight.keep()]));
         Ok(Logged::after(lsn, outcome))

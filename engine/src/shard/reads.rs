@@ -73,6 +73,11 @@ impl<T: Tables, L: Log> Engine<T, L> {
     /// A consistent cut of this shard: taken while no batch is being applied.
     pub fn audit(&self) -> Result<ShardAudit, StorageError> {
         let applied = lock(&self.applied);
+        self.audit_locked(*applied)
+    }
+
+    /// The audit of the tables as applied up to `applied` (whose lock the caller holds).
+    fn audit_locked(&self, applied: Lsn) -> Result<ShardAudit, StorageError> {
         let totals = self.tables.totals()?;
         let entered = totals.deposited + totals.credited_by_transactions;
         let mut accounts = 0u64;
@@ -88,7 +93,7 @@ impl<T: Tables, L: Log> Engine<T, L> {
         // From the tables, so that the count belongs to the same cut as the balances.
         let in_doubt = self.tables.all_prepared()?.len() as u64;
         Ok(ShardAudit {
-            applied_lsn: *applied,
+            applied_lsn: applied,
             accounts,
             balance_sum,
             totals,
@@ -97,50 +102,87 @@ impl<T: Tables, L: Log> Engine<T, L> {
         })
     }
 
-    /// Takes shared locks on `accounts` for a consistent read, waiting at most `wait` for
-    /// writers (a prepared transaction holds its locks until its decision is applied). Returns
-    /// the locks to pass to `release_locks` and the committed balances, in request order. Any
-    /// number of accounts: they are locked in id order, at most `LOCK_REQUEST_ACCOUNTS_MAX` per
-    /// lock owner, so readers keep the same global order as every other locker.
-    pub fn lock_and_read(
-        &self,
-        accounts: &[AccountId],
-        wait: Duration,
-    ) -> Result<(ReadLocks, Vec<Amount>), ReadError> {
-        let mut request: Vec<(AccountId, LockMode)> = accounts
-            .iter()
-            .map(|account| (*account, LockMode::Shared))
-            .collect();
-        request.sort_unstable_by_key(|(account, _)| *account);
-        request.dedup_by_key(|(account, _)| *account);
-        let deadline = Instant::now() + wait;
-        let mut locks = ReadLocks(Vec::new());
-        for chunk in request.chunks(LOCK_REQUEST_ACCOUNTS_MAX) {
-            match self.take_locks(chunk, LockPolicy::BoundedWait { deadline }) {
-                Ok(held) => locks.0.push(held.keep_lock_owner()),
-                Err(Conflict { account }) => {
-                    self.release_locks(locks);
-                    return Err(ReadError::LockConflict { account });
-                }
-            }
+    /// Starts a read: hears of its timestamp `at`, if it has one, and notes which changes hold
+    /// locks now. Those (and only those) may still be applied at or below `at`: everything
+    /// locked from now on is stamped later (`crate::clock`). Wait until `fence_settled`, then
+    /// read with `balances_at`, `audit_at`, or (a read of the latest state) `balance`.
+    pub fn read_fence(&self, at: Option<Timestamp>) -> ReadFence {
+        if let Some(at) = at {
+            self.options.clock.observe(at);
         }
-        let balances = accounts
-            .iter()
-            .map(|account| self.balance(*account))
-            .collect::<Result<Vec<_>, _>>();
-        match balances {
-            Ok(balances) => Ok((locks, balances)),
-            Err(error) => {
-                self.release_locks(locks);
-                Err(error)
-            }
+        // After the clock heard of `at` (both sequentially consistent): an owner numbered from
+        // here on reads the clock after `at`; one numbered before is waited for.
+        let below = LOCK_OWNER_BASE + u128::from(self.next_lock_owner.load(Ordering::SeqCst));
+        ReadFence { below }
+    }
+
+    /// Whether every change that held a lock on one of `accounts` (`None`: on any account) when
+    /// `fence` was taken is applied (or gone). Never blocks.
+    pub fn fence_settled(&self, fence: &ReadFence, accounts: Option<&[AccountId]>) -> bool {
+        match accounts {
+            Some(accounts) => !accounts
+                .iter()
+                .any(|account| self.locks.changing_below(*account, fence.below)),
+            None => !self.locks.any_changing_below(fence.below),
         }
     }
 
-    /// Releases the locks taken by `lock_and_read`.
-    pub fn release_locks(&self, locks: ReadLocks) {
-        for owner in locks.0 {
-            self.locks.release_all(owner);
+    /// The versions, if they still hold every change stamped after `at`.
+    fn versions_at(&self, at: Timestamp) -> Result<MutexGuard<'_, Versions>, ReadError> {
+        let versions = lock(&self.versions);
+        match versions.floor() {
+            floor if at < floor => Err(ReadError::TooOld { at, floor }),
+            _ => Ok(versions),
         }
     }
+
+    /// The balances of `accounts` at timestamp `at`, in request order, once a fence taken at
+    /// `at` is settled for them: the applied balances without the changes stamped after `at`.
+    pub fn balances_at(
+        &self,
+        accounts: &[AccountId],
+        at: Timestamp,
+    ) -> Result<Vec<Amount>, ReadError> {
+        let _applied = lock(&self.applied);
+        let versions = self.versions_at(at)?;
+        accounts
+            .iter()
+            .map(|account| {
+                let balance = self.existing_account(*account)?.balance;
+                let then = i128::from(balance) - versions.after(*account, at);
+                Amount::try_from(then).map_err(|_| {
+                    ReadError::Storage(StorageError::Inconsistent(format!(
+                        "account {account} would have held {then} at timestamp {at}"
+                    )))
+                })
+            })
+            .collect()
+    }
+
+    /// This shard's audit at timestamp `at`, once a fence taken at `at` is settled for every
+    /// account: balances and totals without the changes stamped after `at`.
+    pub fn audit_at(&self, at: Timestamp) -> Result<ShardAudit, ReadError> {
+        let applied = lock(&self.applied);
+        let versions = self.versions_at(at)?;
+        let mut audit = self.audit_locked(*applied)?;
+        let later = versions.all_after(at);
+        let inconsistent = || {
+            ReadError::Storage(StorageError::Inconsistent(format!(
+                "the changes after timestamp {at} are more than the shard holds"
+            )))
+        };
+        audit.totals = later.take_back(audit.totals).ok_or_else(inconsistent)?;
+        audit.balance_sum = u128::try_from(
+            i128::try_from(audit.balance_sum).map_err(|_| inconsistent())? - later.balance_sum,
+        )
+        .map_err(|_| inconsistent())?;
+        Ok(audit)
+    }
+}
+
+/// What a read waits for before it reads (`Engine::read_fence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadFence {
+    /// Lock owners numbered below this held their locks before the read arrived.
+    below: u128,
 }

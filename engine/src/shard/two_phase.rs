@@ -132,9 +132,6 @@ impl<T: Tables, L: Log> Engine<T, L> {
         {
             return Ok(Vote::No(AbortReason::InvalidRequest));
         }
-        if self.prepares_closed.load(Ordering::Acquire) > 0 {
-            return Ok(Vote::No(AbortReason::LockConflict));
-        }
         let locks =
             match self.take_locks(&lock_request(&transaction.operations), LockPolicy::NoWait) {
                 Ok(locks) => locks,
@@ -166,7 +163,8 @@ impl<T: Tables, L: Log> Engine<T, L> {
         &self,
         ids: &[TransferId],
     ) -> Result<Vec<Result<(), Disagreement>>, StorageError> {
-        let decisions = ids.iter().map(|id| (*id, Outcome::Committed)).collect();
+        let at = self.clock_now();
+        let decisions = ids.iter().map(|id| (*id, Outcome::Committed, at)).collect();
         let logged = self.decide_logged(decisions, None, Vec::new())?;
         self.finish(logged)
     }
@@ -179,7 +177,7 @@ impl<T: Tables, L: Log> Engine<T, L> {
     ) -> Result<Vec<Result<(), Disagreement>>, StorageError> {
         let decisions = ids
             .iter()
-            .map(|(id, reason)| (*id, Outcome::Aborted(*reason)))
+            .map(|(id, reason)| (*id, Outcome::Aborted(*reason), 0))
             .collect();
         let logged = self.decide_logged(decisions, None, Vec::new())?;
         self.finish(logged)
@@ -188,10 +186,11 @@ impl<T: Tables, L: Log> Engine<T, L> {
     /// 2PC phase two for decisions of `coordinator`: like `commit` and `abort`, except that a
     /// decision about a transaction this shard prepared for another coordinator (a different
     /// transaction reusing the id) changes nothing: an abort is acknowledged, a commit refused.
+    /// A commit applies at the timestamp it carries.
     pub fn decide_from(
         &self,
         coordinator: NodeId,
-        decisions: &[(TransferId, Outcome)],
+        decisions: &[Verdict],
     ) -> Result<Vec<Result<(), Disagreement>>, StorageError> {
         let logged = self.decide_from_logged(coordinator, decisions)?;
         self.finish(logged)
@@ -201,22 +200,24 @@ impl<T: Tables, L: Log> Engine<T, L> {
     pub fn decide_from_logged(
         &self,
         coordinator: NodeId,
-        decisions: &[(TransferId, Outcome)],
+        decisions: &[Verdict],
     ) -> Result<Logged<Vec<Result<(), Disagreement>>>, StorageError> {
         self.decide_logged(decisions.to_vec(), Some(coordinator), Vec::new())
     }
 
     /// Coordinator and participant in one step: logs `decisions` and applies this shard's part
-    /// of them (`local`, as `commit` and `abort` would) in the same group commit, so this
-    /// shard's locks are free by the time the client hears the outcome. The per-transaction
-    /// results are those of `local`.
+    /// of them (`local`, as `commit` and `abort` would, its commits at `commit_ts`) in the same
+    /// group commit, so this shard's locks are free by the time the client hears the outcome.
+    /// The per-transaction results are those of `local`.
     pub fn log_decisions_and_decide(
         &self,
         coordinator: NodeId,
         decisions: Vec<CoordinatorDecision>,
         local: &[(TransferId, Outcome)],
+        commit_ts: Timestamp,
     ) -> Result<Vec<Result<(), Disagreement>>, StorageError> {
-        let logged = self.log_decisions_and_decide_logged(coordinator, decisions, local)?;
+        let logged =
+            self.log_decisions_and_decide_logged(coordinator, decisions, local, commit_ts)?;
         self.finish(logged)
     }
 
@@ -226,9 +227,13 @@ impl<T: Tables, L: Log> Engine<T, L> {
         coordinator: NodeId,
         decisions: Vec<CoordinatorDecision>,
         local: &[(TransferId, Outcome)],
+        commit_ts: Timestamp,
     ) -> Result<Logged<Vec<Result<(), Disagreement>>>, StorageError> {
         self.decide_logged(
-            local.to_vec(),
+            local
+                .iter()
+                .map(|(id, outcome)| (*id, *outcome, commit_ts))
+                .collect(),
             Some(coordinator),
             decisions.into_iter().map(Record::Decided).collect(),
         )
@@ -238,7 +243,7 @@ impl<T: Tables, L: Log> Engine<T, L> {
     /// batch, first. Each decision's result is released once its record is applied.
     fn decide_logged(
         &self,
-        decisions: Vec<(TransferId, Outcome)>,
+        decisions: Vec<Verdict>,
         coordinator: Option<NodeId>,
         extra: Vec<Record>,
     ) -> Result<Logged<Vec<Result<(), Disagreement>>>, StorageError> {
@@ -247,9 +252,10 @@ impl<T: Tables, L: Log> Engine<T, L> {
         let mut records = extra;
         let mut decided: Vec<TransferId> = Vec::new();
         let mut undos: Vec<Undo> = Vec::new();
+        let mut stamps: Vec<(usize, Stamp)> = Vec::new();
         let mut wait_for: Option<Lsn> = None;
         let mut participant = lock(&self.participant);
-        for (id, outcome) in decisions {
+        for (id, outcome, commit_ts) in decisions {
             let mut step = participant.decide(id, outcome, coordinator);
             if step == Decide::NotHeld {
                 let recorded = match self.tables.transfer(id) {
@@ -270,6 +276,13 @@ impl<T: Tables, L: Log> Engine<T, L> {
                     results.push(answer.answer);
                 }
                 Decide::Log { record, undo } => {
+                    if let (Record::Committed { .. }, Some(Status::Decided { operations, .. })) =
+                        (&record, participant.status(id))
+                    {
+                        // Every reading of this clock from now on is later than the commit.
+                        self.options.clock.observe(commit_ts);
+                        stamps.push((records.len(), commit_stamp(commit_ts, operations)));
+                    }
                     records.push(record);
                     undos.push(undo);
                     decided.push(id);
@@ -279,7 +292,7 @@ impl<T: Tables, L: Log> Engine<T, L> {
             }
         }
         if !records.is_empty() {
-            let last = match self.log(records) {
+            let last = match self.log_with_stamps(records, stamps) {
                 Ok(last) => last,
                 Err(error) => {
                     participant.undo(&undos);
@@ -361,21 +374,6 @@ impl<T: Tables, L: Log> Engine<T, L> {
         Ok(self.tables.unended_decisions()?)
     }
 
-    /// Refuses prepares of new transactions until the matching `open_prepares` (calls nest).
-    /// With prepares closed, the prepared transactions only drain: this is how a node takes its
-    /// part of a cluster-wide consistent cut.
-    pub fn close_prepares(&self) {
-        self.prepares_closed.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub fn open_prepares(&self) {
-        let _ = self
-            .prepares_closed
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
-                count.checked_sub(1)
-            });
-    }
-
     /// Transactions prepared (or being prepared) here whose decision is not applied yet.
     pub fn undecided_count(&self) -> usize {
         lock(&self.participant).undecided_count()
@@ -389,6 +387,24 @@ pub(super) fn short_of_funds(balance: Amount, amount: Amount) -> AbortReason {
         AbortReason::FundsHeld
     } else {
         AbortReason::InsufficientFunds
+    }
+}
+
+/// A prepared transaction's changes, committed at `at`.
+fn commit_stamp(at: Timestamp, operations: &[Operation]) -> Stamp {
+    Stamp {
+        at,
+        changes: operations
+            .iter()
+            .map(|operation| Change {
+                account: operation.account,
+                kind: match operation.kind {
+                    OperationKind::Debit => ChangeKind::Debited,
+                    OperationKind::Credit => ChangeKind::Credited,
+                },
+                amount: operation.amount,
+            })
+            .collect(),
     }
 }
 

@@ -414,7 +414,8 @@ pub(crate) mod values {
         }
     }
 
-    /// A decision is stored as the payload of its DECIDED record and one byte: ended or not.
+    /// A decision is stored as the payload of its DECIDED_AT record and one byte: ended or not
+    /// (stored before timestamps existed: a DECIDED payload and that byte).
     pub fn encode_decision(decision: &CoordinatorDecision) -> Vec<u8> {
         let mut out = Record::Decided(decision.clone()).encode();
         out.push(u8::from(decision.ended));
@@ -425,7 +426,11 @@ pub(crate) mod values {
         let Some((ended, payload)) = bytes.split_last() else {
             return Err(corrupt("decision"));
         };
-        match Record::decode(crate::record::kind::DECIDED, payload) {
+        // The timestamp makes a DECIDED_AT payload exactly 8 bytes longer than the DECIDED one,
+        // and decoding refuses trailing or missing bytes, so at most one of the two fits.
+        let decoded = Record::decode(crate::record::kind::DECIDED_AT, payload)
+            .or_else(|_| Record::decode(crate::record::kind::DECIDED, payload));
+        match decoded {
             Ok(Record::Decided(mut decision)) if *ended <= 1 => {
                 decision.ended = *ended == 1;
                 Ok(decision)

@@ -138,16 +138,16 @@ messages! {
     DecisionBatch = 0x0202,
     DecisionInquiry = 0x0203,
     Heartbeat = 0x0204,
-    SnapshotLock = 0x0205,
-    SnapshotRelease = 0x0206,
+    SnapshotRead = 0x0205,
+    // 0x0206 was SnapshotRelease, retired with the locks reads took: never reuse it.
     RaftMessages = 0x0207,
 
     Votes = 0x0281,
     Acks = 0x0282,
     InquiryAnswer = 0x0283,
     HeartbeatReply = 0x0284,
-    SnapshotLocked = 0x0285,
-    SnapshotReleased = 0x0286,
+    SnapshotPart = 0x0285,
+    // 0x0286 was SnapshotReleased: never reuse it.
     RaftMessagesReceived = 0x0287,
 }
 

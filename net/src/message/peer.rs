@@ -56,15 +56,21 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// The votes, and the participant's clock read once it held the batch's locks (microseconds,
+    /// hybrid logical): the coordinator commits the batch at a later timestamp.
     pub struct Votes {
         pub votes: Vec<VoteEntry> [BATCH_ENTRIES_MAX],
+        pub clock: u64,
     }
 }
 
 wire_struct! {
+    /// A decision; a commit carries the timestamp every participant applies it at (0 with an
+    /// abort).
     pub struct DecisionEntry {
         pub txid: TransferId,
         pub outcome: TransferOutcome,
+        pub commit_ts: u64,
     }
 }
 
@@ -121,35 +127,29 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// One shard's part of a consistent cut across shards, taken by its leader. With `whole_shard` false the node takes
-    /// shared locks on `accounts` (all its own) and reads them; with `whole_shard` true it refuses
-    /// new prepares, waits for its prepared transactions to be decided, and takes its audit. Either
-    /// way it holds that state until `SnapshotRelease` with the same id, or until `lease_ms` pass.
-    pub struct SnapshotLock {
+    /// One shard's part of a consistent read across shards, answered by its leader without
+    /// taking locks. The leader first waits (at most 1 s) until every change that held a lock
+    /// on `accounts` (on any account when `whole_shard`) when the request arrived is applied.
+    /// With `at` 0 (the first round) it then answers only its clock, which is at least the
+    /// timestamp of every change it applied. With `at` set (the second round, at the latest
+    /// clock of the first) it first pushes its clock past `at`, waits likewise, and answers
+    /// the balances of `accounts` at `at` (and its audit at `at` when `whole_shard`): every
+    /// change stamped at or before `at`, none after.
+    pub struct SnapshotRead {
         pub snapshot_id: TransferId,
         pub shard: u32,
         pub accounts: Vec<AccountId> [BALANCES_PER_REQUEST_MAX],
         pub whole_shard: bool,
-        pub lease_ms: u32,
+        pub at: u64,
     }
 }
 
 wire_struct! {
-    /// The locked balances (request order), and the node's audit when `whole_shard` was asked.
-    pub struct SnapshotLocked {
+    /// The balances at `at` (request order; none in the first round), the shard's audit at `at`
+    /// when `whole_shard` was asked, and the leader's clock.
+    pub struct SnapshotPart {
         pub balances: Vec<Balance> [BALANCES_PER_REQUEST_MAX],
         pub audit: Option<NodeAudit>,
+        pub clock: u64,
     }
-}
-
-wire_struct! {
-    /// Ends the snapshot: releases its locks, or opens prepares again. Unknown ids are fine.
-    pub struct SnapshotRelease {
-        pub snapshot_id: TransferId,
-        pub shard: u32,
-    }
-}
-
-wire_struct! {
-    pub struct SnapshotReleased {}
 }

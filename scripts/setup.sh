@@ -13,6 +13,8 @@ fi
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
+# The console's test drives a real headless browser: Debian's chromium, never one downloaded.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then

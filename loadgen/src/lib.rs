@@ -20,6 +20,7 @@
 mod args;
 pub mod chart;
 mod checks;
+pub mod control;
 pub mod faults;
 pub mod hist;
 mod inject;

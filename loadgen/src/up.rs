@@ -10,11 +10,18 @@
 //! Bounds: commands queue at most [`COMMANDS_QUEUED_MAX`] deep and [`COMMAND_BYTES_MAX`] long; a
 //! node that dies within [`QUICK_DEATH`] of starting [`QUICK_DEATHS_MAX`] times in a row is not
 //! restarted by itself again (`restart N` still does).
+//!
+//! The nodes reach each other through a proxy on every directed link (`local::LinkProxies`), so
+//! that the control panel (`control`, a web page with the console) can partition a node and heal
+//! it; it also kills, stops, restarts, pauses (SIGSTOP) and resumes nodes, runs audits, and starts
+//! and stops a load (`tally loadgen --cluster`, a child process stopped with the cluster).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
@@ -22,9 +29,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use serde_json::{Value, json};
+
+use crate::control::{self, Action, CONTROL_QUEUED_MAX};
 use crate::local::{
-    UpOptions, ensure_ports_free, node_data_dir, prepare, say, signal_flag, spawn_node, stop_all,
+    LinkProxies, UpOptions, ensure_ports_free, node_data_dir, prepare, say, signal_flag,
+    spawn_node, stop_all,
 };
+use crate::proxy::LinkMode;
 
 /// The commands `tally cluster up` reads on stdin.
 pub const HELP: &str =
@@ -127,6 +139,8 @@ enum State {
         since: Instant,
         /// A `kill N` was sent: its death is not a crash.
         kill_requested: bool,
+        /// Stopped with SIGSTOP by the control panel, until it resumes it.
+        paused: bool,
     },
     /// Exited on its own (or by `kill N`); started again at `restart_at` if set.
     Down {
@@ -149,9 +163,17 @@ struct Node {
 struct Supervisor {
     program: PathBuf,
     cluster_file: PathBuf,
+    /// The cluster file each node runs with: its peers' addresses are the link proxies'.
+    node_files: BTreeMap<u32, PathBuf>,
     data_dir: PathBuf,
     restart_after: Option<Duration>,
     nodes: Vec<Node>,
+    proxies: LinkProxies,
+    /// Nodes whose links the control panel cut.
+    partitioned: BTreeSet<u32>,
+    /// The load started from the control panel, while it runs.
+    load: Option<Child>,
+    loads_started: u32,
 }
 
 impl Supervisor {
@@ -165,7 +187,12 @@ impl Supervisor {
 
     /// Starts node `id` (not running). A failed spawn leaves it down, as a failed start.
     fn start(&mut self, id: u32) {
-        let spawned = spawn_node(&self.program, &self.cluster_file, &self.data_dir, id);
+        let file = self
+            .node_files
+            .get(&id)
+            .unwrap_or(&self.cluster_file)
+            .clone();
+        let spawned = spawn_node(&self.program, &file, &self.data_dir, id);
         let restart_after = self.restart_after;
         let Some(node) = self.node(id) else { return };
         match spawned {
@@ -175,6 +202,7 @@ impl Supervisor {
                     child,
                     since: Instant::now(),
                     kill_requested: false,
+                    paused: false,
                 };
             }
             Err(error) => {
@@ -200,6 +228,7 @@ impl Supervisor {
                 child,
                 since,
                 kill_requested,
+                ..
             } = &mut node.state
             else {
                 continue;
@@ -273,7 +302,13 @@ impl Supervisor {
     /// stopped.
     fn stop(&mut self, id: u32) {
         let Some(node) = self.node(id) else { return };
-        if let State::Running { child, .. } = std::mem::replace(&mut node.state, State::Stopped) {
+        if let State::Running { child, paused, .. } =
+            std::mem::replace(&mut node.state, State::Stopped)
+        {
+            if paused {
+                // SAFETY: kill(2) with a pid of a child this process has not reaped.
+                unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            }
             let mut children = [(id, child)];
             stop_all(&mut children);
         }
@@ -363,14 +398,202 @@ impl Supervisor {
         }
     }
 
+    /// Carries out an action of the control panel: `Ok` with what to answer, `Err` with why not.
+    fn control(&mut self, action: Action) -> Result<Value, String> {
+        let count = self.nodes.len();
+        let known = |id: u32| {
+            if id >= 1 && id as usize <= count {
+                Ok(id)
+            } else {
+                Err(format!("no node {id}: the cluster has nodes 1..={count}"))
+            }
+        };
+        let message = match action {
+            Action::State => return Ok(self.state_json()),
+            Action::Kill(id) => {
+                let id = known(id)?;
+                self.running_child(id)?;
+                self.carry_out(UpCommand::Kill(id));
+                format!("node {id} killed (SIGKILL)")
+            }
+            Action::Stop(id) => {
+                let id = known(id)?;
+                self.carry_out(UpCommand::Stop(id));
+                format!("node {id} stopped")
+            }
+            Action::Restart(id) => {
+                let id = known(id)?;
+                self.carry_out(UpCommand::Restart(id));
+                format!("node {id} started")
+            }
+            Action::Pause(id) | Action::Resume(id) => {
+                let id = known(id)?;
+                let pause = matches!(action, Action::Pause(_));
+                let pid = self.running_child(id)?;
+                // SAFETY: kill(2) with a pid of a child this process has not reaped.
+                unsafe {
+                    libc::kill(pid, if pause { libc::SIGSTOP } else { libc::SIGCONT });
+                }
+                if let Some(Node {
+                    state: State::Running { paused, .. },
+                    ..
+                }) = self.node(id)
+                {
+                    *paused = pause;
+                }
+                let word = if pause { "paused (SIGSTOP)" } else { "resumed" };
+                say(format_args!("node {id} {word}"));
+                format!("node {id} {word}")
+            }
+            Action::Partition(id) => {
+                let id = known(id)?;
+                self.proxies.set_links(id, None, LinkMode::Blackhole);
+                self.partitioned.insert(id);
+                say(format_args!(
+                    "node {id} partitioned: its links carry nothing"
+                ));
+                format!("node {id} partitioned")
+            }
+            Action::Heal(id) => {
+                let id = known(id)?;
+                self.heal(id);
+                format!("node {id} healed")
+            }
+            Action::HealAll => {
+                for id in std::mem::take(&mut self.partitioned) {
+                    self.heal(id);
+                }
+                "every link healed".to_owned()
+            }
+            Action::LoadStart => self.start_load()?,
+            Action::LoadStop => self.stop_load()?,
+        };
+        Ok(json!({ "message": message }))
+    }
+
+    /// The pid of running node `id`, or why there is none.
+    fn running_child(&mut self, id: u32) -> Result<i32, String> {
+        match self.node(id) {
+            Some(Node {
+                state: State::Running { child, .. },
+                ..
+            }) => Ok(child.id() as i32),
+            _ => Err(format!("node {id} is not running")),
+        }
+    }
+
+    fn heal(&mut self, id: u32) {
+        self.partitioned.remove(&id);
+        // Links to nodes still partitioned stay cut.
+        for other in 1..=self.nodes.len() as u32 {
+            if other != id && !self.partitioned.contains(&other) {
+                self.proxies.set_links(id, Some(other), LinkMode::Pass);
+            }
+        }
+        say(format_args!("node {id} healed"));
+    }
+
+    fn start_load(&mut self) -> Result<String, String> {
+        if let Some(load) = &mut self.load
+            && matches!(load.try_wait(), Ok(None))
+        {
+            return Err("a load is already running".to_owned());
+        }
+        self.loads_started += 1;
+        let out = self.data_dir.join(format!("load-{}", self.loads_started));
+        let log = std::fs::File::create(
+            self.data_dir
+                .join(format!("load-{}.log", self.loads_started)),
+        )
+        .map_err(|error| format!("cannot create the load's log: {error}"))?;
+        let child = Command::new(&self.program)
+            .args(["loadgen", "--cluster"])
+            .arg(&self.cluster_file)
+            .args([
+                "--accounts",
+                "10000",
+                "--clients",
+                "32",
+                "--duration",
+                "86400",
+            ])
+            .arg("--out")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|error| error.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|error| format!("cannot start the load: {error}"))?;
+        say(format_args!(
+            "load started (pid {}): 32 clients over 10,000 accounts; report in {}",
+            child.id(),
+            out.display()
+        ));
+        self.load = Some(child);
+        Ok("load started: 32 clients over 10,000 accounts".to_owned())
+    }
+
+    fn stop_load(&mut self) -> Result<String, String> {
+        let Some(mut load) = self.load.take() else {
+            return Err("no load is running".to_owned());
+        };
+        let mut children = [(0, load)];
+        stop_all(&mut children);
+        [(_, load)] = children;
+        let how = load.try_wait().ok().flatten().map(describe_exit);
+        say(format_args!("load stopped"));
+        Ok(format!(
+            "load stopped{}",
+            how.map(|how| format!(" ({how})")).unwrap_or_default()
+        ))
+    }
+
+    fn load_state(&mut self) -> &'static str {
+        match &mut self.load {
+            Some(load) => match load.try_wait() {
+                Ok(None) => "running",
+                _ => "finished",
+            },
+            None => "none",
+        }
+    }
+
+    fn state_json(&mut self) -> Value {
+        let partitioned = self.partitioned.clone();
+        let nodes: Vec<Value> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let state = match &node.state {
+                    State::Running { paused: true, .. } => "paused",
+                    State::Running { .. } if partitioned.contains(&node.id) => "partitioned",
+                    State::Running { .. } => "running",
+                    State::Down { .. } => "down",
+                    State::Stopped => "stopped",
+                };
+                json!({ "id": node.id, "state": state })
+            })
+            .collect();
+        json!({ "nodes": nodes, "load": self.load_state() })
+    }
+
     /// Stops every running node.
     fn stop_everything(&mut self) {
         let mut children = Vec::new();
         for node in &mut self.nodes {
-            if let State::Running { child, .. } = std::mem::replace(&mut node.state, State::Stopped)
+            if let State::Running { child, paused, .. } =
+                std::mem::replace(&mut node.state, State::Stopped)
             {
+                if paused {
+                    // A stopped process would not act on SIGTERM before the grace period ends.
+                    // SAFETY: kill(2) with a pid of a child this process has not reaped.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+                }
                 children.push((node.id, child));
             }
+        }
+        if let Some(load) = self.load.take() {
+            children.push((0, load));
         }
         stop_all(&mut children);
     }
@@ -434,25 +657,63 @@ fn read_commands() -> Receiver<Result<UpCommand, String>> {
 /// Starts the nodes, prints where everything is, keeps them running (see the module's
 /// documentation) and stops them on SIGINT, SIGTERM or `quit` (stdout closed early, as by
 /// `| head`, changes nothing: the nodes are still stopped).
-pub fn up(options: UpOptions) -> anyhow::Result<()> {
+pub fn up(options: UpOptions, console: ConsoleOptions) -> anyhow::Result<()> {
     let (cluster_file, config) = prepare(&options)?;
     ensure_ports_free(&config)?;
+    let console_address = console
+        .address
+        .unwrap_or_else(|| control::default_address(options.base_port, options.nodes));
     let program = std::env::current_exe().context("cannot find the tally executable")?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [libc::SIGINT, libc::SIGTERM] {
         signal_flag(signal, &stop)?;
     }
+    // The control panel and the link proxies run here, on a small runtime of their own.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("cluster-up-console")
+        .enable_all()
+        .build()
+        .context("cannot start the control panel's runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(console_address))
+        .with_context(|| {
+            format!("the control panel's address {console_address} is not free; choose another with --console")
+        })?;
+    let proxies = runtime.block_on(LinkProxies::start(&config))?;
+    let mut node_files = BTreeMap::new();
+    for (id, own) in &proxies.configs {
+        let path = options.data_dir.join(format!("node-{id}.cluster.toml"));
+        std::fs::write(&path, own.to_toml())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        node_files.insert(*id, path);
+    }
+    let token = console
+        .token
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let (actions, action_requests) = sync_channel(CONTROL_QUEUED_MAX);
+    runtime.spawn(control::serve(
+        listener,
+        token.clone(),
+        config.clone(),
+        actions,
+    ));
     let mut supervisor = Supervisor {
         program,
         cluster_file: cluster_file.clone(),
+        node_files,
         data_dir: options.data_dir.clone(),
         restart_after: options.restart_after,
         nodes: Vec::new(),
+        proxies,
+        partitioned: BTreeSet::new(),
+        load: None,
+        loads_started: 0,
     };
     for node in &config.nodes {
         match spawn_node(
             &supervisor.program,
-            &cluster_file,
+            &supervisor.node_files[&node.id],
             &options.data_dir,
             node.id,
         ) {
@@ -462,6 +723,7 @@ pub fn up(options: UpOptions) -> anyhow::Result<()> {
                     child,
                     since: Instant::now(),
                     kill_requested: false,
+                    paused: false,
                 },
                 quick_deaths: 0,
             }),
@@ -491,13 +753,26 @@ pub fn up(options: UpOptions) -> anyhow::Result<()> {
         }
     ));
     say(format_args!(
+        "console and control panel: http://{console_address}/?token={token}   (each node's own console, read-only: http://<its http address>/)"
+    ));
+    say(format_args!(
         "try: tally status --cluster {}   (Ctrl-C stops the cluster)",
         cluster_file.display()
     ));
-    supervise(&mut supervisor, &stop, read_commands());
+    supervise(&mut supervisor, &stop, read_commands(), &action_requests);
     say(format_args!("stopping the cluster"));
     supervisor.stop_everything();
+    runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Where `tally cluster up` serves its control panel, and the token that guards it.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleOptions {
+    /// Default: `control::default_address` (loopback).
+    pub address: Option<SocketAddr>,
+    /// Default: 128 random bits, printed at start.
+    pub token: Option<String>,
 }
 
 /// Runs until `stop` is set or `quit` is read: carries out commands, reports deaths, restarts.
@@ -505,6 +780,7 @@ fn supervise(
     supervisor: &mut Supervisor,
     stop: &AtomicBool,
     commands: Receiver<Result<UpCommand, String>>,
+    actions: &Receiver<control::Request>,
 ) {
     let mut stdin_open = true;
     while !stop.load(Ordering::Relaxed) {
@@ -531,6 +807,9 @@ fn supervise(
             return;
         }
         supervisor.reap();
+        while let Ok((action, reply)) = actions.try_recv() {
+            let _ = reply.send(supervisor.control(action));
+        }
         supervisor.restart_due();
     }
 }

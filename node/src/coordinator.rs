@@ -18,6 +18,8 @@ use engine::model::{NodeId, Outcome, TransferId};
 use engine::{LocalTransferError, OnConflict, StorageError};
 use engine::{PrepareRequest, Vote};
 use net::{DecisionBatch, DecisionEntry, Message, PrepareBatch};
+
+use crate::metrics::Metrics;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::convert::{op_to_wire, outcome_from_wire, outcome_to_wire, reason_from_wire};
@@ -95,6 +97,7 @@ pub(crate) struct Driver {
     inquiries: HashMap<InquiryToken, oneshot::Sender<Vec<Verdict>>>,
     next_token: u64,
     epoch: Instant,
+    metrics: Arc<Metrics>,
 }
 
 impl Coordinator {
@@ -104,6 +107,7 @@ impl Coordinator {
         me: NodeId,
         engine: Arc<NodeEngine>,
         router: Arc<Router>,
+        metrics: Arc<Metrics>,
     ) -> Result<(Coordinator, Driver), StorageError> {
         let limits = CoordinatorLimits {
             batch_transfers_max: net::BATCH_ENTRIES_MAX as usize,
@@ -137,6 +141,7 @@ impl Coordinator {
                 inquiries: HashMap::new(),
                 next_token: 0,
                 epoch,
+                metrics,
             },
         ))
     }
@@ -235,6 +240,11 @@ impl Driver {
                     self.carry_out(effect);
                 }
             }
+            self.metrics.coordinator_load(
+                self.core.node(),
+                self.core.in_flight_count(),
+                self.core.unended_count(),
+            );
         }
     }
 
@@ -353,7 +363,9 @@ impl Driver {
                 entries,
             } => {
                 let router = self.router.clone();
+                let metrics = self.metrics.clone();
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let request = PrepareBatch {
                         coordinator: me,
                         shard: participant,
@@ -395,6 +407,7 @@ impl Driver {
                             })
                         }
                     };
+                    metrics.prepared(started.elapsed());
                     let _ = completions.send(Completion::Votes {
                         batch,
                         participant,
@@ -409,13 +422,16 @@ impl Driver {
                 commit_ts,
             } => {
                 let presumed = Outcome::Aborted(engine::model::AbortReason::PresumedAbort);
-                if decisions
+                let presumed_count = decisions
                     .iter()
-                    .any(|decision| decision.outcome != presumed)
-                {
+                    .filter(|decision| decision.outcome == presumed)
+                    .count();
+                if presumed_count < decisions.len() {
                     failpoint::hit(points::COORDINATOR_AFTER_VOTES);
                 }
+                let metrics = self.metrics.clone();
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let logged = durably_in_task(
                         &engine,
                         engine.log_decisions_and_decide_logged(me, decisions, &local, commit_ts),
@@ -432,6 +448,9 @@ impl Driver {
                         tracing::error!(%failure, "logging decisions failed; their outcome is unknown");
                         Arc::new(failure)
                     });
+                    if result.is_ok() {
+                        metrics.decided(started.elapsed(), presumed_count);
+                    }
                     let _ = completions.send(Completion::Logged { log, result });
                 });
             }
@@ -456,7 +475,9 @@ impl Driver {
                 decisions,
             } => {
                 let router = self.router.clone();
+                let metrics = self.metrics.clone();
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let acknowledged = if participant == me {
                         // Only decisions logged by an older version list this node.
                         apply_decisions(&engine, me, &decisions)
@@ -490,6 +511,7 @@ impl Driver {
                             }
                         }
                     };
+                    metrics.delivered(started.elapsed());
                     let _ = completions.send(Completion::Delivered {
                         delivery,
                         acknowledged,

@@ -1,7 +1,12 @@
-//! The node's HTTP side: `/metrics` (Prometheus text exposition, see `metrics`). It listens on
-//! its own address, loopback unless the operator says otherwise, apart from the binary protocol.
-//! Bounded: at most [`HTTP_CONNECTIONS_MAX`] connections at once (more wait in the kernel's
-//! accept queue), and a scrape that cannot read the replica groups in time answers 503.
+//! The node's HTTP side: `/metrics` (Prometheus text exposition, see `metrics`), and the web
+//! console: the page at `/` and its files under `/assets/` (the `console` crate), the JSON it
+//! polls (`/api/status`, `/api/cluster`), and look-ups and audits it asks for (`/api/transfer/ID`,
+//! `/api/account/ID`, `/api/audit`). Everything here reads; nothing changes the cluster (the
+//! control panel is `tally cluster up`'s). It listens on its own address, loopback unless the
+//! operator says otherwise, apart from the binary protocol. The status documents allow any origin
+//! (the page served by one node polls every node). Bounded: at most [`HTTP_CONNECTIONS_MAX`]
+//! connections at once (more wait in the kernel's accept queue), and a scrape that cannot read the
+//! replica groups in time answers 503.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,10 +16,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -35,6 +41,12 @@ pub async fn serve(
 ) -> io::Result<()> {
     let router = Router::new()
         .route("/metrics", get(metrics))
+        .route("/api/status", get(status))
+        .route("/api/cluster", get(cluster))
+        .route("/api/audit", get(audit))
+        .route("/api/transfer/{id}", get(transfer))
+        .route("/api/account/{id}", get(account))
+        .fallback(get(asset))
         .with_state(node);
     let listener = BoundedListener {
         listener,
@@ -65,6 +77,77 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     }
     .render();
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+/// A JSON answer any origin may read.
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// A JSON error: `{"error": message}`.
+fn json_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    json_response(status, &json!({ "error": message.to_string() }))
+}
+
+/// The console's page and files.
+async fn asset(uri: Uri) -> Response {
+    match console::asset(uri.path()) {
+        Some(asset) => ([(header::CONTENT_TYPE, asset.content_type)], asset.bytes).into_response(),
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+async fn status(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
+    let since = query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("since="))
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or(0);
+    let Some(groups) = node.replication.status(SCRAPE_STATUS_TIMEOUT).await else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the replication driver did not report its groups in time",
+        );
+    };
+    json_response(
+        StatusCode::OK,
+        &crate::console::status(&node, &groups, since),
+    )
+}
+
+/// The cluster as this node's cluster file describes it.
+async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    answer(console::cluster(&node.config))
+}
+
+async fn audit(State(node): State<Arc<Node>>) -> Response {
+    answer(console::audit(node.console.client(&node)).await)
+}
+
+async fn transfer(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    answer(console::transfer(node.console.client(&node), &id).await)
+}
+
+async fn account(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    answer(console::account(node.console.client(&node), &id).await)
+}
+
+fn answer((status, body): console::Answer) -> Response {
+    json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    )
 }
 
 /// A TCP listener that holds a permit per open connection: at the bound, accepting waits.

@@ -2,6 +2,7 @@
 //! participant and the coordinator of two-phase commit.
 //! `server::start` runs one until SIGINT or SIGTERM; the `tally` crate is its command line.
 
+mod console;
 mod convert;
 mod coordinator;
 mod engine_calls;

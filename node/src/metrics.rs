@@ -8,7 +8,7 @@
 //! or transfer id as a label (labels are bounded sets: message kinds, error codes, abort reasons,
 //! shards, replicas).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,7 +27,9 @@ use prometheus_client::registry::Registry;
 /// Error codes are small integers; this bounds the table (codes past it count as the last).
 const ERROR_CODES: usize = 32;
 /// Abort reasons likewise (codes 1 to 9 today).
-const ABORT_REASONS: usize = 16;
+pub const ABORT_REASONS: usize = 16;
+/// The most recent transfers kept for the console.
+pub const RECENT_TRANSFERS_MAX: usize = 32;
 
 /// What the node records as it serves.
 #[derive(Debug)]
@@ -44,11 +46,62 @@ pub struct Metrics {
     /// Per shard: how often this node's replica became leader (its engine opened) and stopped
     /// leading. Changed only on leader changes, so a lock is fine.
     leadership: Mutex<BTreeMap<u32, [u64; 2]>>,
+    /// The cluster's shard count (the flows matrix is that square).
+    pub shards: usize,
+    /// Transfers committed here, by debit shard × `shards` + credit shard.
+    flows: Vec<AtomicU64>,
+    /// The slowest transfer answered since the console's sampler last looked, in nanoseconds.
+    transfer_max_nanos: AtomicU64,
+    /// 2PC phases at this node's coordinators: a remote participant's vote round, logging a
+    /// batch's decisions (with this shard's own part applied), a delivery of decisions to a
+    /// participant until acknowledged.
+    prepare_seconds: LatencyHistogram,
+    decide_seconds: LatencyHistogram,
+    deliver_seconds: LatencyHistogram,
+    /// Presumed aborts logged: inquiries about transfers this coordinator never decided.
+    presumed_aborts: AtomicU64,
+    /// Per shard this node leads: transfers in flight at its coordinator, and decisions some
+    /// participant has not acknowledged. Set by the coordinator's driver as it runs.
+    in_flight: Vec<AtomicU64>,
+    awaiting_ack: Vec<AtomicU64>,
+    /// The last few transfers answered, newest last. Written with `try_lock` only: a transfer
+    /// never waits for it, and one that finds it busy is just not listed.
+    recent: Mutex<VecDeque<RecentTransfer>>,
+    /// What this node hears of each peer's heartbeats (`console::heartbeats`).
+    pub(crate) peers: Mutex<BTreeMap<u32, PeerHealth>>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+/// A transfer answered by this node's coordinator, for the console's list.
+#[derive(Debug, Clone)]
+pub struct RecentTransfer {
+    pub id: u128,
+    pub debit: u64,
+    pub credit: u64,
+    pub amount: u64,
+    pub outcome: Outcome,
+    pub elapsed: Duration,
+    pub at_unix_ms: u64,
+}
+
+/// The last heartbeat exchange with one peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerHealth {
+    /// Answered the last heartbeat (within the peer timeout).
+    pub up: bool,
+    /// The last answered heartbeat's round trip.
+    pub rtt: Duration,
+    /// When a heartbeat was last answered.
+    pub last_answer: Option<std::time::Instant>,
+    /// Heartbeats answered and not, since the node started.
+    pub answered: u64,
+    pub missed: u64,
+}
+
+impl Metrics {
+    /// Metrics for a node of a cluster of `shards` shards.
+    pub fn new(shards: u32) -> Self {
         let counters = |count| (0..count).map(|_| AtomicU64::new(0)).collect();
+        let shards = shards as usize;
         Self {
             requests: counters(MessageKind::ALL.len()),
             errors: counters(MessageKind::ALL.len() * ERROR_CODES),
@@ -56,8 +109,29 @@ impl Default for Metrics {
             transfers_aborted: counters(ABORT_REASONS),
             transfer_seconds: LatencyHistogram::default(),
             leadership: Mutex::new(BTreeMap::new()),
+            shards,
+            flows: counters(shards * shards),
+            transfer_max_nanos: AtomicU64::new(0),
+            prepare_seconds: LatencyHistogram::default(),
+            decide_seconds: LatencyHistogram::default(),
+            deliver_seconds: LatencyHistogram::default(),
+            presumed_aborts: AtomicU64::new(0),
+            in_flight: counters(shards),
+            awaiting_ack: counters(shards),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_TRANSFERS_MAX)),
+            peers: Mutex::new(BTreeMap::new()),
         }
     }
+}
+
+/// Counters the console's sampler reads once a second (`console`).
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    pub committed: u64,
+    pub aborted: Vec<u64>,
+    pub latency: Vec<u64>,
+    pub max_nanos: u64,
+    pub flows: Vec<u64>,
 }
 
 fn kind_position(kind: MessageKind) -> usize {
@@ -78,15 +152,157 @@ impl Metrics {
         }
     }
 
-    /// Counts a transfer this node coordinated and answered with `outcome`, after `elapsed`.
-    pub fn transfer(&self, outcome: Outcome, elapsed: Duration) {
+    /// Counts a transfer this node coordinated and answered with `outcome`, after `elapsed`:
+    /// `shards` are its debit and credit accounts' shards.
+    pub fn transfer(
+        &self,
+        transfer: &net::Transfer,
+        shards: (u32, u32),
+        outcome: Outcome,
+        elapsed: Duration,
+    ) {
         match outcome {
-            Outcome::Committed => self.transfers_committed.fetch_add(1, Ordering::Relaxed),
-            Outcome::Aborted(reason) => self.transfers_aborted
-                [usize::from(reason.code()).min(ABORT_REASONS - 1)]
-            .fetch_add(1, Ordering::Relaxed),
+            Outcome::Committed => {
+                self.transfers_committed.fetch_add(1, Ordering::Relaxed);
+                let (debit, credit) = (shards.0 as usize, shards.1 as usize);
+                if debit < self.shards && credit < self.shards {
+                    self.flows[debit * self.shards + credit].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Outcome::Aborted(reason) => {
+                self.transfers_aborted[usize::from(reason.code()).min(ABORT_REASONS - 1)]
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         };
         self.transfer_seconds.observe(elapsed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.transfer_max_nanos.fetch_max(nanos, Ordering::Relaxed);
+        if let Ok(mut recent) = self.recent.try_lock() {
+            if recent.len() == RECENT_TRANSFERS_MAX {
+                recent.pop_front();
+            }
+            recent.push_back(RecentTransfer {
+                id: transfer.id,
+                debit: transfer.debit,
+                credit: transfer.credit,
+                amount: transfer.amount,
+                outcome,
+                elapsed,
+                at_unix_ms: crate::node::now_unix_ms(),
+            });
+        }
+    }
+
+    /// A remote participant's vote round took `elapsed`.
+    pub fn prepared(&self, elapsed: Duration) {
+        self.prepare_seconds.observe(elapsed);
+    }
+
+    /// A batch's decisions were logged (and this shard's part applied) in `elapsed`; `presumed`
+    /// of them were presumed aborts.
+    pub fn decided(&self, elapsed: Duration, presumed: usize) {
+        self.decide_seconds.observe(elapsed);
+        self.presumed_aborts
+            .fetch_add(presumed as u64, Ordering::Relaxed);
+    }
+
+    /// A delivery of decisions to a participant was acknowledged (or given up) after `elapsed`.
+    pub fn delivered(&self, elapsed: Duration) {
+        self.deliver_seconds.observe(elapsed);
+    }
+
+    /// The coordinator of `shard` holds `in_flight` transfers and `awaiting_ack` decisions.
+    pub fn coordinator_load(&self, shard: u32, in_flight: usize, awaiting_ack: usize) {
+        if let (Some(flight), Some(ack)) = (
+            self.in_flight.get(shard as usize),
+            self.awaiting_ack.get(shard as usize),
+        ) {
+            flight.store(in_flight as u64, Ordering::Relaxed);
+            ack.store(awaiting_ack as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Transfers in flight and decisions awaiting acknowledgement, summed over the shards this
+    /// node leads by `groups` (a coordinator that stopped leaves its last values, not counted).
+    pub fn coordinator_totals(&self, groups: &[GroupStatus]) -> (u64, u64) {
+        groups
+            .iter()
+            .filter(|group| group.role == ReplicaRole::Leader)
+            .map(|group| group.shard)
+            .filter_map(|shard| {
+                Some((
+                    self.in_flight.get(shard as usize)?.load(Ordering::Relaxed),
+                    self.awaiting_ack
+                        .get(shard as usize)?
+                        .load(Ordering::Relaxed),
+                ))
+            })
+            .fold((0, 0), |(flight, ack), (one, other)| {
+                (flight + one, ack + other)
+            })
+    }
+
+    /// The counters the console's sampler diffs once a second; the slowest transfer since the
+    /// last call is taken (and reset).
+    pub fn counts(&self) -> Counts {
+        Counts {
+            committed: self.transfers_committed.load(Ordering::Relaxed),
+            aborted: self
+                .transfers_aborted
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .collect(),
+            latency: self.transfer_seconds.snapshot().buckets,
+            max_nanos: self.transfer_max_nanos.swap(0, Ordering::Relaxed),
+            flows: self
+                .flows
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+
+    /// Transfers committed, and aborted by reason code, since the node started.
+    pub fn transfer_totals(&self) -> (u64, Vec<u64>) {
+        (
+            self.transfers_committed.load(Ordering::Relaxed),
+            self.transfers_aborted
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+
+    /// Presumed aborts logged since the node started.
+    pub fn presumed_abort_count(&self) -> u64 {
+        self.presumed_aborts.load(Ordering::Relaxed)
+    }
+
+    /// The most recent transfers, newest last.
+    pub fn recent(&self) -> Vec<RecentTransfer> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Errors answered with `code`, over every request kind.
+    pub fn errors_with(&self, code: ErrorCode) -> u64 {
+        let code = usize::from(code.code()).min(ERROR_CODES - 1);
+        (0..MessageKind::ALL.len())
+            .map(|position| self.errors[position * ERROR_CODES + code].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Phase latency snapshots: prepare, decide, deliver.
+    pub fn phases(&self) -> [LatencySnapshot; 3] {
+        [
+            self.prepare_seconds.snapshot(),
+            self.decide_seconds.snapshot(),
+            self.deliver_seconds.snapshot(),
+        ]
     }
 
     /// This node's replica of `shard` became leader: its engine opened.
@@ -169,6 +385,13 @@ impl Snapshot {
             groups,
             in_doubt,
         } = scrape;
+        let peers = metrics
+            .peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let (in_flight, awaiting_ack) = metrics.coordinator_totals(&groups);
+        let [prepare, decide, deliver] = metrics.phases();
         let mut requests = Vec::new();
         let mut errors = Vec::new();
         for (position, kind) in MessageKind::ALL.iter().enumerate() {
@@ -289,6 +512,43 @@ impl Snapshot {
                     "Bytes written to the WAL.",
                     vec![(vec![], wal.bytes_written as f64)],
                 ),
+                (
+                    "tally_2pc_presumed_aborts",
+                    "Presumed aborts logged: a participant asked about a transfer this node's coordinators never decided.",
+                    vec![(
+                        vec![],
+                        metrics.presumed_aborts.load(Ordering::Relaxed) as f64,
+                    )],
+                ),
+                (
+                    "tally_lock_conflicts",
+                    "Requests refused and transfers aborted because an account was locked in a conflicting mode.",
+                    vec![(
+                        vec![],
+                        (metrics.errors_with(ErrorCode::LockConflict)
+                            + metrics.transfers_aborted
+                                [usize::from(AbortReason::LockConflict.code())]
+                            .load(Ordering::Relaxed)) as f64,
+                    )],
+                ),
+                (
+                    "tally_funds_held",
+                    "Debits refused because the funds were there but reserved by debits in flight (retryable).",
+                    vec![(
+                        vec![],
+                        (metrics.errors_with(ErrorCode::FundsHeld)
+                            + metrics.transfers_aborted[usize::from(AbortReason::FundsHeld.code())]
+                                .load(Ordering::Relaxed)) as f64,
+                    )],
+                ),
+                (
+                    "tally_peer_heartbeats_missed",
+                    "Heartbeats to a peer node that got no answer within the peer timeout.",
+                    peers
+                        .iter()
+                        .map(|(peer, health)| (vec![label("peer", peer)], health.missed as f64))
+                        .collect(),
+                ),
             ],
             gauges: vec![
                 (
@@ -321,6 +581,34 @@ impl Snapshot {
                     "On a leader: 1 when the replica answered within an election timeout.",
                     replica_up,
                 ),
+                (
+                    "tally_2pc_in_flight_transfers",
+                    "Transfers between their request and their decision at the coordinators of the shards this node leads.",
+                    vec![(vec![], in_flight as f64)],
+                ),
+                (
+                    "tally_2pc_awaiting_ack_decisions",
+                    "Logged decisions some participant has not acknowledged, at the coordinators of the shards this node leads.",
+                    vec![(vec![], awaiting_ack as f64)],
+                ),
+                (
+                    "tally_peer_up",
+                    "1 when the peer node answered the last heartbeat.",
+                    peers
+                        .iter()
+                        .map(|(peer, health)| {
+                            (vec![label("peer", peer)], f64::from(u8::from(health.up)))
+                        })
+                        .collect(),
+                ),
+                (
+                    "tally_peer_rtt_seconds",
+                    "Round trip of the last heartbeat the peer node answered.",
+                    peers
+                        .iter()
+                        .map(|(peer, health)| (vec![label("peer", peer)], health.rtt.as_secs_f64()))
+                        .collect(),
+                ),
             ],
             histograms: vec![
                 (
@@ -332,6 +620,21 @@ impl Snapshot {
                     "tally_wal_fsync_duration_seconds",
                     "The fdatasync closing each WAL group commit.",
                     wal.fsync,
+                ),
+                (
+                    "tally_2pc_prepare_duration_seconds",
+                    "A remote participant's vote round: PREPARE sent to votes received.",
+                    prepare,
+                ),
+                (
+                    "tally_2pc_decide_duration_seconds",
+                    "Logging a batch's decisions, with the coordinating shard's own part applied.",
+                    decide,
+                ),
+                (
+                    "tally_2pc_deliver_duration_seconds",
+                    "Decisions sent to a participant until acknowledged (or given up for a resend).",
+                    deliver,
                 ),
             ],
             info: vec![label("version", version), label("node", node)],

@@ -57,6 +57,7 @@ pub(crate) struct Node {
     pub replication: Replication,
     pub wal: Arc<Wal<FileStorage>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub console: crate::console::Console,
 }
 
 fn unavailable(error: Unavailable) -> ErrorResponse {
@@ -86,7 +87,7 @@ pub(crate) fn peer_error(error: &PeerError) -> ErrorResponse {
     }
 }
 
-fn now_unix_ms() -> u64 {
+pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
@@ -186,11 +187,18 @@ impl Node {
             Message::GetHistory(request) => self.history(request).await,
             Message::Transfer(request) => {
                 let started = Instant::now();
-                let answer = self.transfer(request).await;
+                let shards = (
+                    self.config.shard_of(request.debit),
+                    self.config.shard_of(request.credit),
+                );
+                let answer = self.transfer(request.clone()).await;
                 match &answer {
-                    Ok(Message::TransferResult(result)) => self
-                        .metrics
-                        .transfer(outcome_from_wire(result.outcome), started.elapsed()),
+                    Ok(Message::TransferResult(result)) => self.metrics.transfer(
+                        &request,
+                        shards,
+                        outcome_from_wire(result.outcome),
+                        started.elapsed(),
+                    ),
                     _ => self.metrics.transfer_failed(started.elapsed()),
                 }
                 answer

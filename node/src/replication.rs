@@ -510,7 +510,8 @@ impl Driver {
                 confirmed.extend(output.confirmed.iter().copied());
                 if let Some(report) = &output.opened
                     && let Some(engine) = group.engine()
-                    && let Err(error) = server.open(engine.clone(), report, &self.router)
+                    && let Err(error) =
+                        server.open(engine.clone(), report, &self.router, &self.metrics)
                 {
                     tracing::error!(shard, %error, "cannot start serving");
                 }

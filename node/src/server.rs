@@ -203,7 +203,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async {
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(config.shard_count));
         let (mut driver, replication) = replication::Driver::new(
             me.id,
             groups,
@@ -222,6 +222,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
             replication: replication.clone(),
             wal: wal.clone(),
             metrics,
+            console: crate::console::Console::new(data_dir.clone()),
         });
         driver.open_single_replicas().await;
         // Its bound on requests in flight per connection is what a peer's connection may send
@@ -244,7 +245,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         };
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(listener) = http {
-            tracing::info!(address = ?me.http, "serving /metrics over HTTP");
+            tracing::info!(address = ?me.http, "serving /metrics and the console over HTTP");
             let node = node.clone();
             tasks.spawn(async move {
                 if let Err(error) = crate::http::serve(listener, node, std::future::pending()).await
@@ -255,6 +256,8 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
         }
         tasks.spawn(driver.run());
         tasks.spawn(checkpoint_loop(node.clone()));
+        tasks.spawn(crate::console::sample_loop(node.clone()));
+        tasks.spawn(crate::console::heartbeat_loop(node.clone()));
         tracing::info!(address = %me.address, "serving");
         let result = server
             .run(async move {

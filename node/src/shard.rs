@@ -109,8 +109,10 @@ impl ShardServer {
         engine: Arc<NodeEngine>,
         report: &OpenReport,
         router: &Arc<Router>,
+        metrics: &Arc<crate::metrics::Metrics>,
     ) -> Result<(), StorageError> {
-        let (coordinator, driver) = Coordinator::new(self.shard, engine.clone(), router.clone())?;
+        let (coordinator, driver) =
+            Coordinator::new(self.shard, engine.clone(), router.clone(), metrics.clone())?;
         if driver.unended_count() > 0 {
             tracing::info!(
                 shard = self.shard,

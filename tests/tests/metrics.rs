@@ -134,6 +134,38 @@ async fn metrics_parse_and_count_what_the_client_saw() {
         assert!(sum(&scrape, "tally_wal_fsync_duration_seconds", &[]) > 0.0);
         assert!(sum(&scrape, "tally_wal_records_total", &[]) > 0.0);
         assert!(body.contains("tally_build_info{"), "{body}");
+        *totals.entry("prepare rounds").or_default() +=
+            sum(&scrape, "tally_2pc_prepare_duration_seconds", &[]);
+        *totals.entry("decision logs").or_default() +=
+            sum(&scrape, "tally_2pc_decide_duration_seconds", &[]);
+        *totals.entry("deliveries").or_default() +=
+            sum(&scrape, "tally_2pc_deliver_duration_seconds", &[]);
+        // Every peer answers heartbeats on a quiet cluster.
+        assert_eq!(
+            sum(&scrape, "tally_peer_up", &[]),
+            2.0,
+            "node {}: {body}",
+            node.id
+        );
+        assert!(sum(&scrape, "tally_peer_rtt_seconds", &[]) > 0.0, "{body}");
+        // Present, whatever their values: nothing is in flight or conflicting here.
+        for family in [
+            "tally_2pc_in_flight_transfers",
+            "tally_2pc_awaiting_ack_decisions",
+            "tally_2pc_presumed_aborts_total",
+            "tally_lock_conflicts_total",
+            "tally_funds_held_total",
+            "tally_in_doubt_transactions",
+        ] {
+            assert!(
+                body.contains(&format!("\n{family} ")),
+                "{family} is missing:\n{body}"
+            );
+        }
+    }
+    // Every cross-shard transfer had a remote vote round, a logged decision and a delivery.
+    for phase in ["prepare rounds", "decision logs", "deliveries"] {
+        assert!(totals[phase] > 0.0, "no {phase}: {totals:?}");
     }
     // Each transfer is counted once, by the node that coordinated it (no retry was needed on a
     // quiet cluster, so requests equal transfers).

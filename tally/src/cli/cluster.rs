@@ -54,10 +54,22 @@ pub(super) struct UpArgs {
     /// Where the nodes keep their data, one subdirectory each.
     #[arg(long, value_name = "DIR")]
     pub(super) data_dir: PathBuf,
-    /// Node i (from 1) listens on 127.0.0.1:(base-port + i - 1), and serves HTTP `/metrics` on
-    /// 127.0.0.1:(base-port + nodes + i - 1).
+    /// Node i (from 1) listens on 127.0.0.1:(base-port + i - 1), and serves HTTP (`/metrics`
+    /// and its console at `/`) on 127.0.0.1:(base-port + nodes + i - 1).
     #[arg(long, default_value_t = 7101, value_parser = clap::value_parser!(u16).range(1..))]
     pub(super) base_port: u16,
+    /// Where the console with its control panel listens (host:port; default
+    /// 127.0.0.1:(base-port + 2 × nodes)). Its token is printed at start.
+    #[arg(long, value_name = "ADDRESS")]
+    pub(super) console: Option<std::net::SocketAddr>,
+    /// The control panel's token (default: 128 random bits, printed at start).
+    #[arg(
+        long,
+        env = "TALLY_CONSOLE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(super) console_token: Option<String>,
     /// Restart a node that died by itself this long after its death (like 5, 1.5s, 500ms);
     /// without it a dead node stays down until `restart N` on stdin.
     #[arg(long, value_name = "SECONDS", value_parser = parse_restart_after)]
@@ -90,8 +102,8 @@ pub(super) fn start(args: StartArgs) -> Result<Exit, Failure> {
 
 /// `tally cluster up`: runs the local cluster until SIGINT or SIGTERM.
 pub(super) fn up(args: UpArgs) -> Result<Exit, Failure> {
-    // The nodes' ports, then as many for their HTTP.
-    let port_last = u32::from(args.base_port) + 2 * args.nodes - 1;
+    // The nodes' ports, then as many for their HTTP, then the control panel's.
+    let port_last = u32::from(args.base_port) + 2 * args.nodes;
     if port_last > u32::from(u16::MAX) {
         return Err(Failure::error(format!(
             "{} nodes from port {} need ports up to {port_last}, past 65535",
@@ -105,6 +117,17 @@ pub(super) fn up(args: UpArgs) -> Result<Exit, Failure> {
         base_port: args.base_port,
         restart_after: args.restart_after,
     };
-    loadgen::up::up(options).map_err(|error| Failure::error(format!("{error:#}")))?;
+    if let Some(token) = &args.console_token
+        && (token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()))
+    {
+        return Err(Failure::error(
+            "the console token must be at least 16 printable characters without spaces",
+        ));
+    }
+    let console = loadgen::up::ConsoleOptions {
+        address: args.console,
+        token: args.console_token,
+    };
+    loadgen::up::up(options, console).map_err(|error| Failure::error(format!("{error:#}")))?;
     Ok(Exit::Success)
 }

@@ -343,8 +343,15 @@ impl Driver {
                     let requests: Vec<PrepareRequest> =
                         entries.iter().map(|entry| entry.request(me)).collect();
                     let ids: Vec<TransferId> = requests.iter().map(|request| request.id).collect();
-                    let votes = durably_in_task(&engine, engine.prepare_logged(&requests))
+                    let logging = engine.prepare_logged(&requests);
+                    let lsn = logging.as_ref().ok().and_then(|logged| logged.wait_for());
+                    let votes = durably_in_task(&engine, logging)
                         .await
+                        .inspect(|votes| {
+                            for (id, vote) in ids.iter().zip(votes) {
+                                tracing::debug!(node = crate::node::node_id(), shard = me, transfer = %id, ?vote, lsn, "2pc: prepared (coordinator's own shard)");
+                            }
+                        })
                         .map(|votes| (ids.into_iter().zip(votes).collect(), engine.clock_now()))
                         .map_err(|error| {
                             tracing::error!(%error, "local PREPARE failed; the batch's outcome is unknown");
@@ -401,7 +408,7 @@ impl Driver {
                             })
                         }
                         Err(error) => {
-                            tracing::warn!(participant, %error, count, "participant unavailable; aborting its transfers");
+                            tracing::warn!(node = crate::node::node_id(), shard = me, participant, %error, count, "2pc: participant unavailable; aborting its transfers");
                             Err(VoteFailure::Unreachable {
                                 surely_not_applied: error.surely_not_applied(),
                             })
@@ -432,15 +439,24 @@ impl Driver {
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let started = Instant::now();
-                    let logged = durably_in_task(
-                        &engine,
-                        engine.log_decisions_and_decide_logged(me, decisions, &local, commit_ts),
-                    )
+                    let traced: Vec<(TransferId, Outcome, Vec<NodeId>)> =
+                        if tracing::enabled!(tracing::Level::DEBUG) {
+                            decisions
+                                .iter()
+                                .map(|d| (d.id, d.outcome, d.participants.clone()))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                    let logging =
+                        engine.log_decisions_and_decide_logged(me, decisions, &local, commit_ts);
+                    let lsn = logging.as_ref().ok().and_then(|logged| logged.wait_for());
+                    let logged = durably_in_task(&engine, logging)
                     .await
                     .map(|results| {
                         for ((id, _), result) in local.iter().zip(results) {
                             if let Err(error) = result {
-                                tracing::error!(transaction = %id, %error, "local part of a decision not applied");
+                                tracing::error!(node = crate::node::node_id(), shard = me, transfer = %id, %error, "2pc: local part of a decision not applied");
                             }
                         }
                     });
@@ -450,6 +466,9 @@ impl Driver {
                     });
                     if result.is_ok() {
                         metrics.decided(started.elapsed(), presumed_count);
+                        for (id, outcome, participants) in &traced {
+                            tracing::debug!(node = crate::node::node_id(), shard = me, transfer = %id, ?outcome, commit_ts, lsn, ?participants, "2pc: decision logged (coordinator)");
+                        }
                     }
                     let _ = completions.send(Completion::Logged { log, result });
                 });
@@ -462,7 +481,7 @@ impl Driver {
             Effect::AnswerInquiry { inquiry, decisions } => {
                 for (id, outcome, _) in &decisions {
                     if *outcome == Outcome::Aborted(engine::model::AbortReason::PresumedAbort) {
-                        tracing::info!(transaction = %id, "presumed abort: no decision was logged");
+                        tracing::info!(node = crate::node::node_id(), shard = me, transfer = %id, "2pc: presumed abort: no decision was logged");
                     }
                 }
                 if let Some(reply) = self.inquiries.remove(&inquiry) {
@@ -480,7 +499,7 @@ impl Driver {
                     let started = Instant::now();
                     let acknowledged = if participant == me {
                         // Only decisions logged by an older version list this node.
-                        apply_decisions(&engine, me, &decisions)
+                        apply_decisions(&engine, me, me, &decisions)
                             .await
                             .unwrap_or_else(|error| {
                                 tracing::error!(%error, "applying decisions locally failed");
@@ -512,6 +531,9 @@ impl Driver {
                         }
                     };
                     metrics.delivered(started.elapsed());
+                    for id in &acknowledged {
+                        tracing::debug!(node = crate::node::node_id(), shard = me, participant, transfer = %id, "2pc: decision acknowledged (coordinator)");
+                    }
                     let _ = completions.send(Completion::Delivered {
                         delivery,
                         acknowledged,
@@ -572,7 +594,7 @@ pub(crate) async fn resolve_in_doubt_loop(
                     ask(&router, me, asked, chunk.to_vec()).await
                 };
                 if let Some(decisions) = answers {
-                    apply_resolved(&engine, asked, decisions).await;
+                    apply_resolved(&engine, me, asked, decisions).await;
                 }
             }
         }
@@ -616,16 +638,21 @@ async fn ask(
     }
 }
 
-async fn apply_resolved(engine: &Arc<NodeEngine>, coordinator: NodeId, decisions: Vec<Verdict>) {
+async fn apply_resolved(
+    engine: &Arc<NodeEngine>,
+    me: NodeId,
+    coordinator: NodeId,
+    decisions: Vec<Verdict>,
+) {
     if decisions.is_empty() {
         return;
     }
-    let applied = apply_decisions(engine, coordinator, &decisions).await;
+    let applied = apply_decisions(engine, me, coordinator, &decisions).await;
     match applied {
         Ok(applied) => {
             for (id, outcome, _) in decisions {
                 if applied.contains(&id) {
-                    tracing::info!(transaction = %id, coordinator, ?outcome, "in-doubt transaction resolved");
+                    tracing::info!(node = crate::node::node_id(), shard = me, transfer = %id, coordinator, ?outcome, "2pc: in-doubt transaction resolved");
                 }
             }
         }

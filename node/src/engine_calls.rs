@@ -195,15 +195,20 @@ impl WireError for ReadError {
     }
 }
 
-/// Participant: logs and applies decisions of `coordinator`; returns the ids to acknowledge.
+/// Participant: logs and applies decisions of `coordinator` at shard `shard` of this node;
+/// returns the ids to acknowledge.
 pub(crate) async fn apply_decisions(
     engine: &Arc<NodeEngine>,
+    shard: u32,
     coordinator: NodeId,
     decisions: &[engine::coordinator::Verdict],
 ) -> Result<Vec<TransferId>, StorageError> {
-    let results = durably(engine, engine.decide_from_logged(coordinator, decisions)).await?;
+    let logged = engine.decide_from_logged(coordinator, decisions);
+    let lsn = logged.as_ref().ok().and_then(|logged| logged.wait_for());
+    let results = durably(engine, logged).await?;
     let mut applied = Vec::with_capacity(decisions.len());
-    for ((id, _, _), result) in decisions.iter().zip(results) {
+    for ((id, outcome, commit_ts), result) in decisions.iter().zip(results) {
+        tracing::debug!(node = crate::node::node_id(), shard, coordinator, transfer = %id, ?outcome, commit_ts, lsn, applied = result.is_ok(), "2pc: decision applied (participant)");
         match result {
             Ok(()) => applied.push(*id),
             Err(error) => {

@@ -87,6 +87,17 @@ pub(crate) fn peer_error(error: &PeerError) -> ErrorResponse {
     }
 }
 
+/// This process's node id, for log events far from a `Node` (0 before the node starts).
+static NODE_ID: std::sync::OnceLock<NodeId> = std::sync::OnceLock::new();
+
+pub(crate) fn set_node_id(id: NodeId) {
+    let _ = NODE_ID.set(id);
+}
+
+pub(crate) fn node_id() -> NodeId {
+    NODE_ID.get().copied().unwrap_or(0)
+}
+
 pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -191,6 +202,7 @@ impl Node {
                     self.config.shard_of(request.debit),
                     self.config.shard_of(request.credit),
                 );
+                tracing::debug!(node = self.id, shard = shards.0, transfer = %request.id, debit = request.debit, credit = request.credit, amount = request.amount, credit_shard = shards.1, "2pc: transfer received (coordinator)");
                 let answer = self.transfer(request.clone()).await;
                 match &answer {
                     Ok(Message::TransferResult(result)) => self.metrics.transfer(
@@ -201,6 +213,7 @@ impl Node {
                     ),
                     _ => self.metrics.transfer_failed(started.elapsed()),
                 }
+                tracing::debug!(node = self.id, shard = shards.0, transfer = %request.id, answer = ?answer, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "2pc: transfer answered (coordinator)");
                 answer
             }
             Message::GetTransferStatus(GetTransferStatus { id }) => self.transfer_status(id).await,
@@ -556,11 +569,13 @@ impl Node {
             .map(|(request, _)| request.clone())
             .collect();
         let engine = &serving.engine;
-        let mut votes = durably(engine, engine.prepare_logged(&routed))
+        let logged = engine.prepare_logged(&routed);
+        let lsn = logged.as_ref().ok().and_then(|logged| logged.wait_for());
+        let mut votes = durably(engine, logged)
             .await
             .map_err(engine_error)?
             .into_iter();
-        let votes = requests
+        let votes: Vec<VoteEntry> = requests
             .iter()
             .zip(misrouted)
             .map(|(request, misrouted)| VoteEntry {
@@ -575,6 +590,9 @@ impl Node {
                 },
             })
             .collect();
+        for vote in &votes {
+            tracing::debug!(node = self.id, shard = batch.shard, coordinator = batch.coordinator, transfer = %vote.txid, vote = ?vote.vote, lsn, "2pc: prepared (participant)");
+        }
         // Read after every lock of the batch was taken: the commits come later (engine::clock).
         let clock = engine.clock_now();
         Ok(Votes { votes, clock }.into())
@@ -595,9 +613,10 @@ impl Node {
                 )
             })
             .collect();
-        let txids = apply_decisions(&serving.engine, batch.coordinator, &decisions)
+        let txids = apply_decisions(&serving.engine, batch.shard, batch.coordinator, &decisions)
             .await
             .map_err(engine_error)?;
+
         Ok(Acks { txids }.into())
     }
 

@@ -129,6 +129,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     let _log_writers = init_logging(data_dir, options.log_format)?;
+    crate::node::set_node_id(me.id);
     tracing::info!(node = me.id, address = %me.address, data_dir = %data_dir.display(), shards = ?me.shards, "starting");
 
     let wal_dir = data_dir.join("wal");

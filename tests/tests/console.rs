@@ -293,6 +293,89 @@ fn the_console_shows_a_cluster_under_load_and_its_control_panel_kills_and_restar
         }
     });
 
+    // A partitioned node still serves its console, but its peers stop hearing it: its heartbeat
+    // age grows; healed, it shrinks again.
+    let age3 = |tab: &Tab| {
+        number(&read(
+            tab,
+            "return document.querySelector('#node-row-3 .age').textContent;",
+        ))
+    };
+    let (status, body) =
+        http(&up.console, "POST", "/api/control/partition?node=3").expect("partition");
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "node 3's heartbeat age grows",
+        Duration::from_secs(20),
+        || match age3(&tab) {
+            Some(age) if age > 1500.0 => Ok(String::new()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let (status, body) = http(&up.console, "POST", "/api/control/heal?node=3").expect("heal");
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "node 3's heartbeat age is fresh again",
+        Duration::from_secs(20),
+        || match age3(&tab) {
+            Some(age) if age < 1000.0 => Ok(String::new()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    // A paused node answers nothing, its console polls included: down, then up once resumed.
+    let (status, body) = http(&up.console, "POST", "/api/control/pause?node=3").expect("pause");
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "node 3 shows as down while paused",
+        Duration::from_secs(15),
+        || {
+            let state = read(
+                &tab,
+                "return document.querySelector('#node-row-3').dataset.state;",
+            );
+            if state == "down" {
+                Ok(String::new())
+            } else {
+                Err(state.to_string())
+            }
+        },
+    );
+    let (status, body) = http(&up.console, "POST", "/api/control/resume?node=3").expect("resume");
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "node 3 is up again once resumed",
+        Duration::from_secs(15),
+        || {
+            let state = read(
+                &tab,
+                "return document.querySelector('#node-row-3').dataset.state;",
+            );
+            if state == "up" {
+                Ok(String::new())
+            } else {
+                Err(state.to_string())
+            }
+        },
+    );
+    // The look-up form: an account of the load.
+    read(
+        &tab,
+        "document.querySelector('#lookup-kind').value = 'account';
+         document.querySelector('#lookup-id').value = '1';
+         document.querySelector('#lookup button').click();
+         return null;",
+    );
+    eventually("the look-up answers", Duration::from_secs(20), || {
+        let answer = read(
+            &tab,
+            "return document.querySelector('#lookup-result').textContent;",
+        );
+        match answer.as_str() {
+            Some(text) if text.contains("\"balance\"") => Ok(String::new()),
+            _ => Err(answer.to_string()),
+        }
+    });
+
     let (status, body) = http(&up.console, "POST", "/api/control/load-stop").expect("load-stop");
     assert_eq!(status, 200, "{body}");
     // Money is conserved, by the page's own audit button.

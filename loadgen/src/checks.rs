@@ -36,6 +36,11 @@ pub struct Checks {
     /// Sampled transfers whose status contradicts what the client heard.
     pub status_mismatches: u64,
     pub statuses_checked: u64,
+    /// Transfers the nodes' `/metrics` count as answered committed (`tally_transfers_total`),
+    /// summed over the nodes, when every node of the cluster file has an HTTP address that
+    /// answered; reported beside the run's own count, not judged (a node restarted during the
+    /// run starts counting again, and a transfer resent after a lost answer is answered twice).
+    pub metrics_committed: Option<u64>,
     pub problems: Vec<String>,
 }
 
@@ -114,6 +119,7 @@ pub(crate) async fn check(
             )),
         }
     }
+    checks.metrics_committed = metrics_committed(client.config()).await;
     match client.audit().await {
         Ok(report) => checks.audit = Some(AuditVerdict::new(&report, client.config())),
         Err(error) => checks.problems.push(format!("audit: {error}")),
@@ -207,4 +213,42 @@ async fn settled_status(
             other => return other,
         }
     }
+}
+
+/// The committed transfers every node's `/metrics` counts, summed; `None` unless every node has
+/// an HTTP address and answers.
+async fn metrics_committed(config: &client::ClusterConfig) -> Option<u64> {
+    let mut total = 0u64;
+    for node in &config.nodes {
+        let address = node.http.as_deref()?;
+        let text = tokio::time::timeout(Duration::from_secs(5), scrape(address))
+            .await
+            .ok()??;
+        total += text
+            .lines()
+            .filter(|line| {
+                line.starts_with("tally_transfers_total{") && line.contains("outcome=\"committed\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
+/// One `GET /metrics` over HTTP/1.0: the body.
+async fn scrape(address: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut answer = Vec::new();
+    stream.take(16 << 20).read_to_end(&mut answer).await.ok()?;
+    let answer = String::from_utf8(answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200 OK")
+        .then(|| body.to_owned())
+        .or_else(|| head.starts_with("HTTP/1.1 200 OK").then(|| body.to_owned()))
 }

@@ -104,6 +104,12 @@ impl Report {
             checks.unknown_movements_resolved_refused
         ));
         out.push('\n');
+        if let Some(counted) = checks.metrics_committed {
+            out.push_str(&format!(
+                "metrics: the nodes' /metrics count {counted} transfers answered committed; this run heard {} (+{} resolved after)\n",
+                self.committed, checks.unknown_resolved_committed
+            ));
+        }
         for problem in &checks.problems {
             out.push_str(&format!("problem: {problem}\n"));
         }

@@ -62,10 +62,15 @@ pub(crate) async fn with_lock_wait<R, E: WireError>(
 ) -> Result<Logged<R>, E> {
     let deadline = Instant::now() + engine.lock_wait();
     let mut pause = Duration::from_micros(200);
+    let mut waited = false;
     loop {
         let last = Instant::now() >= deadline;
         match attempt(last) {
             Err(error) if !last && error.code() == ErrorCode::LockConflict => {
+                if !waited {
+                    waited = true;
+                    LOCK_WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(2));
             }
@@ -73,6 +78,10 @@ pub(crate) async fn with_lock_wait<R, E: WireError>(
         }
     }
 }
+
+/// Local operations (deposits, withdrawals, same-shard transfers, account creations) that met a
+/// lock held in a conflicting mode and waited for it (`with_lock_wait`), since the process began.
+pub(crate) static LOCK_WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A poisoned mutex means a thread panicked halfway through changing what it guards: a crash,
 /// not something to carry on from.

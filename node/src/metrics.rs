@@ -532,6 +532,14 @@ impl Snapshot {
                     )],
                 ),
                 (
+                    "tally_lock_waits",
+                    "Local operations (deposits, withdrawals, same-shard transfers, account creations) that waited for a lock held in a conflicting mode.",
+                    vec![(
+                        vec![],
+                        crate::engine_calls::LOCK_WAITS.load(Ordering::Relaxed) as f64,
+                    )],
+                ),
+                (
                     "tally_funds_held",
                     "Debits refused because the funds were there but reserved by debits in flight (retryable).",
                     vec![(

@@ -154,6 +154,7 @@ async fn metrics_parse_and_count_what_the_client_saw() {
             "tally_2pc_awaiting_ack_decisions",
             "tally_2pc_presumed_aborts_total",
             "tally_lock_conflicts_total",
+            "tally_lock_waits_total",
             "tally_funds_held_total",
             "tally_in_doubt_transactions",
         ] {
@@ -180,4 +181,42 @@ async fn metrics_parse_and_count_what_the_client_saw() {
     for (shard, count) in serving {
         assert_eq!(count, 1.0, "shard {shard}: leaderships gained minus lost");
     }
+}
+
+/// The load generator's own count of committed transfers and the nodes' `tally_transfers_total`
+/// agree: every committed answer it heard was counted by the node that sent it, and the nodes
+/// counted few more (answers to resends after a lost answer, and outcomes it resolved after).
+#[test]
+fn the_nodes_count_the_committed_transfers_the_load_generator_heard() {
+    let cluster = Cluster::start_replicated(PROGRAM.as_ref(), 3, 3);
+    let clients: u64 = 8;
+    let output = std::process::Command::new(PROGRAM)
+        .args(["loadgen", "--cluster"])
+        .arg(&cluster.cluster_file)
+        .args(["--accounts", "200", "--clients", &clients.to_string()])
+        .args(["--duration", "3", "--seed", "1"])
+        .output()
+        .expect("run tally loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("metrics: "))
+        .unwrap_or_else(|| panic!("no metrics line:\n{stdout}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    let [counted, heard, resolved] = numbers[..] else {
+        panic!("{line}");
+    };
+    assert!(heard > 0, "{stdout}");
+    assert!(
+        counted >= heard && counted <= heard + resolved + clients.max(heard / 50),
+        "the nodes counted {counted} committed transfers, the load generator heard {heard} (+{resolved}): {line}"
+    );
 }

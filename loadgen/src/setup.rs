@@ -15,15 +15,27 @@ const SETUP_CONCURRENCY: usize = 256;
 /// How long the end-of-run checks wait for the cluster to settle.
 pub(crate) const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Waits until every node answers and every shard has a leader (a cluster just started may
+/// still be electing them; a set-up started then would be refused `NotLeader`).
 pub(crate) async fn wait_until_up(client: &TallyClient) -> anyhow::Result<()> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let shards = client.config().shard_count;
     loop {
         let nodes = client.cluster_status().await?;
-        if nodes.iter().all(|node| node.up) {
+        let led = |shard: u32| {
+            nodes.iter().any(|node| {
+                node.groups
+                    .iter()
+                    .any(|group| group.shard == shard && group.role == net::ReplicaRole::Leader)
+            })
+        };
+        if nodes.iter().all(|node| node.up) && (0..shards).all(led) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the cluster is not up after {SETTLE_TIMEOUT:?}: {nodes:?}");
+            bail!(
+                "the cluster is not up (every node answering, every shard led) after {SETTLE_TIMEOUT:?}: {nodes:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -1,10 +1,18 @@
 //! The web console's files, embedded in the binary: no build step, nothing fetched at run time.
 //! Every node serves them at `/` and `/assets/` over its HTTP address, next to the JSON the page
 //! polls (`/api/status`, `/api/cluster`); `tally cluster up` serves them too, with its control
-//! panel (`/api/control`). The page itself is plain HTML, CSS and JavaScript; its one library is
+//! panel (`/api/control`). [`router`] is what both serve alike: the files and the read-only
+//! answers (`/api/cluster`, `/api/audit`, `/api/transfer/ID`, `/api/account/ID`). The page itself is plain HTML, CSS and JavaScript; its one library is
 //! uPlot (MIT, vendored unchanged under `assets/vendor/uplot`, see its README).
 
-use client::{AuditVerdict, ClusterConfig, TallyClient};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use client::{AuditVerdict, ClientOptions, ClusterConfig, TallyClient};
 use serde_json::json;
 
 /// One embedded file: its content type and bytes.
@@ -40,14 +48,66 @@ pub fn asset(path: &str) -> Option<Asset> {
 }
 
 /// An answer of the console's JSON API: an HTTP status and a document.
-pub type Answer = (u16, serde_json::Value);
+type Answer = (u16, serde_json::Value);
+
+/// The page, its files, and the read-only answers about the cluster of `config` (through a
+/// client of it), for a node's HTTP side or the control panel to merge into theirs.
+pub fn router(config: ClusterConfig) -> Router {
+    let client = TallyClient::new(config.clone(), ClientOptions::default());
+    let state = Arc::new((config, client));
+    Router::new()
+        .route("/api/cluster", get(|State(s): State<Arc<(ClusterConfig, TallyClient)>>| async move { respond(cluster(&s.0)) }))
+        .route("/api/audit", get(|State(s): State<Arc<(ClusterConfig, TallyClient)>>| async move { respond(audit(&s.1).await) }))
+        .route(
+            "/api/transfer/{id}",
+            get(|State(s): State<Arc<(ClusterConfig, TallyClient)>>, Path(id): Path<String>| async move {
+                respond(transfer(&s.1, &id).await)
+            }),
+        )
+        .route(
+            "/api/account/{id}",
+            get(|State(s): State<Arc<(ClusterConfig, TallyClient)>>, Path(id): Path<String>| async move {
+                respond(account(&s.1, &id).await)
+            }),
+        )
+        .fallback(get(file))
+        .with_state(state)
+}
+
+/// A JSON document any origin may read (the page served by one node polls every node).
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn respond((status, body): Answer) -> Response {
+    json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    )
+}
+
+async fn file(uri: Uri) -> Response {
+    match asset(uri.path()) {
+        Some(asset) => ([(header::CONTENT_TYPE, asset.content_type)], asset.bytes).into_response(),
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
 
 fn error(status: u16, message: impl std::fmt::Display) -> Answer {
     (status, json!({ "error": message.to_string() }))
 }
 
 /// `GET /api/cluster`: the cluster file as the page reads it, every node's addresses and shards.
-pub fn cluster(config: &ClusterConfig) -> Answer {
+fn cluster(config: &ClusterConfig) -> Answer {
     (
         200,
         json!({
@@ -63,7 +123,7 @@ pub fn cluster(config: &ClusterConfig) -> Answer {
 }
 
 /// `GET /api/audit`: a consistent audit of the whole cluster, judged.
-pub async fn audit(client: &TallyClient) -> Answer {
+async fn audit(client: &TallyClient) -> Answer {
     match client.audit().await {
         Ok(report) => {
             let verdict = AuditVerdict::new(&report, client.config());
@@ -82,7 +142,7 @@ pub async fn audit(client: &TallyClient) -> Answer {
 
 /// `GET /api/transfer/ID`: what the cluster knows of a transfer (the id in decimal, or in
 /// hexadecimal after `0x`).
-pub async fn transfer(client: &TallyClient, id: &str) -> Answer {
+async fn transfer(client: &TallyClient, id: &str) -> Answer {
     let parsed = match id.strip_prefix("0x").or_else(|| id.strip_prefix("0X")) {
         Some(hex) => u128::from_str_radix(hex, 16).ok(),
         None => id.parse().ok(),
@@ -100,7 +160,7 @@ pub async fn transfer(client: &TallyClient, id: &str) -> Answer {
 }
 
 /// `GET /api/account/ID`: an account's balance and its latest history entries.
-pub async fn account(client: &TallyClient, id: &str) -> Answer {
+async fn account(client: &TallyClient, id: &str) -> Answer {
     let Ok(id) = id.parse::<u64>() else {
         return error(400, format!("{id:?} is not an account id"));
     };

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use client::{ClientOptions, ClusterConfig, TallyClient};
+use client::ClusterConfig;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -55,8 +55,6 @@ pub type Request = (Action, oneshot::Sender<Result<Value, String>>);
 
 struct Panel {
     token: String,
-    config: ClusterConfig,
-    client: TallyClient,
     actions: SyncSender<Request>,
 }
 
@@ -67,23 +65,13 @@ pub async fn serve(
     config: ClusterConfig,
     actions: SyncSender<Request>,
 ) {
-    let client = TallyClient::new(config.clone(), ClientOptions::default());
-    let panel = Arc::new(Panel {
-        token,
-        config,
-        client,
-        actions,
-    });
+    let panel = Arc::new(Panel { token, actions });
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     let router = Router::new()
-        .route("/api/cluster", get(cluster))
-        .route("/api/audit", get(audit))
-        .route("/api/transfer/{id}", get(transfer))
-        .route("/api/account/{id}", get(account))
         .route("/api/control", get(state))
         .route("/api/control/{action}", post(act))
-        .fallback(get(asset))
         .with_state(panel)
+        .merge(console::router(config))
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let permits = permits.clone();
@@ -110,33 +98,6 @@ fn json_answer(status: u16, body: Value) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-fn answer((status, body): console::Answer) -> Response {
-    json_answer(status, body)
-}
-
-async fn asset(uri: Uri) -> Response {
-    match console::asset(uri.path()) {
-        Some(asset) => ([(header::CONTENT_TYPE, asset.content_type)], asset.bytes).into_response(),
-        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
-    }
-}
-
-async fn cluster(State(panel): State<Arc<Panel>>) -> Response {
-    answer(console::cluster(&panel.config))
-}
-
-async fn audit(State(panel): State<Arc<Panel>>) -> Response {
-    answer(console::audit(&panel.client).await)
-}
-
-async fn transfer(State(panel): State<Arc<Panel>>, Path(id): Path<String>) -> Response {
-    answer(console::transfer(&panel.client, &id).await)
-}
-
-async fn account(State(panel): State<Arc<Panel>>, Path(id): Path<String>) -> Response {
-    answer(console::account(&panel.client, &id).await)
 }
 
 /// Whether the request carries the panel's token (compared in constant time).

@@ -9,12 +9,12 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::model::{AbortReason, Outcome};
 use engine::stats::{LATENCY_BOUNDS_SECONDS, LatencySnapshot};
-use net::{ErrorCode, GroupStatus, Heartbeat, Message};
+use net::{GroupStatus, Heartbeat, Message};
 use serde_json::{Value, json};
 
 use crate::metrics::ABORT_REASONS;
@@ -48,8 +48,6 @@ pub struct Console {
     seconds: Mutex<VecDeque<Second>>,
     /// The process's CPU use over the last second, in percent of one core (f64 bits).
     cpu_percent: AtomicU64,
-    /// A client of the cluster, for look-ups and audits asked from the page.
-    client: OnceLock<client::TallyClient>,
 }
 
 impl Console {
@@ -58,7 +56,6 @@ impl Console {
             data_dir,
             seconds: Mutex::new(VecDeque::with_capacity(SECONDS_KEPT)),
             cpu_percent: AtomicU64::new(0),
-            client: OnceLock::new(),
         }
     }
 
@@ -66,13 +63,6 @@ impl Console {
         self.seconds
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// A client of the cluster this node belongs to.
-    pub fn client(&self, node: &Node) -> &client::TallyClient {
-        self.client.get_or_init(|| {
-            client::TallyClient::new(node.config.clone(), client::ClientOptions::default())
-        })
     }
 }
 
@@ -178,7 +168,6 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
                 if answered {
                     health.rtt = started.elapsed();
                     health.last_answer = Some(Instant::now());
-                    health.answered += 1;
                 } else {
                     health.missed += 1;
                 }
@@ -374,10 +363,8 @@ pub fn status(node: &Node, groups: &[GroupStatus], since: u64) -> Value {
         "in_flight": in_flight,
         "awaiting_ack": awaiting_ack,
         "presumed_aborts": metrics.presumed_abort_count(),
-        "lock_conflicts": metrics.errors_with(ErrorCode::LockConflict)
-            + totals.1[usize::from(AbortReason::LockConflict.code())],
-        "funds_held": metrics.errors_with(ErrorCode::FundsHeld)
-            + totals.1[usize::from(AbortReason::FundsHeld.code())],
+        "lock_conflicts": metrics.lock_conflicts(),
+        "funds_held": metrics.funds_held(),
         "transfers": { "committed": totals.0, "aborted": aborted },
         "phases": { "prepare": phase(&prepare), "decide": phase(&decide), "deliver": phase(&deliver) },
         "groups": groups.iter().map(group_json).collect::<Vec<_>>(),

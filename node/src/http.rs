@@ -16,11 +16,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Value, json};
+use console::json_response;
+use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -39,15 +40,12 @@ pub async fn serve(
     node: Arc<Node>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let console = console::router(node.config.clone());
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
-        .route("/api/cluster", get(cluster))
-        .route("/api/audit", get(audit))
-        .route("/api/transfer/{id}", get(transfer))
-        .route("/api/account/{id}", get(account))
-        .fallback(get(asset))
-        .with_state(node);
+        .with_state(node)
+        .merge(console);
     let listener = BoundedListener {
         listener,
         permits: Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX)),
@@ -79,33 +77,6 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
-/// A JSON answer any origin may read.
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-/// A JSON error: `{"error": message}`.
-fn json_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    json_response(status, &json!({ "error": message.to_string() }))
-}
-
-/// The console's page and files.
-async fn asset(uri: Uri) -> Response {
-    match console::asset(uri.path()) {
-        Some(asset) => ([(header::CONTENT_TYPE, asset.content_type)], asset.bytes).into_response(),
-        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
-    }
-}
-
 async fn status(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
     let since = query
         .as_deref()
@@ -115,38 +86,14 @@ async fn status(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Res
         .and_then(|value| value.parse::<u64>().ok())
         .unwrap_or(0);
     let Some(groups) = node.replication.status(SCRAPE_STATUS_TIMEOUT).await else {
-        return json_error(
+        return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the replication driver did not report its groups in time",
+            &json!({ "error": "the replication driver did not report its groups in time" }),
         );
     };
     json_response(
         StatusCode::OK,
         &crate::console::status(&node, &groups, since),
-    )
-}
-
-/// The cluster as this node's cluster file describes it.
-async fn cluster(State(node): State<Arc<Node>>) -> Response {
-    answer(console::cluster(&node.config))
-}
-
-async fn audit(State(node): State<Arc<Node>>) -> Response {
-    answer(console::audit(node.console.client(&node)).await)
-}
-
-async fn transfer(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
-    answer(console::transfer(node.console.client(&node), &id).await)
-}
-
-async fn account(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
-    answer(console::account(node.console.client(&node), &id).await)
-}
-
-fn answer((status, body): console::Answer) -> Response {
-    json_response(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &body,
     )
 }
 

@@ -92,8 +92,7 @@ pub struct PeerHealth {
     pub rtt: Duration,
     /// When a heartbeat was last answered.
     pub last_answer: Option<std::time::Instant>,
-    /// Heartbeats answered and not, since the node started.
-    pub answered: u64,
+    /// Heartbeats not answered since the node started.
     pub missed: u64,
 }
 
@@ -288,8 +287,23 @@ impl Metrics {
             .collect()
     }
 
+    /// Requests refused and transfers aborted because an account was locked in a conflicting
+    /// mode, since the node started.
+    pub fn lock_conflicts(&self) -> u64 {
+        self.errors_with(ErrorCode::LockConflict)
+            + self.transfers_aborted[usize::from(AbortReason::LockConflict.code())]
+                .load(Ordering::Relaxed)
+    }
+
+    /// Debits refused (or transfers aborted) because the funds were reserved by debits in flight.
+    pub fn funds_held(&self) -> u64 {
+        self.errors_with(ErrorCode::FundsHeld)
+            + self.transfers_aborted[usize::from(AbortReason::FundsHeld.code())]
+                .load(Ordering::Relaxed)
+    }
+
     /// Errors answered with `code`, over every request kind.
-    pub fn errors_with(&self, code: ErrorCode) -> u64 {
+    fn errors_with(&self, code: ErrorCode) -> u64 {
         let code = usize::from(code.code()).min(ERROR_CODES - 1);
         (0..MessageKind::ALL.len())
             .map(|position| self.errors[position * ERROR_CODES + code].load(Ordering::Relaxed))
@@ -523,13 +537,7 @@ impl Snapshot {
                 (
                     "tally_lock_conflicts",
                     "Requests refused and transfers aborted because an account was locked in a conflicting mode.",
-                    vec![(
-                        vec![],
-                        (metrics.errors_with(ErrorCode::LockConflict)
-                            + metrics.transfers_aborted
-                                [usize::from(AbortReason::LockConflict.code())]
-                            .load(Ordering::Relaxed)) as f64,
-                    )],
+                    vec![(vec![], metrics.lock_conflicts() as f64)],
                 ),
                 (
                     "tally_lock_waits",
@@ -542,12 +550,7 @@ impl Snapshot {
                 (
                     "tally_funds_held",
                     "Debits refused because the funds were there but reserved by debits in flight (retryable).",
-                    vec![(
-                        vec![],
-                        (metrics.errors_with(ErrorCode::FundsHeld)
-                            + metrics.transfers_aborted[usize::from(AbortReason::FundsHeld.code())]
-                                .load(Ordering::Relaxed)) as f64,
-                    )],
+                    vec![(vec![], metrics.funds_held() as f64)],
                 ),
                 (
                     "tally_peer_heartbeats_missed",

@@ -124,6 +124,19 @@ fn dom(tab: &Tab) -> Value {
     )
 }
 
+/// Waits (at most 15 s) until the node table shows node `node` in `state`.
+fn node_shown_as(tab: &Tab, node: u32, state: &str, what: &str) {
+    let script = format!("return document.querySelector('#node-row-{node}').dataset.state;");
+    eventually(what, Duration::from_secs(15), || {
+        let shown = read(tab, &script);
+        if shown == state {
+            Ok(String::new())
+        } else {
+            Err(shown.to_string())
+        }
+    });
+}
+
 fn number(value: &Value) -> Option<f64> {
     value
         .as_str()?
@@ -325,38 +338,10 @@ fn the_console_shows_a_cluster_under_load_and_its_control_panel_kills_and_restar
     // A paused node answers nothing, its console polls included: down, then up once resumed.
     let (status, body) = http(&up.console, "POST", "/api/control/pause?node=3").expect("pause");
     assert_eq!(status, 200, "{body}");
-    eventually(
-        "node 3 shows as down while paused",
-        Duration::from_secs(15),
-        || {
-            let state = read(
-                &tab,
-                "return document.querySelector('#node-row-3').dataset.state;",
-            );
-            if state == "down" {
-                Ok(String::new())
-            } else {
-                Err(state.to_string())
-            }
-        },
-    );
+    node_shown_as(&tab, 3, "down", "node 3 shows as down while paused");
     let (status, body) = http(&up.console, "POST", "/api/control/resume?node=3").expect("resume");
     assert_eq!(status, 200, "{body}");
-    eventually(
-        "node 3 is up again once resumed",
-        Duration::from_secs(15),
-        || {
-            let state = read(
-                &tab,
-                "return document.querySelector('#node-row-3').dataset.state;",
-            );
-            if state == "up" {
-                Ok(String::new())
-            } else {
-                Err(state.to_string())
-            }
-        },
-    );
+    node_shown_as(&tab, 3, "up", "node 3 is up again once resumed");
     // The look-up form: an account of the load.
     read(
         &tab,

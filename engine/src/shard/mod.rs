@@ -375,11 +375,6 @@ impl<T: Tables, L: Log> Engine<T, L> {
         self.options.clock.now()
     }
 
-    /// The node's clock.
-    pub fn clock(&self) -> &Arc<Hlc> {
-        &self.options.clock
-    }
-
     fn check_writable(&self) -> Result<(), StorageError> {
         if let Some(failure) = self.failure.get() {
             return Err(StorageError::Failed(failure.clone()));

@@ -58,12 +58,16 @@ pub(crate) async fn set_up_accounts(
                 if account > count {
                     return Ok::<(), ClientError>(());
                 }
-                client.create_account(account, None, 0).await?;
-                let current = client.balance(account).await?;
-                if current < balance {
-                    client
-                        .deposit(TallyClient::new_transfer_id(), account, balance - current)
-                        .await?;
+                // An election may still run on a cluster just started (a leader hands its group
+                // to the preferred one): a step refused without effect is taken again.
+                let deadline = Instant::now() + SETTLE_TIMEOUT;
+                loop {
+                    match fund(&client, account, balance).await {
+                        Err(error) if error.is_retryable() && Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => break other?,
+                    }
                 }
             }
         });
@@ -72,6 +76,19 @@ pub(crate) async fn set_up_accounts(
         joined
             .context("set-up task panicked")?
             .context("set-up failed")?;
+    }
+    Ok(())
+}
+
+/// Creates `account` if it does not exist and tops it up to `balance`. Safe to take again after
+/// a retryable error: creation is idempotent, and the top-up reads the balance first.
+async fn fund(client: &TallyClient, account: AccountId, balance: u64) -> Result<(), ClientError> {
+    client.create_account(account, None, 0).await?;
+    let current = client.balance(account).await?;
+    if current < balance {
+        client
+            .deposit(TallyClient::new_transfer_id(), account, balance - current)
+            .await?;
     }
     Ok(())
 }

@@ -27,7 +27,10 @@ fn small_limits(entries: usize) -> WriteBackLimits {
 }
 const IDS: u128 = 80;
 
-fn random_batch(random: &mut StdRng, lsn: &mut u64) -> TableBatch {
+/// A random batch that keeps `TableBatch`'s promises about `model`'s state: a prepared row is
+/// stored only while its id is not prepared, and a decision is new only once (later writes of
+/// it mark it ended).
+fn random_batch(random: &mut StdRng, lsn: &mut u64, model: &MemoryTables) -> TableBatch {
     let mut batch = TableBatch::default();
     for _ in 0..random.random_range(0..4) {
         let id = random.random_range(1..=ACCOUNTS);
@@ -74,7 +77,8 @@ fn random_batch(random: &mut StdRng, lsn: &mut u64) -> TableBatch {
     for _ in 0..random.random_range(0..3) {
         let id = random.random_range(1..=IDS);
         if batch.prepared.iter().all(|(other, _)| *other != id) {
-            let prepared = random.random_bool(0.5).then(|| PreparedTransaction {
+            let free = model.prepared(id).unwrap().is_none();
+            let prepared = (free && random.random_bool(0.5)).then(|| PreparedTransaction {
                 id,
                 coordinator: random.random_range(1..4),
                 operations: vec![Operation {
@@ -90,14 +94,21 @@ fn random_batch(random: &mut StdRng, lsn: &mut u64) -> TableBatch {
     for _ in 0..random.random_range(0..3) {
         let id = random.random_range(1..=IDS);
         if batch.decisions.iter().all(|decision| decision.id != id) {
-            batch.decisions.push(CoordinatorDecision {
-                id,
-                transfer: None,
-                outcome: Outcome::Committed,
-                participants: vec![1, 2],
-                ended: random.random_bool(0.5),
-                commit_ts: random.random(),
-            });
+            let decision = match model.decision(id).unwrap() {
+                Some(decided) => CoordinatorDecision {
+                    ended: true,
+                    ..decided
+                },
+                None => CoordinatorDecision {
+                    id,
+                    transfer: None,
+                    outcome: Outcome::Committed,
+                    participants: vec![1, 2],
+                    ended: random.random_bool(0.5),
+                    commit_ts: random.random(),
+                },
+            };
+            batch.decisions.push(decision);
         }
     }
     batch.totals = Totals {
@@ -176,7 +187,7 @@ fn write_back_tables_answer_as_the_model_across_spills_flushes_and_reopens() {
     let model = MemoryTables::new();
     let mut lsn = 0;
     for step in 0..3_000 {
-        let batch = random_batch(&mut random, &mut lsn);
+        let batch = random_batch(&mut random, &mut lsn, &model);
         tables.write(&batch).unwrap();
         model.write(&batch).unwrap();
         match random.random_range(0..100) {
@@ -194,6 +205,127 @@ fn write_back_tables_answer_as_the_model_across_spills_flushes_and_reopens() {
         }
     }
     assert_same(&tables, &model, "the end");
+}
+
+#[test]
+fn a_row_created_and_removed_between_two_spills_never_reaches_rocksdb() {
+    let directory = tempfile::tempdir().unwrap();
+    let tables = RocksTables::open(directory.path()).unwrap();
+    let prepared = |id| PreparedTransaction {
+        id,
+        coordinator: 1,
+        operations: vec![Operation {
+            account: 1,
+            kind: OperationKind::Debit,
+            amount: 7,
+            counterparty: 2,
+        }],
+    };
+    let decided = |id, ended| CoordinatorDecision {
+        id,
+        transfer: None,
+        outcome: Outcome::Committed,
+        participants: vec![2],
+        ended,
+        commit_ts: 1,
+    };
+    let batch = |lsn, prepared, decisions| TableBatch {
+        applied_lsn: lsn,
+        prepared,
+        decisions,
+        ..TableBatch::default()
+    };
+    // Each spill writes the totals and the applied LSN.
+    const META: u64 = 2;
+
+    // Prepared, decided and ended within one window: the prepared row and the unended mark are
+    // gone before the spill; only the decision row is written.
+    tables
+        .write(&batch(
+            1,
+            vec![(1, Some(prepared(1)))],
+            vec![decided(1, false)],
+        ))
+        .unwrap();
+    tables
+        .write(&batch(2, vec![(1, None)], vec![decided(1, true)]))
+        .unwrap();
+    assert_eq!(tables.prepared(1).unwrap(), None);
+    tables.flush().unwrap();
+    assert_eq!(tables.spilled_keys(), META + 1);
+
+    // Prepared in one window and removed in the next: both reach RocksDB, the removal as a
+    // tombstone over the stored row, as they must.
+    tables
+        .write(&batch(
+            3,
+            vec![(2, Some(prepared(2)))],
+            vec![decided(2, false)],
+        ))
+        .unwrap();
+    tables.flush().unwrap();
+    assert_eq!(tables.spilled_keys(), 2 * META + 1 + 3);
+    tables
+        .write(&batch(4, vec![(2, None)], vec![decided(2, true)]))
+        .unwrap();
+    tables.flush().unwrap();
+    assert_eq!(tables.spilled_keys(), 3 * META + 1 + 3 + 3);
+    drop(tables);
+
+    let tables = RocksTables::open(directory.path()).unwrap();
+    assert_eq!(tables.all_prepared().unwrap(), vec![]);
+    assert_eq!(tables.unended_decisions().unwrap(), vec![]);
+    assert_eq!(tables.decision(1).unwrap(), Some(decided(1, true)));
+    assert_eq!(tables.decision(2).unwrap(), Some(decided(2, true)));
+}
+
+/// The model refuses a batch that breaks the promise the tables rely on above, so that the
+/// simulator, which runs on the model, catches an engine that ever breaks it.
+#[test]
+fn the_model_refuses_a_second_prepare_or_decision_of_one_transfer() {
+    let model = MemoryTables::new();
+    let prepared = PreparedTransaction {
+        id: 1,
+        coordinator: 1,
+        operations: Vec::new(),
+    };
+    let decided = CoordinatorDecision {
+        id: 1,
+        transfer: None,
+        outcome: Outcome::Committed,
+        participants: vec![2],
+        ended: false,
+        commit_ts: 1,
+    };
+    let batch = TableBatch {
+        applied_lsn: 1,
+        prepared: vec![(1, Some(prepared))],
+        decisions: vec![decided.clone()],
+        ..TableBatch::default()
+    };
+    model.write(&batch).unwrap();
+    let again = model.write(&TableBatch {
+        decisions: Vec::new(),
+        ..batch.clone()
+    });
+    assert!(again.unwrap_err().to_string().contains("prepared again"));
+    let again = model.write(&TableBatch {
+        prepared: Vec::new(),
+        ..batch.clone()
+    });
+    assert!(again.unwrap_err().to_string().contains("decided again"));
+    // Removing the row, then ending the decision, are what follows.
+    model
+        .write(&TableBatch {
+            applied_lsn: 2,
+            prepared: vec![(1, None)],
+            decisions: vec![CoordinatorDecision {
+                ended: true,
+                ..decided
+            }],
+            ..TableBatch::default()
+        })
+        .unwrap();
 }
 
 #[test]

@@ -68,9 +68,11 @@ pub struct TableBatch {
     /// Deposits and withdrawals with their ids, applied or refused; never overwritten.
     pub movements: Vec<MovementRecord>,
     pub history: Vec<HistoryEntry>,
-    /// `Some` stores a prepared transaction, `None` removes it (decided).
+    /// `Some` stores a prepared transaction, `None` removes it (decided). A `Some` always
+    /// creates its row: a transaction prepares once, and only while it is not prepared.
     pub prepared: Vec<(TransferId, Option<PreparedTransaction>)>,
-    /// Coordinator decisions, as they now stand (new, or marked ended).
+    /// Coordinator decisions, as they now stand: new (an unended one creates its decision's
+    /// unended mark: a transfer is decided once), or marked ended.
     pub decisions: Vec<CoordinatorDecision>,
     pub totals: Totals,
 }

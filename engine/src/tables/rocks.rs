@@ -95,8 +95,41 @@ impl Key {
 /// and seeded at random per process, so ids chosen to collide cannot be computed in advance.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A key's newest value in the write-back layer: `None` removes it.
-type Changes = FastMap<Key, Option<Vec<u8>>>;
+/// A key's newest value in the write-back layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    /// Written over whatever RocksDB holds.
+    Put(Vec<u8>),
+    /// Created in this window over a key that held nothing (the engine's word: a prepared
+    /// transaction's row, a decision's unended mark): removed again before the spill, the key
+    /// never reaches RocksDB, neither its value nor a tombstone.
+    Created(Vec<u8>),
+    Delete,
+}
+
+impl Change {
+    fn value(&self) -> Option<&[u8]> {
+        match self {
+            Self::Put(value) | Self::Created(value) => Some(value),
+            Self::Delete => None,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.value().map_or(0, <[u8]>::len)
+    }
+}
+
+/// The newest change of each key in a window of the write-back layer.
+type Changes = FastMap<Key, Change>;
+
+/// One key's change as a batch asks for it.
+struct Written {
+    key: Key,
+    value: Option<Vec<u8>>,
+    /// The key holds nothing before this write (see [`Change::Created`]).
+    creates: bool,
+}
 
 /// The write-back layer (see the module documentation).
 #[derive(Default)]
@@ -112,11 +145,60 @@ struct WriteBack {
     /// Counts finished spills: a row read from RocksDB joins `clean_accounts` only if no spill
     /// finished while it was read, since that spill may have written a newer value.
     spills: u64,
+    /// Keys written to RocksDB by finished spills (values and tombstones).
+    spilled_keys: u64,
     /// Why a spill failed: the tables then refuse every write (a failed write is sticky).
     failed: Option<TablesError>,
 }
 
 impl WriteBack {
+    /// Takes one key's change into the pending window.
+    fn change(
+        &mut self,
+        Written {
+            key,
+            value,
+            creates,
+        }: Written,
+    ) {
+        use std::collections::hash_map::Entry;
+        let key_size = usize::from(key.length);
+        match self.pending.entry(key) {
+            Entry::Vacant(vacant) => {
+                let change = match value {
+                    Some(value) if creates => Change::Created(value),
+                    Some(value) => Change::Put(value),
+                    None => Change::Delete,
+                };
+                self.pending_bytes += key_size + change.size();
+                vacant.insert(change);
+            }
+            Entry::Occupied(mut occupied) => {
+                self.pending_bytes -= occupied.get().size();
+                let created = matches!(occupied.get(), Change::Created(_));
+                match value {
+                    // Created and removed within the window: RocksDB never hears of it.
+                    None if created => {
+                        occupied.remove();
+                        self.pending_bytes -= key_size;
+                    }
+                    None => {
+                        occupied.insert(Change::Delete);
+                    }
+                    Some(value) => {
+                        let change = if created {
+                            Change::Created(value)
+                        } else {
+                            Change::Put(value)
+                        };
+                        self.pending_bytes += change.size();
+                        occupied.insert(change);
+                    }
+                }
+            }
+        }
+    }
+
     fn remember_account(&mut self, key: Key, value: Vec<u8>, limit: usize) {
         if self.clean_accounts.len() >= limit && !self.clean_accounts.contains_key(&key) {
             let mut seen = 0u32;
@@ -191,6 +273,11 @@ impl RocksTables {
         })
     }
 
+    /// How many keys (values and tombstones) the write-back layer has written to RocksDB.
+    pub fn spilled_keys(&self) -> u64 {
+        lock(&self.write_back).spilled_keys
+    }
+
     /// The newest value of `key`, the write-back layer's or else RocksDB's, decoded by `decode`
     /// (in place: a value in memory is decoded under the layer's lock, without a copy).
     fn read<R>(
@@ -208,8 +295,8 @@ impl RocksTables {
                     .as_ref()
                     .and_then(|spilling| spilling.get(&key))
             });
-            if let Some(value) = newest {
-                return value.as_deref().map(decode).transpose();
+            if let Some(change) = newest {
+                return change.value().map(decode).transpose();
             }
             if is_account && let Some(value) = write_back.clean_accounts.get(&key) {
                 return decode(value).map(Some);
@@ -254,7 +341,7 @@ impl RocksTables {
         keys.sort_unstable();
         let mut write = WriteBatch::default();
         for key in &keys {
-            match &changes[*key] {
+            match changes[*key].value() {
                 Some(value) => write.put(key.as_slice(), value),
                 None => write.delete(key.as_slice()),
             }
@@ -273,10 +360,10 @@ impl RocksTables {
             Ok(()) => {
                 for key in keys {
                     if key.bytes[0] == keys::ACCOUNT {
-                        match &changes[key] {
+                        match changes[key].value() {
                             Some(value) => write_back.remember_account(
                                 *key,
-                                value.clone(),
+                                value.to_vec(),
                                 self.limits.clean_accounts_max,
                             ),
                             None => {
@@ -287,6 +374,7 @@ impl RocksTables {
                 }
                 write_back.spilling = None;
                 write_back.spills += 1;
+                write_back.spilled_keys += changes.len() as u64;
                 Ok(())
             }
         }
@@ -428,7 +516,7 @@ impl Tables for RocksTables {
     }
 
     fn write(&self, batch: &TableBatch) -> Result<(), TablesError> {
-        let mut changes: Vec<(Key, Option<Vec<u8>>)> = Vec::with_capacity(
+        let mut changes: Vec<Written> = Vec::with_capacity(
             batch.accounts.len()
                 + batch.transfers.len()
                 + batch.movements.len()
@@ -437,7 +525,13 @@ impl Tables for RocksTables {
                 + 2 * batch.decisions.len()
                 + 2,
         );
-        let mut put = |key: &[u8], value: Vec<u8>| changes.push((Key::new(key), Some(value)));
+        let mut put = |key: &[u8], value: Vec<u8>| {
+            changes.push(Written {
+                key: Key::new(key),
+                value: Some(value),
+                creates: false,
+            })
+        };
         for account in &batch.accounts {
             put(&keys::account(account.id), values::encode_account(account));
         }
@@ -470,15 +564,21 @@ impl Tables for RocksTables {
             keys::META_APPLIED_LSN,
             batch.applied_lsn.to_le_bytes().to_vec(),
         );
+        // A prepared row is stored once, when its transaction prepares, and an unended mark
+        // once, with its new decision (`TableBatch` documents both): each creates its key.
         for (id, prepared) in &batch.prepared {
-            changes.push((
-                Key::new(&keys::prepared(*id)),
-                prepared.as_ref().map(values::encode_prepared),
-            ));
+            changes.push(Written {
+                key: Key::new(&keys::prepared(*id)),
+                value: prepared.as_ref().map(values::encode_prepared),
+                creates: prepared.is_some(),
+            });
         }
         for decision in &batch.decisions {
-            let unended = (!decision.ended).then(Vec::new);
-            changes.push((Key::new(&keys::unended(decision.id)), unended));
+            changes.push(Written {
+                key: Key::new(&keys::unended(decision.id)),
+                value: (!decision.ended).then(Vec::new),
+                creates: !decision.ended,
+            });
         }
         let full = {
             let mut write_back = lock(&self.write_back);
@@ -486,13 +586,8 @@ impl Tables for RocksTables {
                 return Err(failed.clone());
             }
             // The whole batch under one lock: a spill takes batches whole, with their LSN.
-            for (key, value) in changes {
-                let size = |value: &Option<Vec<u8>>| value.as_ref().map_or(0, Vec::len);
-                write_back.pending_bytes += size(&value);
-                match write_back.pending.insert(key, value) {
-                    Some(old) => write_back.pending_bytes -= size(&old),
-                    None => write_back.pending_bytes += usize::from(key.length),
-                }
+            for written in changes {
+                write_back.change(written);
             }
             write_back.pending.len() >= self.limits.pending_entries_max
                 || write_back.pending_bytes >= self.limits.pending_bytes_max

@@ -119,6 +119,8 @@ pub(crate) struct Driver {
     hand_over: Option<oneshot::Sender<()>>,
     /// Groups stopped by a failure of their storage.
     failed: std::collections::BTreeSet<u32>,
+    /// Groups whose leader's connection was lost, with that leader (at most one per group).
+    lost_leaders: HashMap<u32, NodeId>,
     /// Ticks since the driver started, and the tick before which each group is not handed to
     /// its preferred leader again.
     ticks: u64,
@@ -165,6 +167,7 @@ impl Driver {
                 awaited: 0,
                 hand_over: None,
                 failed: std::collections::BTreeSet::new(),
+                lost_leaders: HashMap::new(),
                 ticks: 0,
                 rebalance_after: BTreeMap::new(),
                 reads_waiting: BTreeMap::new(),
@@ -216,6 +219,7 @@ impl Driver {
                 }
                 () = wake.notified() => {}
                 _ = ticks.tick() => {
+                    self.notice_lost_leaders();
                     for (shard, group) in &mut self.groups {
                         if !self.failed.contains(shard) {
                             group.tick();
@@ -233,6 +237,29 @@ impl Driver {
                 self.input(input);
             }
             self.process();
+        }
+    }
+
+    /// A leader whose connection closed is likely dead: its followers elect another without
+    /// waiting out an election timeout (`Group::leader_lost`, once per loss).
+    fn notice_lost_leaders(&mut self) {
+        let peers = self.router.peers();
+        for (shard, group) in &mut self.groups {
+            // While no leader is known, the loss noticed last stays noticed.
+            let leader = NodeId::try_from(group.leader()).unwrap_or(0);
+            if self.failed.contains(shard) || leader == 0 {
+                continue;
+            }
+            if leader == self.me || !peers.connection_lost(leader) {
+                self.lost_leaders.remove(shard);
+            } else if self.lost_leaders.insert(*shard, leader) != Some(leader) {
+                tracing::info!(
+                    shard,
+                    leader,
+                    "the connection to the leader closed; electing without waiting for a timeout"
+                );
+                group.leader_lost(u64::from(leader));
+            }
         }
     }
 

@@ -148,6 +148,12 @@ impl Client {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 
+    /// True once the connection has ended (the peer closed it, or reading or writing failed):
+    /// every later call fails, and a new connection is needed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.connection.is_finished()
+    }
+
     pub async fn connect(
         address: impl ToSocketAddrs,
         config: ClientConfig,

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engine::model::NodeId;
 use engine::tables::RocksTables;
@@ -34,6 +34,13 @@ const CONFIRMATIONS_WAITING_MAX: usize = 65_536;
 const CONFIRMATION_TICKS_MAX: u64 = 60;
 /// Incoming Raft frames waiting for the driver; more are dropped (Raft resends).
 const INBOX_MAX: usize = 4096;
+/// Frames of Raft messages dropped because the driver's inbox was full, since the node started.
+static DROPPED_FRAMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How long the replicas of a new group other than its preferred leader leave the first election
+/// to that replica (`Driver::hold_first_elections`).
+const FIRST_ELECTION_GRACE: Duration = Duration::from_secs(3);
+/// A driver round slower than this is logged: every group on the node waited for it.
+const SLOW_ROUND: Duration = Duration::from_millis(200);
 /// A `RaftMessages` frame is cut before its body reaches this size (the frame limit is 1 MiB).
 const FRAME_BODY_TARGET_BYTES: usize = 768 * 1024;
 
@@ -64,7 +71,15 @@ pub(crate) struct Replication {
 impl Replication {
     /// Raft messages from another node; dropped when the driver is behind (Raft resends).
     pub fn deliver(&self, messages: Vec<ShardRaftMessage>) {
-        let _ = self.inputs.try_send(Input::Messages(messages));
+        if self.inputs.try_send(Input::Messages(messages)).is_err() {
+            let dropped = DROPPED_FRAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = dropped + 1,
+                    "raft messages dropped: the replication driver is behind"
+                );
+            }
+        }
     }
 
     /// Whether this node's replica of `shard` still leads, confirmed by a majority of its group
@@ -121,6 +136,9 @@ pub(crate) struct Driver {
     failed: std::collections::BTreeSet<u32>,
     /// Groups whose leader's connection was lost, with that leader (at most one per group).
     lost_leaders: HashMap<u32, NodeId>,
+    /// New groups whose replica here stands for no election before the instant, unless a leader
+    /// is known by then (at most one per group).
+    held: HashMap<u32, Instant>,
     /// Ticks since the driver started, and the tick before which each group is not handed to
     /// its preferred leader again.
     ticks: u64,
@@ -168,6 +186,7 @@ impl Driver {
                 hand_over: None,
                 failed: std::collections::BTreeSet::new(),
                 lost_leaders: HashMap::new(),
+                held: HashMap::new(),
                 ticks: 0,
                 rebalance_after: BTreeMap::new(),
                 reads_waiting: BTreeMap::new(),
@@ -220,7 +239,14 @@ impl Driver {
                 () = wake.notified() => {}
                 _ = ticks.tick() => {
                     self.notice_lost_leaders();
+                    let now = Instant::now();
                     for (shard, group) in &mut self.groups {
+                        if let Some(until) = self.held.get(shard) {
+                            if now < *until && group.leader() == 0 {
+                                continue;
+                            }
+                            self.held.remove(shard);
+                        }
                         if !self.failed.contains(shard) {
                             group.tick();
                         }
@@ -233,11 +259,30 @@ impl Driver {
                     self.expire_confirmations();
                 }
             }
+            let round = Instant::now();
             while let Ok(input) = self.inputs.try_recv() {
                 self.input(input);
             }
             self.process();
+            let took = round.elapsed();
+            if took > SLOW_ROUND {
+                tracing::warn!(
+                    took_ms = took.as_millis() as u64,
+                    "slow replication driver round"
+                );
+            }
         }
+    }
+
+    /// The first election of a new group is left to its preferred leader, which stands at once
+    /// (leaders start spread over the nodes): the other replicas of `shards` here do not tick,
+    /// so do not stand, for `FIRST_ELECTION_GRACE`, or until they know a leader; they vote all
+    /// the same. Without this, whichever replica's timeout fired first after every node was up
+    /// often won, and handing the group to its preferred leader later, under load, aborted the
+    /// 2PC transactions its first leader coordinated.
+    pub fn hold_first_elections(&mut self, shards: &[u32]) {
+        let until = Instant::now() + FIRST_ELECTION_GRACE;
+        self.held = shards.iter().map(|shard| (*shard, until)).collect();
     }
 
     /// A leader whose connection closed is likely dead: its followers elect another without

@@ -163,6 +163,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
     let router = Arc::new(Router::new(config.clone(), peers));
     let mut groups = BTreeMap::new();
     let mut shards = BTreeMap::new();
+    let mut held = Vec::new();
     for &shard in &me.shards {
         let tables_dir = data_dir.join(format!("shard-{shard}"));
         let tables = Arc::new(
@@ -193,6 +194,9 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
             group
                 .campaign()
                 .with_context(|| format!("shard {shard} cannot stand for election"))?;
+        } else if fresh {
+            // The other replicas leave it the first election (`Driver::hold_first_elections`).
+            held.push(shard);
         }
         shards.insert(shard, Arc::new(ShardServer::new(shard, tables)));
         groups.insert(shard, group);
@@ -225,6 +229,7 @@ pub fn start(options: StartOptions) -> anyhow::Result<()> {
             metrics,
             console: crate::console::Console::new(data_dir.clone()),
         });
+        driver.hold_first_elections(&held);
         driver.open_single_replicas().await;
         // Its bound on requests in flight per connection is what a peer's connection may send
         // (node-to-node traffic shares one): both are `net::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX`.

@@ -74,13 +74,13 @@ impl Peers {
         lock(&self.connections).get(&node).cloned()
     }
 
-    /// True when this node's connection to `node` ended (the peer closed it: its process died
-    /// or restarted; or it failed) and no call has been answered since, or when the last try to
-    /// connect failed. A hint for failure detection, never proof: a peer that is only slow (a
-    /// call timing out) does not count as lost.
+    /// True when `node` ended this node's connection to it (an end of stream or a reset, as when
+    /// its process exits) and no call to it has been answered since, or when the last try to
+    /// connect to it failed. A hint for failure detection, never proof: a peer that is only slow
+    /// or silent (a call timing out, a connection this side gave up on) does not count as lost.
     pub fn connection_lost(&self, node: NodeId) -> bool {
         lock(&self.lost).contains(&node)
-            || self.cached(node).is_some_and(|client| client.is_closed())
+            || self.cached(node).is_some_and(|client| client.peer_closed())
     }
 
     fn set_lost(&self, node: NodeId, lost: bool) {
@@ -118,7 +118,10 @@ impl Peers {
                 let client = Client::connect(address.as_str(), self.client_config.clone())
                     .await
                     .map_err(|source| {
-                        self.set_lost(node, true);
+                        // Refused or reset, not merely slow to answer.
+                        if matches!(source, ClientError::Connect(_)) {
+                            self.set_lost(node, true);
+                        }
                         PeerError::NotConnected {
                             node,
                             reason: source.to_string(),
@@ -138,7 +141,7 @@ impl Peers {
                 Err(PeerError::Refused { node, error })
             }
             Err(source) => {
-                if matches!(source, ClientError::Closed | ClientError::Connect(_)) {
+                if client.peer_closed() {
                     self.set_lost(node, true);
                 }
                 // The connection may be dead: the next call makes a new one.

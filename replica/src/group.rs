@@ -338,7 +338,7 @@ impl<T: Tables, S: Storage> Group<T, S> {
     /// to it close: the process died or restarted). This replica forgets the leader, so that it
     /// grants votes at once instead of waiting for the lost leader's lease to run out, and stands
     /// for election soon instead of after a whole timeout of silence: the replicas other than
-    /// `lost`, by id, stand 1, 3, 5 ... ticks later, so that the followers seeing the loss do not
+    /// `lost`, by id, stand 2, 4, 6 ... ticks later, so that the followers seeing the loss do not
     /// split the vote, and the next one stands when the first cannot win (its log is behind, or
     /// it asked before the others saw the loss). What does not end in a leader falls back on the
     /// randomized timeouts, as without the hint. The node calls this once per loss.
@@ -367,7 +367,10 @@ impl<T: Tables, S: Storage> Group<T, S> {
             .unwrap_or(others.len());
         // raft-rs's lease needs a known leader; a message from a live leader makes it known again.
         raft.leader_id = raft::INVALID_ID;
-        let wait = 1 + 2 * rank;
+        // The first stands at the second tick, not the next: the other followers see the same
+        // loss within milliseconds, and a pre-vote that reaches one still counting the lease is
+        // ignored.
+        let wait = 2 + 2 * rank;
         raft.election_elapsed = raft
             .election_elapsed
             .max(raft.randomized_election_timeout().saturating_sub(wait));

@@ -5,8 +5,9 @@
 //! fdatasync covers every group's appends), sends messages (a leader's at once, the others' once
 //! their appends are durable), and opens or closes each shard's service as leadership changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use engine::model::NodeId;
@@ -34,8 +35,6 @@ const CONFIRMATIONS_WAITING_MAX: usize = 65_536;
 const CONFIRMATION_TICKS_MAX: u64 = 60;
 /// Incoming Raft frames waiting for the driver; more are dropped (Raft resends).
 const INBOX_MAX: usize = 4096;
-/// Frames of Raft messages dropped because the driver's inbox was full, since the node started.
-static DROPPED_FRAMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// How long the replicas of a new group other than its preferred leader leave the first election
 /// to that replica (`Driver::hold_first_elections`).
 const FIRST_ELECTION_GRACE: Duration = Duration::from_secs(3);
@@ -66,13 +65,15 @@ pub(crate) enum Input {
 #[derive(Clone)]
 pub(crate) struct Replication {
     inputs: mpsc::Sender<Input>,
+    /// Frames of Raft messages dropped because the driver's inbox was full.
+    dropped_frames: Arc<AtomicU64>,
 }
 
 impl Replication {
     /// Raft messages from another node; dropped when the driver is behind (Raft resends).
     pub fn deliver(&self, messages: Vec<ShardRaftMessage>) {
         if self.inputs.try_send(Input::Messages(messages)).is_err() {
-            let dropped = DROPPED_FRAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dropped = self.dropped_frames.fetch_add(1, Ordering::Relaxed);
             if dropped.is_power_of_two() {
                 tracing::warn!(
                     dropped = dropped + 1,
@@ -134,9 +135,10 @@ pub(crate) struct Driver {
     hand_over: Option<oneshot::Sender<()>>,
     /// Groups stopped by a failure of their storage.
     failed: std::collections::BTreeSet<u32>,
-    /// New groups whose replica here stands for no election before the instant, unless a leader
-    /// is known by then (at most one per group).
-    held: HashMap<u32, Instant>,
+    /// New groups whose replica here stands for no election before `held_until`, unless a
+    /// leader is known by then.
+    held: BTreeSet<u32>,
+    held_until: Instant,
     /// Ticks since the driver started, and the tick before which each group is not handed to
     /// its preferred leader again.
     ticks: u64,
@@ -183,7 +185,8 @@ impl Driver {
                 awaited: 0,
                 hand_over: None,
                 failed: std::collections::BTreeSet::new(),
-                held: HashMap::new(),
+                held: BTreeSet::new(),
+                held_until: Instant::now(),
                 ticks: 0,
                 rebalance_after: BTreeMap::new(),
                 reads_waiting: BTreeMap::new(),
@@ -193,6 +196,7 @@ impl Driver {
             },
             Replication {
                 inputs: input_sender,
+                dropped_frames: Arc::new(AtomicU64::new(0)),
             },
         )
     }
@@ -235,10 +239,10 @@ impl Driver {
                 }
                 () = wake.notified() => {}
                 _ = ticks.tick() => {
-                    let now = Instant::now();
+                    let holding = Instant::now() < self.held_until;
                     for (shard, group) in &mut self.groups {
-                        if let Some(until) = self.held.get(shard) {
-                            if now < *until && group.leader() == 0 {
+                        if self.held.contains(shard) {
+                            if holding && group.leader() == 0 {
                                 continue;
                             }
                             self.held.remove(shard);
@@ -277,8 +281,8 @@ impl Driver {
     /// often won, and handing the group to its preferred leader later, under load, aborted the
     /// 2PC transactions its first leader coordinated.
     pub fn hold_first_elections(&mut self, shards: &[u32]) {
-        let until = Instant::now() + FIRST_ELECTION_GRACE;
-        self.held = shards.iter().map(|shard| (*shard, until)).collect();
+        self.held = shards.iter().copied().collect();
+        self.held_until = Instant::now() + FIRST_ELECTION_GRACE;
     }
 
     fn input(&mut self, input: Input) {

@@ -96,7 +96,6 @@ impl Key {
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A key's newest value in the write-back layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
     /// Written over whatever RocksDB holds.
     Put(Vec<u8>),

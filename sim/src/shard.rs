@@ -199,7 +199,10 @@ impl Simulation {
             refused,
         } = message
         {
-            return self.not_leader(node, shard, leader, *refused);
+            let Address::Node(refuser, _) = from else {
+                unreachable!("replicas refuse, clients do not")
+            };
+            return self.not_leader(node, refuser, shard, leader, *refused);
         }
         let shard = match &message {
             Message::Transfer { request, .. } => self.shard_of(request.transfer.debit),
@@ -325,16 +328,24 @@ impl Simulation {
     fn not_leader(
         &mut self,
         node: NodeId,
+        refuser: NodeId,
         shard: u32,
         leader: Option<NodeId>,
         refused: Message,
     ) -> Result<(), String> {
-        let previous = self.route(node, shard);
+        // As the node's router does: the leader named is compared with the replica that refused,
+        // not with where this node routes now. Several refusals from one replica (one per
+        // message it was sent) all name the same leader; comparing with the route would take
+        // the second of them as the leader's own refusal and move on past it, and the third
+        // back, for as long as messages go out in pairs.
         let next = match leader {
-            Some(leader) if leader != previous => leader,
-            _ => self.next_replica(shard, previous),
+            Some(leader) if leader != refuser => Some(leader),
+            // Nothing known there: the next replica, unless the route moved on already.
+            _ => (self.route(node, shard) == refuser).then(|| self.next_replica(shard, refuser)),
         };
-        if let Some(running) = self.running_mut(node) {
+        if let Some(next) = next
+            && let Some(running) = self.running_mut(node)
+        {
             running.leaders.insert(shard, next);
         }
         if let Message::Prepare {

@@ -1,7 +1,7 @@
 //! Connections from this node to the other nodes: one pipelined connection per peer, made on
 //! first use and made again after it fails. Every call is bounded by a timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub struct Peers {
     config: ClusterConfig,
     client_config: ClientConfig,
     connections: Mutex<HashMap<NodeId, Client>>,
+    /// Peers whose connection was lost (see [`Peers::connection_lost`]); at most one entry per
+    /// node of the cluster file.
+    lost: Mutex<HashSet<NodeId>>,
 }
 
 impl Peers {
@@ -58,6 +61,7 @@ impl Peers {
                 connect_timeout: timeout,
             },
             connections: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashSet::new()),
         }
     }
 
@@ -68,6 +72,24 @@ impl Peers {
 
     fn cached(&self, node: NodeId) -> Option<Client> {
         lock(&self.connections).get(&node).cloned()
+    }
+
+    /// True when `node` ended this node's connection to it (an end of stream or a reset, as when
+    /// its process exits) and no call to it has been answered since, or when the last try to
+    /// connect to it failed. A hint for failure detection, never proof: a peer that is only slow
+    /// or silent (a call timing out, a connection this side gave up on) does not count as lost.
+    pub fn connection_lost(&self, node: NodeId) -> bool {
+        lock(&self.lost).contains(&node)
+            || self.cached(node).is_some_and(|client| client.peer_closed())
+    }
+
+    fn set_lost(&self, node: NodeId, lost: bool) {
+        let mut set = lock(&self.lost);
+        if lost {
+            set.insert(node);
+        } else {
+            set.remove(&node);
+        }
     }
 
     /// Sends `request` to `node` and waits for its answer; connecting and answering together
@@ -95,18 +117,33 @@ impl Peers {
                     .address;
                 let client = Client::connect(address.as_str(), self.client_config.clone())
                     .await
-                    .map_err(|source| PeerError::NotConnected {
-                        node,
-                        reason: source.to_string(),
+                    .map_err(|source| {
+                        // Refused or reset, not merely slow to answer.
+                        if matches!(source, ClientError::Connect(_)) {
+                            self.set_lost(node, true);
+                        }
+                        PeerError::NotConnected {
+                            node,
+                            reason: source.to_string(),
+                        }
                     })?;
                 lock(&self.connections).insert(node, client.clone());
                 client
             }
         };
         match client.call(request).await {
-            Ok(answer) => Ok(answer),
-            Err(ClientError::Remote(error)) => Err(PeerError::Refused { node, error }),
+            Ok(answer) => {
+                self.set_lost(node, false);
+                Ok(answer)
+            }
+            Err(ClientError::Remote(error)) => {
+                self.set_lost(node, false);
+                Err(PeerError::Refused { node, error })
+            }
             Err(source) => {
+                if client.peer_closed() {
+                    self.set_lost(node, true);
+                }
                 // The connection may be dead: the next call makes a new one.
                 let mut connections = lock(&self.connections);
                 if connections

@@ -135,6 +135,8 @@ pub(crate) struct Driver {
     hand_over: Option<oneshot::Sender<()>>,
     /// Groups stopped by a failure of their storage.
     failed: std::collections::BTreeSet<u32>,
+    /// Groups whose leader's connection was lost, with that leader (at most one per group).
+    lost_leaders: HashMap<u32, NodeId>,
     /// New groups whose replica here stands for no election before `held_until`, unless a
     /// leader is known by then.
     held: BTreeSet<u32>,
@@ -185,6 +187,7 @@ impl Driver {
                 awaited: 0,
                 hand_over: None,
                 failed: std::collections::BTreeSet::new(),
+                lost_leaders: HashMap::new(),
                 held: BTreeSet::new(),
                 held_until: Instant::now(),
                 ticks: 0,
@@ -239,6 +242,7 @@ impl Driver {
                 }
                 () = wake.notified() => {}
                 _ = ticks.tick() => {
+                    self.notice_lost_leaders();
                     let holding = Instant::now() < self.held_until;
                     for (shard, group) in &mut self.groups {
                         if self.held.contains(shard) {
@@ -283,6 +287,29 @@ impl Driver {
     pub fn hold_first_elections(&mut self, shards: &[u32]) {
         self.held = shards.iter().copied().collect();
         self.held_until = Instant::now() + FIRST_ELECTION_GRACE;
+    }
+
+    /// A leader whose connection closed is likely dead: its followers elect another without
+    /// waiting out an election timeout (`Group::leader_lost`, once per loss).
+    fn notice_lost_leaders(&mut self) {
+        let peers = self.router.peers();
+        for (shard, group) in &mut self.groups {
+            // While no leader is known, the loss noticed last stays noticed.
+            let leader = NodeId::try_from(group.leader()).unwrap_or(0);
+            if self.failed.contains(shard) || leader == 0 {
+                continue;
+            }
+            if leader == self.me || !peers.connection_lost(leader) {
+                self.lost_leaders.remove(shard);
+            } else if self.lost_leaders.insert(*shard, leader) != Some(leader) {
+                tracing::info!(
+                    shard,
+                    leader,
+                    "the connection to the leader closed; electing without waiting for a timeout"
+                );
+                group.leader_lost(u64::from(leader));
+            }
+        }
     }
 
     fn input(&mut self, input: Input) {

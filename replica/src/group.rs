@@ -334,6 +334,48 @@ impl<T: Tables, S: Storage> Group<T, S> {
         self.raw.tick();
     }
 
+    /// Replica `lost`, which this one followed, is known to be gone (the node saw its connection
+    /// to it close: the process died or restarted). This replica forgets the leader, so that it
+    /// grants votes at once instead of waiting for the lost leader's lease to run out, and stands
+    /// for election soon instead of after a whole timeout of silence: the replicas other than
+    /// `lost`, by id, stand 2, 4, 6 ... ticks later, so that the followers seeing the loss do not
+    /// split the vote, and the next one stands when the first cannot win (its log is behind, or
+    /// it asked before the others saw the loss). What does not end in a leader falls back on the
+    /// randomized timeouts, as without the hint. The node calls this once per loss.
+    ///
+    /// Safe whatever the truth: elections never depend on timing for safety, and with pre-vote
+    /// and check-quorum a replica that is wrong (the leader lives) wins no pre-vote from a
+    /// replica that still hears the leader, so the leader is not disturbed.
+    pub fn leader_lost(&mut self, lost: u64) {
+        let raft = &mut self.raw.raft;
+        let waiting = matches!(raft.state, StateRole::Follower | StateRole::PreCandidate);
+        if !waiting || (raft.leader_id != raft::INVALID_ID && raft.leader_id != lost) {
+            return;
+        }
+        let mut others: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|id| *id != lost)
+            .collect();
+        others.sort_unstable();
+        let rank = others
+            .iter()
+            .position(|id| *id == raft.id)
+            .unwrap_or(others.len());
+        // raft-rs's lease needs a known leader; a message from a live leader makes it known again.
+        raft.leader_id = raft::INVALID_ID;
+        // The first stands at the second tick, not the next: the other followers see the same
+        // loss within milliseconds, and a pre-vote that reaches one still counting the lease is
+        // ignored.
+        let wait = 2 + 2 * rank;
+        raft.election_elapsed = raft
+            .election_elapsed
+            .max(raft.randomized_election_timeout().saturating_sub(wait));
+    }
+
     /// Stands for election now (used to place a group's first leader).
     pub fn campaign(&mut self) -> Result<(), GroupError> {
         Ok(self.raw.campaign()?)

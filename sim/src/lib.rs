@@ -69,6 +69,8 @@ const TRACE_LINES: usize = 200;
 const NODE_TICK: Duration = Duration::from_millis(20);
 /// The period of a Raft tick (the node's): heartbeats every 2, elections after 8 to 16.
 const RAFT_TICK: Duration = Duration::from_millis(50);
+/// Per replica and Raft tick in a faulty phase: the chance that a live leader is taken for lost.
+const FALSE_LEADER_LOSS_PROBABILITY: f64 = 0.002;
 /// How often faults are drawn while they are on.
 const CHAOS_TICK: Duration = Duration::from_millis(10);
 /// A client resends after this long without an answer.
@@ -1078,8 +1080,24 @@ impl Simulation {
                     Duration::from_micros(next),
                     Event::RaftTick { node, incarnation },
                 );
+                // What a node's driver does when its connection to a group's leader closes
+                // (`Group::leader_lost`): hinted when the leader's node is down, and now and
+                // then wrongly, while the leader lives (a connection that failed for nothing).
+                let up: Vec<bool> = self.nodes.iter().map(|n| n.running.is_some()).collect();
+                let false_alarms: Vec<bool> = (0..=self.scenario.shards)
+                    .map(|_| self.faulty && self.random.random_bool(FALSE_LEADER_LOSS_PROBABILITY))
+                    .collect();
                 if let Some(running) = self.running_mut(node) {
-                    for replica in running.replicas.values_mut() {
+                    for (shard, replica) in running.replicas.iter_mut() {
+                        let leader = replica.group.leader();
+                        let down =
+                            leader != 0 && !up.get(leader as usize - 1).copied().unwrap_or(true);
+                        if leader != 0
+                            && leader != u64::from(node)
+                            && (down || false_alarms.get(*shard as usize).copied().unwrap_or(false))
+                        {
+                            replica.group.leader_lost(leader);
+                        }
                         replica.group.tick();
                     }
                 }

@@ -177,6 +177,19 @@ async fn killing_a_shards_leader_under_load_loses_nothing_and_a_new_leader_serve
     };
     assert_eq!(health(&view, 1), Some(ReplicaHealth::Down), "{view:?}");
     assert_eq!(view.commit_index, view.last_index, "{view:?}");
+    // The followers saw their connection to the killed leader close and elected at once rather
+    // than after an election timeout of silence (`Group::leader_lost`).
+    let noticed = [2, 3].into_iter().any(|id| {
+        cluster.log(id).lines().any(|line| {
+            line.contains("the connection to the leader closed")
+                && line.contains("shard=0")
+                && line.contains("leader=1")
+        })
+    });
+    assert!(
+        noticed,
+        "no follower noticed its leader's connection close (seed {seed})"
+    );
 
     // The killed replica comes back and catches up: once it leads shard 0 again (its old leader
     // handing over on SIGTERM), the balances it serves are the same.

@@ -795,6 +795,34 @@ async fn a_silent_peer_is_declared_dead_after_one_request_timeout() {
         client.call(GetBalance { account: 3 }),
     );
     assert!(matches!(third.await, Ok(Err(ClientError::Closed))));
+    // This side gave up on a silent peer: that is not the peer closing the connection.
+    assert!(!client.peer_closed());
+}
+
+/// A peer whose process exits ends the connection (an end of stream): the client knows the peer
+/// closed it, which a node takes as a hint that the peer is gone.
+#[tokio::test]
+async fn a_connection_the_peer_ends_is_known_closed_by_the_peer() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let client = Client::connect(address, ClientConfig::default())
+        .await
+        .unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    assert!(!client.peer_closed());
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + HANG_TIMEOUT;
+    while !client.peer_closed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the end of stream was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(matches!(
+        client.call(GetBalance { account: 1 }).await,
+        Err(ClientError::Closed)
+    ));
 }
 
 /// The writer is part of the connection: once run() returns, a connection whose writer was blocked

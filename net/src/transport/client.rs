@@ -4,7 +4,7 @@
 use super::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX;
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,6 +112,8 @@ struct Shared {
     request_timeout: Duration,
     /// Frames of any kind received so far, to tell a silent (dead) peer from a slow request.
     frames_received: Arc<AtomicU64>,
+    /// Set when the peer ended the connection (see [`Client::peer_closed`]).
+    peer_closed: Arc<AtomicBool>,
     /// The task that reads and writes the socket; aborting it closes the connection.
     connection: AbortHandle,
 }
@@ -148,6 +150,14 @@ impl Client {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 
+    /// True once the peer has ended the connection: an end of stream or a reset while reading,
+    /// or a write refused (as happens when the peer's process exits). Not set when this side
+    /// gave up on a silent or slow peer (a timeout), so it tells a peer that is gone from one
+    /// that is only slow.
+    pub fn peer_closed(&self) -> bool {
+        self.shared.peer_closed.load(Ordering::Acquire)
+    }
+
     pub async fn connect(
         address: impl ToSocketAddrs,
         config: ClientConfig,
@@ -164,17 +174,26 @@ impl Client {
         let (sender, receiver) = mpsc::channel(in_flight_max);
         let pending = Arc::new(Mutex::new(Pending::default()));
         let frames_received = Arc::new(AtomicU64::new(0));
+        let peer_closed = Arc::new(AtomicBool::new(false));
         let write_timeout = config.request_timeout;
         let connection = tokio::spawn({
             let pending = pending.clone();
             let frames_received = frames_received.clone();
+            let peer_closed = peer_closed.clone();
             async move {
                 // Whichever side ends first ends the connection; dropping both halves closes it.
                 tokio::select! {
-                    () = read_answers(read_half, &pending, &frames_received) => {}
+                    ended = read_answers(read_half, &pending, &frames_received) => {
+                        if ended == ReadEnd::PeerClosed {
+                            peer_closed.store(true, Ordering::Release);
+                        }
+                    }
                     written = write_frames(write_half, receiver, write_timeout) => {
                         if let Err(error) = written {
                             tracing::debug!(%error, "write failed; closing connection");
+                            if error.kind() != io::ErrorKind::TimedOut {
+                                peer_closed.store(true, Ordering::Release);
+                            }
                         }
                     }
                 }
@@ -188,6 +207,7 @@ impl Client {
             next_request_id: AtomicU64::new(1),
             request_timeout: config.request_timeout,
             frames_received,
+            peer_closed,
             connection: connection.abort_handle(),
         };
         Ok(Client {
@@ -251,11 +271,20 @@ impl Client {
 
 /// Routes each answer to its waiting call. Ends, failing every waiting call, when the connection
 /// closes or the peer sends a malformed frame or an answer of the wrong kind.
+/// Why [`read_answers`] stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// The peer ended the connection: an end of stream, or a read error (a reset).
+    PeerClosed,
+    /// The peer broke the protocol, or spoke for the whole connection.
+    Protocol,
+}
+
 async fn read_answers(
     mut read_half: OwnedReadHalf,
     pending: &Mutex<Pending>,
     frames_received: &AtomicU64,
-) {
+) -> ReadEnd {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_SIZE_BYTES);
     loop {
         loop {
@@ -265,7 +294,7 @@ async fn read_answers(
                 Err(error) => {
                     tracing::warn!(%error, "peer sent a malformed frame; closing connection");
                     lock(pending).close(|| ClientError::Decode(error.clone()));
-                    return;
+                    return ReadEnd::Protocol;
                 }
             };
             let mut pending = lock(pending);
@@ -283,7 +312,7 @@ async fn read_answers(
                     }
                     _ => pending.close(|| ClientError::Closed),
                 }
-                return;
+                return ReadEnd::Protocol;
             }
             // No waiter: its call timed out or was dropped; the late answer is dropped too.
             let Some(waiter) = pending.waiters.remove(&request_id) else {
@@ -300,14 +329,14 @@ async fn read_answers(
                     found,
                 }));
                 pending.close(|| ClientError::Closed);
-                return;
+                return ReadEnd::Protocol;
             }
         }
         buf.reserve(READ_CHUNK_SIZE_BYTES);
         match read_half.read_buf(&mut buf).await {
             Ok(0) | Err(_) => {
                 lock(pending).close(|| ClientError::Closed);
-                return;
+                return ReadEnd::PeerClosed;
             }
             Ok(_) => {}
         }

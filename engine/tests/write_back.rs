@@ -453,3 +453,89 @@ fn account_rows_read_from_rocksdb_never_hide_a_newer_spill() {
         );
     }
 }
+
+/// One account row per batch, each a new key.
+fn accounts_batch(lsn: u64) -> TableBatch {
+    TableBatch {
+        applied_lsn: lsn,
+        accounts: vec![account(lsn, lsn)],
+        ..TableBatch::default()
+    }
+}
+
+/// A full window is written by the tables' spill thread: a writer does not wait for a spill
+/// under way (a writer is often an async task, and a spill of a full window took 40-80 ms,
+/// stalling every task behind it), until the thread is `WINDOWS_BEHIND_MAX` windows behind;
+/// then the writer waits, so the layer stays bounded.
+#[test]
+fn writers_leave_full_windows_to_the_spill_thread_until_it_falls_behind() {
+    use engine::tables::WINDOWS_BEHIND_MAX;
+    // Each batch writes its account, the totals and the applied LSN: 3 keys, of which 1 new.
+    const WINDOW: usize = 16;
+    let directory = tempfile::tempdir().unwrap();
+    let tables = Arc::new(
+        RocksTables::open_with_write_back(
+            directory.path(),
+            WriteBackLimits {
+                pending_entries_max: WINDOW,
+                pending_bytes_max: 1 << 20,
+                clean_accounts_max: 6,
+            },
+        )
+        .unwrap(),
+    );
+    let paused = tables.pause_spills();
+    // Below the bound: every write returns while spills are held off.
+    let below = (WINDOW * (WINDOWS_BEHIND_MAX - 1)) as u64;
+    let writer = {
+        let tables = tables.clone();
+        std::thread::spawn(move || {
+            for lsn in 1..=below {
+                tables.write(&accounts_batch(lsn)).unwrap();
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !writer.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a writer waited for a spill while the layer held under {WINDOWS_BEHIND_MAX} windows"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    writer.join().unwrap();
+    assert_eq!(tables.spilled_keys(), 0);
+    assert_eq!(tables.account(below).unwrap().unwrap().balance, below);
+    // At the bound the writer waits for the spills ...
+    let writer = {
+        let tables = tables.clone();
+        std::thread::spawn(move || {
+            for lsn in below + 1..=below + WINDOW as u64 + 2 {
+                tables.write(&accounts_batch(lsn)).unwrap();
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!writer.is_finished(), "the layer grew past its bound");
+    // At most the bound's windows and the batch that reached it (3 keys).
+    assert!(tables.unspilled_keys() <= WINDOW * WINDOWS_BEHIND_MAX + 3);
+    // ... and goes on once they are let through.
+    drop(paused);
+    writer.join().unwrap();
+    // The spill thread writes a full window without any flush, scan or close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tables.spilled_keys() == 0 || tables.unspilled_keys() >= WINDOW {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spill came: {} keys spilled, {} not",
+            tables.spilled_keys(),
+            tables.unspilled_keys()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let last = below + WINDOW as u64 + 2;
+    for lsn in 1..=last {
+        assert_eq!(tables.account(lsn).unwrap().unwrap().balance, lsn);
+    }
+    assert_eq!(tables.applied_lsn().unwrap(), last);
+}

@@ -12,7 +12,7 @@ mod rocks;
 
 pub use memory::MemoryTables;
 #[cfg(feature = "rocksdb")]
-pub use rocks::{RocksTables, WriteBackLimits};
+pub use rocks::{RocksTables, WINDOWS_BEHIND_MAX, WriteBackLimits};
 
 use crate::model::{
     Account, AccountId, CoordinatorDecision, HistoryEntry, MovementId, MovementRecord,

@@ -7,16 +7,19 @@
 //!
 //! Batches are not written to RocksDB one by one. They gather in memory, in a write-back layer
 //! that reads consult first, and go to RocksDB together, in key order, once the layer holds
-//! [`PENDING_ENTRIES_MAX`] keys or [`PENDING_BYTES_MAX`] bytes, before any scan, on
-//! [`Tables::flush`] and on close. A key written again before then is written once: a prepared
+//! [`PENDING_ENTRIES_MAX`] keys or [`PENDING_BYTES_MAX`] bytes (written then by the tables' own
+//! spill thread, so that the writer, often an async task, does not wait for it), before any
+//! scan, on [`Tables::flush`] and on close. A key written again before then is written once: a prepared
 //! transaction's row and its removal, a decision and its end, an account changed twice. Each
 //! spill is one RocksDB write batch holding the newest applied LSN with the data it covers, so
 //! what survives a crash is still one batch boundary, only an older one: replay starts from it.
 //! Measured in docs/benchmarks.md.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use rocksdb::{
     BlockBasedOptions, Cache, DB, Direction, FlushOptions, IteratorMode, Options, WriteBatch,
@@ -40,6 +43,11 @@ const BLOCK_CACHE_BYTES: usize = 256 << 20;
 pub const PENDING_ENTRIES_MAX: usize = 32_768;
 /// ... or this many bytes of keys and values.
 pub const PENDING_BYTES_MAX: usize = 8 << 20;
+
+/// A full window is written by the spill thread while writes go on into the next one. Should
+/// that thread fall this many windows behind, the writer spills itself (waiting for the spill
+/// under way first): the layer never holds more than this many windows' keys.
+pub const WINDOWS_BEHIND_MAX: usize = 4;
 
 /// Account rows kept in memory after they reach RocksDB, per shard replica: a read of one is
 /// then a hash look-up, not a walk of the memtable's skiplist or a block-cache probe. About 100
@@ -148,6 +156,10 @@ struct WriteBack {
     spilled_keys: u64,
     /// Why a spill failed: the tables then refuse every write (a failed write is sticky).
     failed: Option<TablesError>,
+    /// A window is full: the spill thread is to write it.
+    spill_wanted: bool,
+    /// The tables are closing: the spill thread ends.
+    closing: bool,
 }
 
 impl WriteBack {
@@ -212,12 +224,52 @@ impl WriteBack {
 
 /// See the module documentation.
 pub struct RocksTables {
+    inner: Arc<Inner>,
+    /// Writes full windows to RocksDB (see [`run_spiller`]); joined on drop.
+    spiller: Option<JoinHandle<()>>,
+}
+
+/// What the tables and their spill thread share.
+pub struct Inner {
     database: DB,
     write_options: WriteOptions,
     write_back: Mutex<WriteBack>,
     limits: WriteBackLimits,
     /// Held for the whole of a spill, so spills reach RocksDB in the order they were taken.
     spill: Mutex<()>,
+    /// Wakes the spill thread (with `WriteBack::spill_wanted` or `closing` set).
+    wake: Condvar,
+}
+
+impl Deref for RocksTables {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// The spill thread: writes the pending window each time a writer finds it full, until the
+/// tables close. A failed spill is kept in the layer (sticky): the next write returns it.
+fn run_spiller(inner: Arc<Inner>) {
+    loop {
+        {
+            let mut write_back = lock(&inner.write_back);
+            while !write_back.spill_wanted && !write_back.closing {
+                write_back = inner
+                    .wake
+                    .wait(write_back)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if write_back.closing {
+                return;
+            }
+            write_back.spill_wanted = false;
+        }
+        if let Err(failed) = inner.spill() {
+            tracing::error!(%failed, "writing the tables' write-back layer to RocksDB failed");
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -263,13 +315,32 @@ impl RocksTables {
         let database = DB::open(&options, directory).map_err(error)?;
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
-        Ok(Self {
+        let inner = Arc::new(Inner {
             database,
             write_options,
             write_back: Mutex::new(WriteBack::default()),
             limits,
             spill: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let spiller = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("tally-spill".into())
+                .spawn(move || run_spiller(inner))
+                .map_err(|error| TablesError::from_io_message(error.to_string()))?
+        };
+        Ok(Self {
+            inner,
+            spiller: Some(spiller),
         })
+    }
+
+    /// Holds off the spill thread (and every other spill) until the guard is dropped. For tests
+    /// of the layer's bounds.
+    #[doc(hidden)]
+    pub fn pause_spills(&self) -> MutexGuard<'_, ()> {
+        lock(&self.spill)
     }
 
     /// How many keys (values and tombstones) the write-back layer has written to RocksDB.
@@ -277,6 +348,18 @@ impl RocksTables {
         lock(&self.write_back).spilled_keys
     }
 
+    /// Keys in the write-back layer not yet in RocksDB (pending and being spilled).
+    pub fn unspilled_keys(&self) -> usize {
+        let write_back = lock(&self.write_back);
+        write_back.pending.len()
+            + write_back
+                .spilling
+                .as_ref()
+                .map_or(0, |spilling| spilling.len())
+    }
+}
+
+impl Inner {
     /// The newest value of `key`, the write-back layer's or else RocksDB's, decoded by `decode`
     /// (in place: a value in memory is decoded under the layer's lock, without a copy).
     fn read<R>(
@@ -579,7 +662,7 @@ impl Tables for RocksTables {
                 creates: !decision.ended,
             });
         }
-        let full = {
+        let behind = {
             let mut write_back = lock(&self.write_back);
             if let Some(failed) = &write_back.failed {
                 return Err(failed.clone());
@@ -588,10 +671,15 @@ impl Tables for RocksTables {
             for written in changes {
                 write_back.change(written);
             }
-            write_back.pending.len() >= self.limits.pending_entries_max
-                || write_back.pending_bytes >= self.limits.pending_bytes_max
+            let windows = (write_back.pending.len() / self.limits.pending_entries_max.max(1))
+                .max(write_back.pending_bytes / self.limits.pending_bytes_max.max(1));
+            if windows >= 1 && !write_back.spill_wanted {
+                write_back.spill_wanted = true;
+                self.wake.notify_one();
+            }
+            windows >= WINDOWS_BEHIND_MAX
         };
-        if full { self.spill() } else { Ok(()) }
+        if behind { self.spill() } else { Ok(()) }
     }
 
     fn flush(&self) -> Result<(), TablesError> {
@@ -603,8 +691,14 @@ impl Tables for RocksTables {
 }
 
 impl Drop for RocksTables {
-    /// A clean close writes the write-back layer, sparing its replay at the next start.
+    /// A clean close stops the spill thread and writes the write-back layer, sparing its replay
+    /// at the next start.
     fn drop(&mut self) {
+        lock(&self.write_back).closing = true;
+        self.wake.notify_all();
+        if let Some(spiller) = self.spiller.take() {
+            let _ = spiller.join();
+        }
         if let Err(failed) = self.spill() {
             tracing::warn!(%failed, "the tables' last writes stay in the WAL only");
         }

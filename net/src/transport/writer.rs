@@ -23,6 +23,10 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     while let Some(frame) = frames.recv().await {
         buf.extend_from_slice(&frame);
+        // Let the tasks already runnable go first: under load they queue more frames, which
+        // then leave in this write instead of one write each; with nothing else to run this
+        // returns at once.
+        tokio::task::yield_now().await;
         while buf.len() < WRITE_COALESCE_SIZE_MAX_BYTES {
             match frames.try_recv() {
                 Ok(frame) => buf.extend_from_slice(&frame),

@@ -134,7 +134,7 @@ pub(crate) struct Driver {
     awaited: Lsn,
     hand_over: Option<oneshot::Sender<()>>,
     /// Groups stopped by a failure of their storage.
-    failed: std::collections::BTreeSet<u32>,
+    failed: BTreeSet<u32>,
     /// Groups whose leader's connection was lost, with that leader (at most one per group).
     lost_leaders: HashMap<u32, NodeId>,
     /// New groups whose replica here stands for no election before `held_until`, unless a
@@ -186,7 +186,7 @@ impl Driver {
                 wanted: 0,
                 awaited: 0,
                 hand_over: None,
-                failed: std::collections::BTreeSet::new(),
+                failed: BTreeSet::new(),
                 lost_leaders: HashMap::new(),
                 held: BTreeSet::new(),
                 held_until: Instant::now(),

@@ -269,8 +269,6 @@ impl Client {
     }
 }
 
-/// Routes each answer to its waiting call. Ends, failing every waiting call, when the connection
-/// closes or the peer sends a malformed frame or an answer of the wrong kind.
 /// Why [`read_answers`] stopped.
 #[derive(Debug, PartialEq, Eq)]
 enum ReadEnd {
@@ -280,6 +278,8 @@ enum ReadEnd {
     Protocol,
 }
 
+/// Routes each answer to its waiting call. Ends, failing every waiting call, when the connection
+/// closes or the peer sends a malformed frame or an answer of the wrong kind.
 async fn read_answers(
     mut read_half: OwnedReadHalf,
     pending: &Mutex<Pending>,

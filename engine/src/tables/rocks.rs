@@ -267,7 +267,9 @@ fn run_spiller(inner: Arc<Inner>) {
             write_back.spill_wanted = false;
         }
         if let Err(failed) = inner.spill() {
+            // Sticky: every later write returns it, so there is nothing left to spill.
             tracing::error!(%failed, "writing the tables' write-back layer to RocksDB failed");
+            return;
         }
     }
 }
@@ -417,6 +419,9 @@ impl Inner {
             ));
             write_back.pending_bytes = 0;
             write_back.spilling = Some(changes.clone());
+            // This spill takes the window the spill thread was woken for, whoever runs it: the
+            // thread is not to wake again for a leftover of it.
+            write_back.spill_wanted = false;
             changes
         };
         let mut keys: Vec<&Key> = changes.keys().collect();

@@ -264,7 +264,6 @@ fn run_spiller(inner: Arc<Inner>) {
             if write_back.closing {
                 return;
             }
-            write_back.spill_wanted = false;
         }
         if let Err(failed) = inner.spill() {
             // Sticky: every later write returns it, so there is nothing left to spill.
@@ -408,6 +407,9 @@ impl Inner {
             if let Some(failed) = &write_back.failed {
                 return Err(failed.clone());
             }
+            // Every spill takes the whole pending window, whoever runs it (the thread, a scan,
+            // `flush`, a writer that fell behind): the thread is not to wake for a leftover.
+            write_back.spill_wanted = false;
             if write_back.pending.is_empty() {
                 return Ok(());
             }
@@ -419,9 +421,6 @@ impl Inner {
             ));
             write_back.pending_bytes = 0;
             write_back.spilling = Some(changes.clone());
-            // This spill takes the window the spill thread was woken for, whoever runs it: the
-            // thread is not to wake again for a leftover of it.
-            write_back.spill_wanted = false;
             changes
         };
         let mut keys: Vec<&Key> = changes.keys().collect();
